@@ -1,0 +1,18 @@
+//! cellscope: see what the hidden cells of a character-level LSTM have learned.
+//!
+//! # Layout
+//! Data flows left to right: text → [`model::Vocab::encode`] → [`model::Model::trace`]
+//! → [`model::Trace`] → analysis / server / CLI.
+//!
+//! - [`model`]: vocabulary, weights by their PyTorch names, the safetensors file
+//!   format (DESIGN §3), and the forward pass that records h, c and the gates
+//!   i, f, g, o of every layer at every character (`model/lstm.rs`), with its SIMD
+//!   kernels (`model/kernel.rs`).
+//! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
+//!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
+//!   on plain matrices and labels; knows nothing of the model.
+//! - [`rng`]: the seeded generator used by initialisation, training and sampling.
+
+pub mod analysis;
+pub mod model;
+pub mod rng;

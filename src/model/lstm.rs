@@ -1,0 +1,610 @@
+//! The character-level LSTM: weights by their PyTorch names, loading and saving in
+//! the DESIGN §3 format, and the forward pass that records every cell.
+//!
+//! Per layer k, for characters t = 0..T (gate order i, f, g, o, as in `nn.LSTM`):
+//! ```text
+//! i_t = σ(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
+//! f_t = σ(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+//! g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+//! o_t = σ(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+//! c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+//! h_t = o_t ⊙ tanh(c_t)
+//! p_t = softmax(W_dec h_t^{last layer} + b_dec)      (next-character distribution)
+//! ```
+//! `W_i* x_t + b` is computed for the whole text before the recurrence: a row lookup
+//! in a precomputed V × 4H table for layer 0 (one-hot or embedded input), one GEMM
+//! for the layers above. Only `W_h* h_{t-1}` is left inside the sequential loop.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+use super::kernel::{self, gemm, StepIo, Trans};
+use super::safetensors::{self, FormatError, Tensor};
+use super::vocab::{Encoded, Vocab, VocabError};
+
+/// Number of gates of an LSTM cell (i, f, g, o).
+pub const GATES: usize = 4;
+
+/// The weights of one LSTM layer, named and shaped as in PyTorch's `nn.LSTM`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights {
+    /// (4H, in): input-to-gates, rows in gate order i, f, g, o.
+    pub weight_ih: Array2<f32>,
+    /// (4H, H): hidden-to-gates.
+    pub weight_hh: Array2<f32>,
+    /// (4H,)
+    pub bias_ih: Array1<f32>,
+    /// (4H,)
+    pub bias_hh: Array1<f32>,
+}
+
+/// All parameters of a model. The trainer updates these in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    /// (V, E), or `None` for one-hot input (E = V).
+    pub embedding: Option<Array2<f32>>,
+    pub layers: Vec<LayerWeights>,
+    /// (V, H)
+    pub decoder_weight: Array2<f32>,
+    /// (V,)
+    pub decoder_bias: Array1<f32>,
+}
+
+impl Weights {
+    pub fn hidden_size(&self) -> usize {
+        self.layers[0].weight_hh.ncols()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.decoder_bias.len()
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.weight_ih.len() + l.weight_hh.len() + l.bias_ih.len() + l.bias_hh.len())
+            .sum();
+        layers
+            + self.embedding.as_ref().map_or(0, |e| e.len())
+            + self.decoder_weight.len()
+            + self.decoder_bias.len()
+    }
+
+    /// Every tensor by its PyTorch `state_dict` name.
+    pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        fn slice<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> &[f32] {
+            a.as_slice().expect("weights are kept in standard layout")
+        }
+        let mut out = Vec::new();
+        if let Some(e) = &self.embedding {
+            out.push(("embedding.weight".to_string(), e.shape().to_vec(), slice(e)));
+        }
+        for (k, l) in self.layers.iter().enumerate() {
+            out.push((format!("rnn.weight_ih_l{k}"), l.weight_ih.shape().to_vec(), slice(&l.weight_ih)));
+            out.push((format!("rnn.weight_hh_l{k}"), l.weight_hh.shape().to_vec(), slice(&l.weight_hh)));
+            out.push((format!("rnn.bias_ih_l{k}"), l.bias_ih.shape().to_vec(), slice(&l.bias_ih)));
+            out.push((format!("rnn.bias_hh_l{k}"), l.bias_hh.shape().to_vec(), slice(&l.bias_hh)));
+        }
+        out.push(("decoder.weight".into(), self.decoder_weight.shape().to_vec(), slice(&self.decoder_weight)));
+        out.push(("decoder.bias".into(), self.decoder_bias.shape().to_vec(), slice(&self.decoder_bias)));
+        out
+    }
+}
+
+/// The recurrent architecture named in `cellscope.arch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Lstm,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        "lstm"
+    }
+}
+
+/// Why a model file could not be loaded. Each message names the tensor or key
+/// and what was expected, so a user can fix the export.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read model file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("not a valid safetensors file: {0}")]
+    Format(#[from] FormatError),
+    #[error("model file lacks metadata {0} (see DESIGN §3: cellscope.arch, cellscope.vocab)")]
+    MissingMetadata(&'static str),
+    #[error("unknown architecture {0:?} in cellscope.arch; this build reads \"lstm\" (GRU and tanh-RNN are planned)")]
+    UnknownArch(String),
+    #[error("bad cellscope.vocab: {0}")]
+    Vocab(#[from] VocabError),
+    #[error("bad cellscope.train: not a JSON object ({0})")]
+    TrainMeta(String),
+    #[error("model file lacks {name} (expected {expected})")]
+    MissingTensor { name: String, expected: String },
+    #[error("{name} has shape {found:?}, expected {expected:?}")]
+    WrongShape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("{name} holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite { name: String, index: usize, value: f32 },
+    #[error("vocabulary has {vocab} characters but decoder.weight has {decoder} rows")]
+    VocabMismatch { vocab: usize, decoder: usize },
+    #[error("unexpected tensor {0} (bidirectional or projected LSTMs are not supported; DESIGN §3 lists the names)")]
+    Unexpected(String),
+    #[error("model has a hidden size of 0 or no layers")]
+    Empty,
+}
+
+/// A loaded model, ready to trace text.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Shown in the UI and API (the file stem by default).
+    pub name: String,
+    pub arch: Arch,
+    pub vocab: Vocab,
+    pub weights: Weights,
+    /// The parsed `cellscope.train` metadata (`{}` when absent).
+    pub train: serde_json::Value,
+    /// Layer 0's input projection for each character id: (V, 4H), row v =
+    /// W_ih x(v) + b_ih + b_hh. Derived from `weights`; see [`Model::refresh`].
+    input_table: Array2<f32>,
+    /// Per layer, b_ih + b_hh (4H).
+    bias: Vec<Vec<f32>>,
+}
+
+/// Hidden and cell state of every layer, carried between calls to trace a text in pieces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// Per layer, H values.
+    pub h: Vec<Vec<f32>>,
+    pub c: Vec<Vec<f32>>,
+}
+
+impl State {
+    pub fn zeros(layers: usize, hidden: usize) -> Self {
+        Self { h: vec![vec![0.0; hidden]; layers], c: vec![vec![0.0; hidden]; layers] }
+    }
+}
+
+/// Which recorded quantity of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    #[serde(rename = "h")]
+    Hidden,
+    #[serde(rename = "c")]
+    Cell,
+    #[serde(rename = "i")]
+    Input,
+    #[serde(rename = "f")]
+    Forget,
+    #[serde(rename = "g")]
+    Candidate,
+    #[serde(rename = "o")]
+    Output,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] =
+        [Kind::Hidden, Kind::Cell, Kind::Input, Kind::Forget, Kind::Candidate, Kind::Output];
+
+    /// The one-letter name used in URLs, the API and the CLI.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Kind::Hidden => "h",
+            Kind::Cell => "c",
+            Kind::Input => "i",
+            Kind::Forget => "f",
+            Kind::Candidate => "g",
+            Kind::Output => "o",
+        }
+    }
+
+    /// A longer description for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Hidden => "hidden state h",
+            Kind::Cell => "cell state c",
+            Kind::Input => "input gate i",
+            Kind::Forget => "forget gate f",
+            Kind::Candidate => "candidate g",
+            Kind::Output => "output gate o",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.letter() == s)
+    }
+}
+
+/// Everything one layer did over a text: T × H matrices, row = character.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTrace {
+    pub h: Array2<f32>,
+    pub c: Array2<f32>,
+    pub i: Array2<f32>,
+    pub f: Array2<f32>,
+    pub g: Array2<f32>,
+    pub o: Array2<f32>,
+}
+
+impl LayerTrace {
+    fn zeros(t: usize, n: usize) -> Self {
+        let z = || Array2::zeros((t, n));
+        Self { h: z(), c: z(), i: z(), f: z(), g: z(), o: z() }
+    }
+
+    pub fn get(&self, kind: Kind) -> &Array2<f32> {
+        match kind {
+            Kind::Hidden => &self.h,
+            Kind::Cell => &self.c,
+            Kind::Input => &self.i,
+            Kind::Forget => &self.f,
+            Kind::Candidate => &self.g,
+            Kind::Output => &self.o,
+        }
+    }
+}
+
+/// The record of one text run through the model.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub chars: Vec<char>,
+    pub ids: Vec<Option<u32>>,
+    /// Positions of characters outside the vocabulary. They enter the model as a
+    /// zero input vector (no one-hot bit, no embedding row): time advances and the
+    /// state evolves, but the character itself contributes nothing.
+    pub unknown: Vec<usize>,
+    pub layers: Vec<LayerTrace>,
+    /// (T, V): the model's distribution over the character after position t.
+    pub probs: Array2<f32>,
+    /// The state after the last character; pass it to [`Model::trace_from`] to continue.
+    pub final_state: State,
+}
+
+impl Trace {
+    pub fn len(&self) -> usize {
+        self.chars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chars.is_empty()
+    }
+}
+
+fn tensor_shape_str(shape: &[usize]) -> String {
+    format!("{shape:?}")
+}
+
+fn take(
+    tensors: &mut BTreeMap<String, Tensor>,
+    name: &str,
+    expected: &[usize],
+) -> Result<Vec<f32>, LoadError> {
+    let t = tensors.remove(name).ok_or_else(|| LoadError::MissingTensor {
+        name: name.to_string(),
+        expected: tensor_shape_str(expected),
+    })?;
+    if t.shape != expected {
+        return Err(LoadError::WrongShape {
+            name: name.to_string(),
+            found: t.shape,
+            expected: expected.to_vec(),
+        });
+    }
+    if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(LoadError::NonFinite { name: name.to_string(), index, value });
+    }
+    Ok(t.data)
+}
+
+fn matrix(data: Vec<f32>, rows: usize, cols: usize) -> Array2<f32> {
+    Array2::from_shape_vec((rows, cols), data).expect("shape checked by take()")
+}
+
+impl Model {
+    /// Builds a model from weights and a vocabulary, checking that they agree.
+    pub fn new(name: String, vocab: Vocab, weights: Weights, train: serde_json::Value) -> Result<Self, LoadError> {
+        if weights.layers.is_empty() || weights.hidden_size() == 0 {
+            return Err(LoadError::Empty);
+        }
+        if vocab.len() != weights.vocab_size() {
+            return Err(LoadError::VocabMismatch { vocab: vocab.len(), decoder: weights.vocab_size() });
+        }
+        let mut model = Self {
+            name,
+            arch: Arch::Lstm,
+            vocab,
+            weights,
+            train,
+            input_table: Array2::zeros((0, 0)),
+            bias: Vec::new(),
+        };
+        model.refresh();
+        Ok(model)
+    }
+
+    /// Recomputes the derived tables after `weights` changed.
+    pub fn refresh(&mut self) {
+        let w = &self.weights;
+        self.bias = w.layers.iter().map(|l| (&l.bias_ih + &l.bias_hh).to_vec()).collect();
+        let l0 = &w.layers[0];
+        // Layer 0 sees x = e_v (one-hot) or x = embedding[v]; either way W_ih x is a
+        // per-character constant, so precompute all V of them.
+        let mut table = match &w.embedding {
+            None => l0.weight_ih.t().to_owned(),
+            Some(e) => e.dot(&l0.weight_ih.t()),
+        };
+        table += &Array1::from(self.bias[0].clone());
+        self.input_table = table.as_standard_layout().to_owned();
+    }
+
+    /// Loads a model file (DESIGN §3).
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        Self::from_bytes(&bytes, name)
+    }
+
+    /// Parses a model from the bytes of a safetensors file.
+    pub fn from_bytes(bytes: &[u8], name: String) -> Result<Self, LoadError> {
+        let file = safetensors::parse(bytes)?;
+        let meta = &file.metadata;
+        let arch = meta.get("cellscope.arch").ok_or(LoadError::MissingMetadata("cellscope.arch"))?;
+        if arch != "lstm" {
+            return Err(LoadError::UnknownArch(arch.clone()));
+        }
+        let vocab = Vocab::from_json(
+            meta.get("cellscope.vocab").ok_or(LoadError::MissingMetadata("cellscope.vocab"))?,
+        )?;
+        let train = match meta.get("cellscope.train") {
+            None => serde_json::json!({}),
+            Some(s) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(s).map_err(|e| LoadError::TrainMeta(e.to_string()))?;
+                if !v.is_object() {
+                    return Err(LoadError::TrainMeta("found a non-object value".into()));
+                }
+                v
+            }
+        };
+        let mut tensors = file.tensors;
+        let v = vocab.len();
+        // Checked first: a vocabulary of the wrong size would otherwise surface as a
+        // puzzling shape error on the input weights.
+        let decoder_rows = tensors.get("decoder.weight").and_then(|t| t.shape.first().copied());
+        if let Some(rows) = decoder_rows {
+            if rows != v {
+                return Err(LoadError::VocabMismatch { vocab: v, decoder: rows });
+            }
+        }
+        let hidden = match tensors.get("rnn.weight_hh_l0") {
+            None => {
+                return Err(LoadError::MissingTensor {
+                    name: "rnn.weight_hh_l0".into(),
+                    expected: "[4H, H]".into(),
+                })
+            }
+            Some(t) if t.shape.len() == 2 && t.shape[1] > 0 && t.shape[0] == GATES * t.shape[1] => t.shape[1],
+            Some(t) => {
+                let h = t.shape.get(1).copied().unwrap_or(0);
+                return Err(LoadError::WrongShape {
+                    name: "rnn.weight_hh_l0".into(),
+                    found: t.shape.clone(),
+                    expected: vec![GATES * h, h],
+                });
+            }
+        };
+        // The layer count is the highest `_l{k}` suffix among the rnn tensors, so a
+        // missing tensor of some layer is reported as missing, not as stray.
+        let n_layers = tensors
+            .keys()
+            .filter_map(|name| {
+                let rest = name.strip_prefix("rnn.")?;
+                let (_, k) = rest.rsplit_once("_l")?;
+                k.parse::<usize>().ok()
+            })
+            .max()
+            .map_or(1, |k| k + 1);
+        let (embedding, input) = if tensors.contains_key("embedding.weight") {
+            let e = tensors["embedding.weight"].shape.get(1).copied().unwrap_or(0);
+            let data = take(&mut tensors, "embedding.weight", &[v, e])?;
+            (Some(matrix(data, v, e)), e)
+        } else {
+            (None, v)
+        };
+        let g = GATES * hidden;
+        let mut layers = Vec::with_capacity(n_layers);
+        for k in 0..n_layers {
+            let inp = if k == 0 { input } else { hidden };
+            layers.push(LayerWeights {
+                weight_ih: matrix(take(&mut tensors, &format!("rnn.weight_ih_l{k}"), &[g, inp])?, g, inp),
+                weight_hh: matrix(take(&mut tensors, &format!("rnn.weight_hh_l{k}"), &[g, hidden])?, g, hidden),
+                bias_ih: Array1::from(take(&mut tensors, &format!("rnn.bias_ih_l{k}"), &[g])?),
+                bias_hh: Array1::from(take(&mut tensors, &format!("rnn.bias_hh_l{k}"), &[g])?),
+            });
+        }
+        let decoder_weight = matrix(take(&mut tensors, "decoder.weight", &[v, hidden])?, v, hidden);
+        let decoder_bias = Array1::from(take(&mut tensors, "decoder.bias", &[v])?);
+        if let Some(name) = tensors.keys().next() {
+            return Err(LoadError::Unexpected(name.clone()));
+        }
+        let weights = Weights { embedding, layers, decoder_weight, decoder_bias };
+        Self::new(name, vocab, weights, train)
+    }
+
+    /// Serialises the model in the DESIGN §3 format.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let named = self.weights.named_tensors();
+        let tensors: BTreeMap<String, (Vec<usize>, &[f32])> =
+            named.into_iter().map(|(n, s, d)| (n, (s, d))).collect();
+        let mut meta = BTreeMap::new();
+        meta.insert("cellscope.arch".to_string(), self.arch.name().to_string());
+        meta.insert("cellscope.vocab".to_string(), self.vocab.to_json());
+        meta.insert("cellscope.train".to_string(), self.train.to_string());
+        safetensors::serialize(&tensors, &meta)
+    }
+
+    /// Writes the model atomically (temporary file, then rename), so a crash never
+    /// leaves a half-written model behind.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        write_atomic(path, &self.to_bytes())
+    }
+
+    pub fn layers(&self) -> usize {
+        self.weights.layers.len()
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.weights.hidden_size()
+    }
+
+    pub fn zero_state(&self) -> State {
+        State::zeros(self.layers(), self.hidden_size())
+    }
+
+    /// Runs `text` from the zero state and records everything.
+    pub fn trace(&self, text: &str) -> Trace {
+        self.trace_from(text, &self.zero_state())
+    }
+
+    /// Runs `text` from `state` (e.g. a previous trace's `final_state`).
+    ///
+    /// # Panics
+    /// If `state` does not have this model's layer count and hidden size.
+    pub fn trace_from(&self, text: &str, state: &State) -> Trace {
+        let enc = self.vocab.encode(text);
+        self.trace_encoded(enc, state)
+    }
+
+    /// Runs already-encoded text.
+    pub fn trace_encoded(&self, enc: Encoded, state: &State) -> Trace {
+        let Encoded { chars, ids, unknown } = enc;
+        let t_len = ids.len();
+        let n = self.hidden_size();
+        let g = GATES * n;
+        assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
+        let mut layers: Vec<LayerTrace> = Vec::with_capacity(self.layers());
+        let mut x_proj = Array2::<f32>::zeros((t_len, g));
+        let mut pre = vec![0f32; g];
+        for (k, lw) in self.weights.layers.iter().enumerate() {
+            // Input projection for the whole text at once.
+            if k == 0 {
+                for (t, id) in ids.iter().enumerate() {
+                    let row = match id {
+                        Some(id) => self.input_table.row(*id as usize),
+                        None => ndarray::ArrayView1::from(&self.bias[0][..]),
+                    };
+                    x_proj.row_mut(t).assign(&row);
+                }
+            } else {
+                let below = layers[k - 1].h.as_slice().expect("standard layout");
+                let xs = x_proj.as_slice_mut().expect("standard layout");
+                for row in xs.chunks_exact_mut(g) {
+                    row.copy_from_slice(&self.bias[k]);
+                }
+                let w_ih = lw.weight_ih.as_slice().expect("standard layout");
+                gemm(t_len, n, g, 1.0, below, Trans::N, w_ih, Trans::T, 1.0, xs);
+            }
+            let mut lt = LayerTrace::zeros(t_len, n);
+            let w_hh = lw.weight_hh.as_slice().expect("standard layout");
+            {
+                let LayerTrace { h, c, i, f, g: gg, o } = &mut lt;
+                let hs = h.as_slice_mut().expect("standard layout");
+                let cs = c.as_slice_mut().expect("standard layout");
+                let is = i.as_slice_mut().expect("standard layout");
+                let fs = f.as_slice_mut().expect("standard layout");
+                let gs = gg.as_slice_mut().expect("standard layout");
+                let os = o.as_slice_mut().expect("standard layout");
+                let xs = x_proj.as_slice().expect("standard layout");
+                for t in 0..t_len {
+                    let (h_done, h_rest) = hs.split_at_mut(t * n);
+                    let (c_done, c_rest) = cs.split_at_mut(t * n);
+                    let (h_prev, c_prev) = if t == 0 {
+                        (&state.h[k][..], &state.c[k][..])
+                    } else {
+                        (&h_done[(t - 1) * n..], &c_done[(t - 1) * n..])
+                    };
+                    let r = t * n..(t + 1) * n;
+                    kernel::lstm_step(
+                        w_hh,
+                        StepIo {
+                            h_prev,
+                            c_prev,
+                            x_proj: &xs[t * g..(t + 1) * g],
+                            pre: &mut pre,
+                            i: &mut is[r.clone()],
+                            f: &mut fs[r.clone()],
+                            g: &mut gs[r.clone()],
+                            o: &mut os[r],
+                            c: &mut c_rest[..n],
+                            h: &mut h_rest[..n],
+                        },
+                    );
+                }
+            }
+            layers.push(lt);
+        }
+        let final_state = if t_len == 0 {
+            state.clone()
+        } else {
+            State {
+                h: layers.iter().map(|l| l.h.row(t_len - 1).to_vec()).collect(),
+                c: layers.iter().map(|l| l.c.row(t_len - 1).to_vec()).collect(),
+            }
+        };
+        let probs = self.next_char_probs(layers.last().expect("at least one layer").h.view());
+        Trace { chars, ids, unknown, layers, probs, final_state }
+    }
+
+    /// softmax(H W_decᵀ + b) for a (T, H) matrix of top-layer hidden states.
+    pub fn next_char_probs(&self, h: ArrayView2<f32>) -> Array2<f32> {
+        let (t_len, n) = h.dim();
+        let v = self.vocab.len();
+        let mut logits = Array2::<f32>::zeros((t_len, v));
+        for mut row in logits.rows_mut() {
+            row.assign(&self.weights.decoder_bias);
+        }
+        let h = h.as_standard_layout();
+        gemm(
+            t_len,
+            n,
+            v,
+            1.0,
+            h.as_slice().expect("standard layout"),
+            Trans::N,
+            self.weights.decoder_weight.as_slice().expect("standard layout"),
+            Trans::T,
+            1.0,
+            logits.as_slice_mut().expect("standard layout"),
+        );
+        for mut row in logits.axis_iter_mut(Axis(0)) {
+            softmax_in_place(row.as_slice_mut().expect("standard layout"));
+        }
+        logits
+    }
+}
+
+/// Numerically stable softmax (max subtracted before exponentiating).
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

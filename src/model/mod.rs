@@ -1,0 +1,56 @@
+//! The model: vocabulary, weights in PyTorch's layout, the safetensors file format,
+//! and the forward pass that records every cell ([`Model::trace`]).
+
+pub mod kernel;
+mod lstm;
+pub mod safetensors;
+mod vocab;
+
+pub use lstm::{
+    softmax_in_place, write_atomic, Arch, Kind, LayerTrace, LayerWeights, LoadError, Model, State, Trace,
+    Weights, GATES,
+};
+pub use vocab::{Encoded, Vocab, VocabError};
+
+use crate::rng::Rng;
+use ndarray::{Array1, Array2};
+
+impl Weights {
+    /// Fresh weights as char-rnn initialises them: uniform(−0.08, 0.08), except the
+    /// forget-gate biases, which start at 1 (split as 1 in `bias_ih`, 0 in `bias_hh`)
+    /// so that early on cells remember rather than forget.
+    pub fn random(vocab: usize, embed: Option<usize>, hidden: usize, layers: usize, seed: u64) -> Self {
+        Self::random_scaled(vocab, embed, hidden, layers, seed, 0.08)
+    }
+
+    /// As [`Weights::random`] with uniform(−scale, scale).
+    pub fn random_scaled(
+        vocab: usize,
+        embed: Option<usize>,
+        hidden: usize,
+        layers: usize,
+        seed: u64,
+        scale: f32,
+    ) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut mat = |r: usize, c: usize| Array2::from_shape_fn((r, c), |_| rng.range(-scale, scale));
+        let g = GATES * hidden;
+        let embedding = embed.map(|e| mat(vocab, e));
+        let input = embed.unwrap_or(vocab);
+        let mut ls = Vec::new();
+        for k in 0..layers {
+            let inp = if k == 0 { input } else { hidden };
+            let weight_ih = mat(g, inp);
+            let weight_hh = mat(g, hidden);
+            let mut bias_ih = Array1::from_iter(mat(1, g));
+            let bias_hh = Array1::from_iter(mat(1, g));
+            bias_ih.slice_mut(ndarray::s![hidden..2 * hidden]).fill(1.0);
+            let mut bias_hh = bias_hh;
+            bias_hh.slice_mut(ndarray::s![hidden..2 * hidden]).fill(0.0);
+            ls.push(LayerWeights { weight_ih, weight_hh, bias_ih, bias_hh });
+        }
+        let decoder_weight = mat(vocab, hidden);
+        let decoder_bias = Array1::from_iter(mat(1, vocab));
+        Self { embedding, layers: ls, decoder_weight, decoder_bias }
+    }
+}

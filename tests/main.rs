@@ -1,0 +1,5 @@
+//! One integration-test binary (a 2-core machine links one binary, not ten).
+
+mod common;
+mod model_load;
+mod trace;
