@@ -20,7 +20,8 @@ infer: one-hot (or the model's embedding) input, batch 1, zero initial state;
                              log_softmax over all steps.
   Each method is warmed up, then run repeatedly for >= --min-time seconds
   (and >= 3 runs); chars_per_s is the MEDIAN over runs, best_chars_per_s the best.
-  The loop's log_probs are checked against the fused ones (max abs diff in "check_max_abs_diff").
+  The loop's log_probs over the first 200 chars are checked against the fused
+  ones (max abs diff reported as "check_max_abs_diff"; > 1e-3 aborts).
 
 train: char-rnn step with one-hot input (F.one_hot(ids).float() fed to
   nn.LSTM(V, H, layers); --input embed uses nn.Embedding(V, --embed) instead),
@@ -147,13 +148,13 @@ def cmd_infer(a):
     V, H, L = model.vocab, model.rnn.hidden_size, model.rnn.num_layers
     ids = torch.randint(V, (a.chars,))
 
-    # Correctness check + warm-up (short prefix for both).
-    warm = ids[: min(a.chars, 2000)]
-    ref = infer_fused(model, warm)
-    got, _ = infer_loop(model, warm)
-    diff = (ref - got).abs().max().item()
+    # Correctness check on a short prefix (short, so that even a model with
+    # chaotic dynamics cannot amplify f32 rounding differences), then warm-up.
+    check = ids[: min(a.chars, 200)]
+    diff = (infer_fused(model, check) - infer_loop(model, check)[0]).abs().max().item()
     if diff > 1e-3:
-        sys.exit(f"loop and fused disagree: max abs diff {diff}")
+        sys.exit(f"loop and fused disagree: max abs diff of log_probs {diff}")
+    warm = ids[: min(a.chars, 2000)]
     infer_fused(model, warm)
     infer_loop(model, warm)
 

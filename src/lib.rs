@@ -11,8 +11,15 @@
 //! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
+//! - [`train`]: the trainer: batches of parallel streams, backward pass (BPTT),
+//!   Adam/RMSProp, clipping, checkpoints and resume (`train/backprop.rs` holds the
+//!   gradient formulas).
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
 
 pub mod analysis;
+pub mod analysis_cli;
+pub mod cli;
 pub mod model;
 pub mod rng;
+pub mod server;
+pub mod train;

@@ -3,3 +3,4 @@
 mod common;
 mod model_load;
 mod trace;
+mod train;

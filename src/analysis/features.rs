@@ -274,7 +274,11 @@ impl<'a> Lexer<'a> {
         // the preprocessor.
         let in_block = matches!(self.mode, Mode::Block { .. });
         if self.directive.is_some() && !continued && !in_block {
+            // The line break, `\r` included, is not part of the directive, as for comments.
             self.out.preprocessor[i] = false;
+            if i > 0 && self.text[i - 1] == '\r' {
+                self.out.preprocessor[i - 1] = false;
+            }
             self.end_directive();
         }
         // A spliced line is the same logical line, so a `#` after it starts nothing.
@@ -675,7 +679,13 @@ mod tests {
         let src = ") } ) f(x) }";
         let feats = f(src);
         assert!(feats.brace_depth.iter().all(|&d| d == 0));
-        assert_eq!(runs(src, &feats.paren_depth.iter().map(|&d| d > 0).collect::<Vec<_>>()), vec!["(x)"]);
+        assert_eq!(
+            runs(
+                src,
+                &feats.paren_depth.iter().map(|&d| d > 0).collect::<Vec<_>>()
+            ),
+            vec!["(x)"]
+        );
     }
 
     #[test]
@@ -723,6 +733,14 @@ mod tests {
     }
 
     #[test]
+    fn crlf_line_breaks_stay_outside_directives_and_comments() {
+        let src = "#define A \\\r\n  1\r\nx; // c\r\ny";
+        let feats = f(src);
+        assert_eq!(runs(src, &feats.preprocessor), vec!["#define A \\\r\n  1"]);
+        assert_eq!(runs(src, &feats.comment), vec!["// c"]);
+    }
+
+    #[test]
     fn preprocessor_continued_through_block_comment() {
         let src = "#define A 1 /* spans\n lines */\nint b;";
         assert_eq!(
@@ -765,7 +783,10 @@ mod tests {
     #[test]
     fn labels_pick_the_matching_feature() {
         let feats = f("if (a) { \"s\"; }");
-        assert_eq!(feats.labels(Concept::String), Labels::Binary(feats.string.clone()));
+        assert_eq!(
+            feats.labels(Concept::String),
+            Labels::Binary(feats.string.clone())
+        );
         match feats.labels(Concept::BraceDepth) {
             Labels::Graded(v) => assert_eq!(v[7], 1.0),
             other => panic!("brace depth should be graded, got {other:?}"),
@@ -803,7 +824,11 @@ mod tests {
         ));
         assert!(matches!(
             span_mask(4, &[(2, 5)]),
-            Err(AnalysisError::SpanOutOfBounds { index: 0, end: 5, len: 4 })
+            Err(AnalysisError::SpanOutOfBounds {
+                index: 0,
+                end: 5,
+                len: 4
+            })
         ));
         assert!(span_mask(0, &[(0, 0)]).is_ok());
     }

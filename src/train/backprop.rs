@@ -1,0 +1,298 @@
+//! Forward and backward pass of a batch of parallel character streams (truncated
+//! backpropagation through time), time-major: row `t·B + b` is stream b at step t.
+//!
+//! Forward, per layer (A = gate pre-activations, B × 4H per step):
+//! ```text
+//! A_t = X_t W_ihᵀ + b_ih + b_hh + h_{t-1} W_hhᵀ
+//! i, f, g, o = σ(A_i), σ(A_f), tanh(A_g), σ(A_o)
+//! c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ tanh(c_t)
+//! ```
+//! Backward, for t = S−1 … 0 (dh arrives from the layer above and from step t+1):
+//! ```text
+//! dc  = dc_{t+1} ⊙ f_{t+1} + dh ⊙ o ⊙ (1 − tanh²c_t)
+//! dA  = [dc ⊙ g ⊙ i(1−i), dc ⊙ c_{t-1} ⊙ f(1−f), dc ⊙ i ⊙ (1−g²), dh ⊙ tanh c_t ⊙ o(1−o)]
+//! dh_{t-1} = dA W_hh            dW_hh += dAᵀ h_{t-1}   (one GEMM over all t)
+//! dX = dA W_ih                  dW_ih += dAᵀ X         (one GEMM over all t)
+//! ```
+//! The loss is the mean cross-entropy (nats per character) of the next character.
+//! Layer 0 takes one-hot input, so its `X W_ihᵀ` is a row lookup in W_ihᵀ and its
+//! `dW_ih` a scatter-add.
+
+use crate::model::kernel::{gemm, sigmoid, tanh, Trans};
+use crate::model::{Weights, GATES};
+use crate::rng::Rng;
+
+/// Hidden and cell state of B streams, carried from one batch to the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamState {
+    /// Per layer, B × H.
+    pub h: Vec<Vec<f32>>,
+    pub c: Vec<Vec<f32>>,
+}
+
+impl StreamState {
+    pub fn zeros(layers: usize, batch: usize, hidden: usize) -> Self {
+        Self { h: vec![vec![0.0; batch * hidden]; layers], c: vec![vec![0.0; batch * hidden]; layers] }
+    }
+}
+
+/// Scratch memory for one shard, allocated once and reused every batch.
+#[derive(Default)]
+pub struct Workspace {
+    layers: Vec<LayerBuffers>,
+    logits: Vec<f32>,
+    d_above: Vec<f32>,
+    d_below: Vec<f32>,
+    dh_next: Vec<f32>,
+    dc_next: Vec<f32>,
+    table: Vec<f32>,
+    d_table: Vec<f32>,
+}
+
+#[derive(Default)]
+struct LayerBuffers {
+    /// Gate pre-activations in the forward pass, their gradients in the backward pass.
+    a: Vec<f32>,
+    i: Vec<f32>,
+    f: Vec<f32>,
+    g: Vec<f32>,
+    o: Vec<f32>,
+    tanh_c: Vec<f32>,
+    /// (S+1) × B × H: row 0 is the carried-in state.
+    h: Vec<f32>,
+    c: Vec<f32>,
+    /// The layer's output as the next layer sees it (after dropout), S × B × H.
+    out: Vec<f32>,
+    /// Dropout multipliers (0 or 1/(1−p)); empty when dropout is off.
+    mask: Vec<f32>,
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
+}
+
+/// Forward and backward over one batch. Adds ∂loss/∂w into `grads` (which must
+/// have the shapes of `w`), advances `state` to the end of the batch, and returns
+/// the summed cross-entropy in nats. `scale` multiplies the gradient (pass
+/// 1/total characters for a mean over several shards).
+#[allow(clippy::too_many_arguments)]
+pub fn loss_and_grad(
+    w: &Weights,
+    inputs: &[u32],
+    targets: &[u32],
+    batch: usize,
+    state: &mut StreamState,
+    dropout: f32,
+    rng: &mut Rng,
+    scale: f32,
+    grads: Option<&mut Weights>,
+    ws: &mut Workspace,
+) -> f64 {
+    let n = w.hidden_size();
+    let v = w.vocab_size();
+    let g4 = GATES * n;
+    let rows = inputs.len();
+    assert_eq!(rows % batch, 0, "inputs must be S × B");
+    assert_eq!(targets.len(), rows);
+    assert!(w.embedding.is_none(), "the trainer uses one-hot input");
+    let steps = rows / batch;
+    let n_layers = w.layers.len();
+    ws.layers.resize_with(n_layers, LayerBuffers::default);
+
+    // Layer 0's input projection is a lookup in W_ihᵀ (V × 4H).
+    let w0 = &w.layers[0];
+    resize(&mut ws.table, v * g4);
+    for r in 0..g4 {
+        for c in 0..v {
+            ws.table[c * g4 + r] = w0.weight_ih[[r, c]];
+        }
+    }
+
+    for k in 0..n_layers {
+        let lw = &w.layers[k];
+        let (below, rest) = ws.layers.split_at_mut(k);
+        let lb = &mut rest[0];
+        resize(&mut lb.a, rows * g4);
+        for buf in [&mut lb.i, &mut lb.f, &mut lb.g, &mut lb.o, &mut lb.tanh_c, &mut lb.out] {
+            resize(buf, rows * n);
+        }
+        resize(&mut lb.h, (steps + 1) * batch * n);
+        resize(&mut lb.c, (steps + 1) * batch * n);
+        lb.h[..batch * n].copy_from_slice(&state.h[k]);
+        lb.c[..batch * n].copy_from_slice(&state.c[k]);
+        let bias: Vec<f32> = lw.bias_ih.iter().zip(lw.bias_hh.iter()).map(|(a, b)| a + b).collect();
+        for row in lb.a.chunks_exact_mut(g4) {
+            row.copy_from_slice(&bias);
+        }
+        if k == 0 {
+            for (row, &id) in lb.a.chunks_exact_mut(g4).zip(inputs) {
+                let col = &ws.table[id as usize * g4..(id as usize + 1) * g4];
+                for (x, y) in row.iter_mut().zip(col) {
+                    *x += y;
+                }
+            }
+        } else {
+            let x = &below[k - 1].out;
+            gemm(rows, n, g4, 1.0, x, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::T, 1.0, &mut lb.a);
+        }
+        let w_hh = lw.weight_hh.as_slice().expect("standard layout");
+        for t in 0..steps {
+            let bn = batch * n;
+            let a = &mut lb.a[t * batch * g4..(t + 1) * batch * g4];
+            gemm(batch, n, g4, 1.0, &lb.h[t * bn..(t + 1) * bn], Trans::N, w_hh, Trans::T, 1.0, a);
+            let (c_prev, c_next) = lb.c.split_at_mut((t + 1) * bn);
+            let c_prev = &c_prev[t * bn..];
+            let c_next = &mut c_next[..bn];
+            let h_next = &mut lb.h[(t + 1) * bn..(t + 2) * bn];
+            let r = t * bn..(t + 1) * bn;
+            let (is, fs, gs, os, tc) = (
+                &mut lb.i[r.clone()],
+                &mut lb.f[r.clone()],
+                &mut lb.g[r.clone()],
+                &mut lb.o[r.clone()],
+                &mut lb.tanh_c[r],
+            );
+            for b in 0..batch {
+                let ar = &a[b * g4..(b + 1) * g4];
+                for j in 0..n {
+                    let q = b * n + j;
+                    let i = sigmoid(ar[j]);
+                    let f = sigmoid(ar[n + j]);
+                    let gg = tanh(ar[2 * n + j]);
+                    let o = sigmoid(ar[3 * n + j]);
+                    let c = f * c_prev[q] + i * gg;
+                    let tcv = tanh(c);
+                    is[q] = i;
+                    fs[q] = f;
+                    gs[q] = gg;
+                    os[q] = o;
+                    c_next[q] = c;
+                    tc[q] = tcv;
+                    h_next[q] = o * tcv;
+                }
+            }
+        }
+        lb.out.copy_from_slice(&lb.h[batch * n..]);
+        if dropout > 0.0 {
+            resize(&mut lb.mask, rows * n);
+            let keep = 1.0 / (1.0 - dropout);
+            for (m, x) in lb.mask.iter_mut().zip(lb.out.iter_mut()) {
+                *m = if rng.uniform() < dropout { 0.0 } else { keep };
+                *x *= *m;
+            }
+        } else {
+            lb.mask.clear();
+        }
+        state.h[k].copy_from_slice(&lb.h[steps * batch * n..]);
+        state.c[k].copy_from_slice(&lb.c[steps * batch * n..]);
+    }
+
+    // Decoder and softmax cross-entropy.
+    let top = &ws.layers[n_layers - 1].out;
+    resize(&mut ws.logits, rows * v);
+    for row in ws.logits.chunks_exact_mut(v) {
+        row.copy_from_slice(w.decoder_bias.as_slice().unwrap());
+    }
+    gemm(rows, n, v, 1.0, top, Trans::N, w.decoder_weight.as_slice().unwrap(), Trans::T, 1.0, &mut ws.logits);
+    let mut loss = 0f64;
+    for (row, &target) in ws.logits.chunks_exact_mut(v).zip(targets) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        loss -= ((row[target as usize] / sum) as f64).ln();
+        // Row becomes dloss/dlogits = (softmax − onehot) · scale.
+        for x in row.iter_mut() {
+            *x *= scale / sum;
+        }
+        row[target as usize] -= scale;
+    }
+    let Some(grads) = grads else {
+        return loss;
+    };
+
+    // Backward: decoder.
+    let dlogits = &ws.logits;
+    gemm(v, rows, n, 1.0, dlogits, Trans::T, top, Trans::N, 1.0, grads.decoder_weight.as_slice_mut().unwrap());
+    let db = grads.decoder_bias.as_slice_mut().unwrap();
+    for row in dlogits.chunks_exact(v) {
+        for (d, x) in db.iter_mut().zip(row) {
+            *d += x;
+        }
+    }
+    resize(&mut ws.d_above, rows * n);
+    gemm(rows, v, n, 1.0, dlogits, Trans::N, w.decoder_weight.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_above);
+
+    for k in (0..n_layers).rev() {
+        let lw = &w.layers[k];
+        let lg = &mut grads.layers[k];
+        let (below, rest) = ws.layers.split_at_mut(k);
+        let lb = &mut rest[0];
+        let bn = batch * n;
+        // Gradient w.r.t. h_t (before dropout).
+        if !lb.mask.is_empty() {
+            for (d, m) in ws.d_above.iter_mut().zip(&lb.mask) {
+                *d *= m;
+            }
+        }
+        resize(&mut ws.dh_next, bn);
+        resize(&mut ws.dc_next, bn);
+        let w_hh = lw.weight_hh.as_slice().unwrap();
+        for t in (0..steps).rev() {
+            let r = t * bn..(t + 1) * bn;
+            let (is, fs, gs, os, tc) = (&lb.i[r.clone()], &lb.f[r.clone()], &lb.g[r.clone()], &lb.o[r.clone()], &lb.tanh_c[r.clone()]);
+            let c_prev = &lb.c[t * bn..(t + 1) * bn];
+            let dh_above = &ws.d_above[r];
+            let a = &mut lb.a[t * batch * g4..(t + 1) * batch * g4];
+            for b in 0..batch {
+                let ar = &mut a[b * g4..(b + 1) * g4];
+                for j in 0..n {
+                    let q = b * n + j;
+                    let dh = dh_above[q] + ws.dh_next[q];
+                    let (i, f, gg, o, tcv) = (is[q], fs[q], gs[q], os[q], tc[q]);
+                    let dc = ws.dc_next[q] + dh * o * (1.0 - tcv * tcv);
+                    ar[j] = dc * gg * i * (1.0 - i);
+                    ar[n + j] = dc * c_prev[q] * f * (1.0 - f);
+                    ar[2 * n + j] = dc * i * (1.0 - gg * gg);
+                    ar[3 * n + j] = dh * tcv * o * (1.0 - o);
+                    ws.dc_next[q] = dc * f;
+                }
+            }
+            gemm(batch, g4, n, 1.0, a, Trans::N, w_hh, Trans::N, 0.0, &mut ws.dh_next);
+        }
+        let da = &lb.a;
+        gemm(g4, rows, n, 1.0, da, Trans::T, &lb.h[..rows * n], Trans::N, 1.0, lg.weight_hh.as_slice_mut().unwrap());
+        let dbi = lg.bias_ih.as_slice_mut().unwrap();
+        for row in da.chunks_exact(g4) {
+            for (d, x) in dbi.iter_mut().zip(row) {
+                *d += x;
+            }
+        }
+        let dbh = lg.bias_hh.as_slice_mut().unwrap();
+        dbh.copy_from_slice(dbi);
+        if k > 0 {
+            let x = &below[k - 1].out;
+            gemm(g4, rows, n, 1.0, da, Trans::T, x, Trans::N, 1.0, lg.weight_ih.as_slice_mut().unwrap());
+            resize(&mut ws.d_below, rows * n);
+            gemm(rows, g4, n, 1.0, da, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_below);
+            std::mem::swap(&mut ws.d_above, &mut ws.d_below);
+        } else {
+            resize(&mut ws.d_table, v * g4);
+            for (row, &id) in da.chunks_exact(g4).zip(inputs) {
+                let dst = &mut ws.d_table[id as usize * g4..(id as usize + 1) * g4];
+                for (d, x) in dst.iter_mut().zip(row) {
+                    *d += x;
+                }
+            }
+            for r in 0..g4 {
+                for c in 0..v {
+                    lg.weight_ih[[r, c]] += ws.d_table[c * g4 + r];
+                }
+            }
+        }
+    }
+    loss
+}

@@ -1,0 +1,530 @@
+//! Training: truncated BPTT over parallel character streams (char-rnn style),
+//! Adam or RMSProp, gradient-norm clipping, learning-rate decay, validation,
+//! best-model saving, checkpoints that resume exactly, and a loss log.
+//!
+//! Data flow: the training text is cut into B contiguous streams; batch j feeds
+//! characters `[j·S, (j+1)·S)` of every stream and carries each stream's hidden
+//! state on to batch j+1 (reset at each epoch). The batch is split into `threads`
+//! shards that run forward/backward in parallel ([`backprop::loss_and_grad`]);
+//! their gradients are summed in shard order, so a run is deterministic for a
+//! given seed and thread count.
+//!
+//! Files written next to `--out model.safetensors`:
+//! - `model.safetensors`: the weights with the best validation loss so far;
+//! - `model.ckpt.safetensors`: the latest checkpoint (weights, optimiser moments,
+//!   carried state, step, data position, config) for `--resume`;
+//! - `model.log.jsonl`: one JSON object per logged step (loss, val loss, chars/s).
+
+pub mod backprop;
+pub mod optim;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{safetensors, write_atomic, Model, Vocab, Weights};
+use backprop::{loss_and_grad, StreamState, Workspace};
+use optim::{clip_grad_norm, OptimState, Optimizer};
+
+/// Everything that defines a training run. Stored in checkpoints and in the
+/// model's `cellscope.train` metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f32,
+    pub optimizer: Optimizer,
+    pub clip: f32,
+    pub dropout: f32,
+    /// Multiply the learning rate by this after every epoch past `decay_after`.
+    pub lr_decay: f32,
+    pub decay_after: f32,
+    pub epochs: f32,
+    /// Validate (and maybe save the best model) every this many steps.
+    pub eval_every: u64,
+    pub seed: u64,
+    pub threads: usize,
+    /// Initial weights are uniform(−init, init).
+    pub init: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            layers: 2,
+            hidden: 256,
+            batch: 50,
+            seq: 100,
+            lr: 2e-3,
+            optimizer: Optimizer::Adam,
+            clip: 5.0,
+            dropout: 0.0,
+            lr_decay: 0.95,
+            decay_after: 5.0,
+            epochs: 10.0,
+            eval_every: 500,
+            seed: 1,
+            threads: 2,
+            init: 0.08,
+        }
+    }
+}
+
+/// Why training could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+    #[error("checkpoint {path} is unusable: {problem}")]
+    Checkpoint { path: String, problem: String },
+}
+
+/// A text split ready for training: its ids under the run's vocabulary.
+pub struct Corpus {
+    pub name: String,
+    pub sha256: String,
+    pub ids: Vec<u32>,
+}
+
+/// Reads a UTF-8 text file.
+pub fn read_text(path: &Path) -> Result<String, TrainError> {
+    std::fs::read_to_string(path).map_err(|source| TrainError::Read { path: path.display().to_string(), source })
+}
+
+/// Lowercase hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Mean cross-entropy (nats per character) of predicting each character of `text`
+/// from the ones before it, as one continuous stream from the zero state, in chunks
+/// so memory stays bounded. Characters outside the vocabulary are not scored.
+/// Returns (nats per character, characters scored).
+pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize)) -> (f64, usize) {
+    const CHUNK: usize = 8192;
+    let chars: Vec<char> = text.chars().collect();
+    let mut state = model.zero_state();
+    let mut total = 0f64;
+    let mut count = 0usize;
+    let mut start = 0;
+    while start + 1 < chars.len() {
+        let end = (start + CHUNK).min(chars.len() - 1);
+        let piece: String = chars[start..end].iter().collect();
+        let trace = model.trace_from(&piece, &state);
+        for (t, row) in trace.probs.rows().into_iter().enumerate() {
+            if let Some(next) = model.vocab.id(chars[start + t + 1]) {
+                total -= (row[next as usize].max(1e-30) as f64).ln();
+                count += 1;
+            }
+        }
+        state = trace.final_state;
+        start = end;
+        progress(start, chars.len());
+    }
+    (if count == 0 { f64::NAN } else { total / count as f64 }, count)
+}
+
+/// Progress of a run, saved in checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub step: u64,
+    /// Batch index within the current epoch (the data position).
+    pub batch_in_epoch: u64,
+    pub epoch: u64,
+    pub lr: f32,
+    pub best_val: Option<f64>,
+    pub best_step: Option<u64>,
+    pub elapsed_s: f64,
+    pub chars_seen: u64,
+}
+
+/// Options of one invocation that are not part of the run's identity.
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Stop (saving a checkpoint) after this many seconds of this invocation.
+    pub max_seconds: Option<f64>,
+    /// Stop after this many steps in total.
+    pub max_steps: Option<u64>,
+    /// Print a progress line to stderr.
+    pub verbose: bool,
+    pub test: Option<PathBuf>,
+}
+
+/// Paths of the files a run writes beside `out`.
+pub fn sidecar(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out.with_extension("");
+    let mut s = stem.into_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+struct Run {
+    config: TrainConfig,
+    vocab: Vocab,
+    weights: Weights,
+    opt: OptimState,
+    states: Vec<StreamState>,
+    progress: Progress,
+    train_meta: serde_json::Value,
+}
+
+fn shard_sizes(batch: usize, threads: usize) -> Vec<usize> {
+    let threads = threads.clamp(1, batch);
+    (0..threads).map(|s| batch / threads + usize::from(s < batch % threads)).collect()
+}
+
+fn save_checkpoint(run: &Run, path: &Path) -> Result<(), TrainError> {
+    let mut tensors: BTreeMap<String, (Vec<usize>, &[f32])> = BTreeMap::new();
+    for (prefix, w) in [("w.", &run.weights), ("m.", &run.opt.m), ("v.", &run.opt.v)] {
+        for (name, shape, data) in w.named_tensors() {
+            tensors.insert(format!("{prefix}{name}"), (shape, data));
+        }
+    }
+    for (s, st) in run.states.iter().enumerate() {
+        for (k, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
+            tensors.insert(format!("state.s{s}.h_l{k}"), (vec![h.len()], &h[..]));
+            tensors.insert(format!("state.s{s}.c_l{k}"), (vec![c.len()], &c[..]));
+        }
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("cellscope.vocab".into(), run.vocab.to_json());
+    meta.insert("cellscope.config".into(), serde_json::to_string(&run.config).expect("json"));
+    meta.insert("cellscope.progress".into(), serde_json::to_string(&run.progress).expect("json"));
+    meta.insert("cellscope.optimizer_t".into(), run.opt.t.to_string());
+    meta.insert("cellscope.train".into(), run.train_meta.to_string());
+    let bytes = safetensors::serialize(&tensors, &meta);
+    write_atomic(path, &bytes).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
+}
+
+fn load_checkpoint(path: &Path, fresh: &Run) -> Result<Run, TrainError> {
+    let bad = |problem: String| TrainError::Checkpoint { path: path.display().to_string(), problem };
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Read { path: path.display().to_string(), source })?;
+    let file = safetensors::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = |k: &str| file.metadata.get(k).cloned().ok_or_else(|| bad(format!("lacks {k}")));
+    let config: TrainConfig = serde_json::from_str(&meta("cellscope.config")?).map_err(|e| bad(e.to_string()))?;
+    if config != fresh.config {
+        return Err(bad(format!(
+            "it was made with different settings; resume with the same flags.\n  checkpoint: {}\n  now:        {}",
+            serde_json::to_string(&config).unwrap_or_default(),
+            serde_json::to_string(&fresh.config).unwrap_or_default()
+        )));
+    }
+    let vocab = Vocab::from_json(&meta("cellscope.vocab")?).map_err(|e| bad(e.to_string()))?;
+    if vocab != fresh.vocab {
+        return Err(bad("its vocabulary differs from this corpus's".into()));
+    }
+    let progress: Progress = serde_json::from_str(&meta("cellscope.progress")?).map_err(|e| bad(e.to_string()))?;
+    let t: u64 = meta("cellscope.optimizer_t")?.parse().map_err(|_| bad("bad optimizer_t".into()))?;
+    let train_meta: serde_json::Value =
+        serde_json::from_str(&meta("cellscope.train")?).map_err(|e| bad(e.to_string()))?;
+    let mut run = Run {
+        config,
+        vocab,
+        weights: fresh.weights.clone(),
+        opt: fresh.opt.clone(),
+        states: fresh.states.clone(),
+        progress,
+        train_meta,
+    };
+    run.opt.t = t;
+    let names: Vec<(String, usize)> =
+        fresh.weights.named_tensors().into_iter().map(|(n, _, d)| (n, d.len())).collect();
+    for (prefix, target) in [("w.", &mut run.weights), ("m.", &mut run.opt.m), ("v.", &mut run.opt.v)] {
+        for ((name, len), slot) in names.iter().zip(target.tensors_mut()) {
+            let key = format!("{prefix}{name}");
+            let t = file.tensors.get(&key).ok_or_else(|| bad(format!("lacks {key}")))?;
+            if t.data.len() != *len {
+                return Err(bad(format!("{key} has {} values, expected {len}", t.data.len())));
+            }
+            slot.copy_from_slice(&t.data);
+        }
+    }
+    for (s, st) in run.states.iter_mut().enumerate() {
+        for k in 0..st.h.len() {
+            for (kind, dst) in [("h", &mut st.h[k]), ("c", &mut st.c[k])] {
+                let key = format!("state.s{s}.{kind}_l{k}");
+                let t = file.tensors.get(&key).ok_or_else(|| bad(format!("lacks {key}")))?;
+                if t.data.len() != dst.len() {
+                    return Err(bad(format!("{key} has the wrong size")));
+                }
+                dst.copy_from_slice(&t.data);
+            }
+        }
+    }
+    Ok(run)
+}
+
+fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// What a finished (or interrupted) invocation reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub steps: u64,
+    pub epochs_done: f64,
+    pub best_val: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub chars_per_s: f64,
+    pub interrupted: bool,
+    pub finished: bool,
+}
+
+/// Trains (or resumes) a model. `stop` is polled every step (set it from a signal
+/// handler); when set, a checkpoint is saved and the function returns.
+pub fn train(
+    config: TrainConfig,
+    train_path: &Path,
+    val_path: &Path,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+) -> Result<TrainReport, TrainError> {
+    if config.layers == 0 || config.hidden == 0 || config.batch == 0 || config.seq == 0 {
+        return Err(TrainError::Config("layers, hidden, batch and seq must all be at least 1".into()));
+    }
+    if !(0.0..1.0).contains(&config.dropout) {
+        return Err(TrainError::Config(format!("dropout must be in [0, 1), got {}", config.dropout)));
+    }
+    let train_text = read_text(train_path)?;
+    let val_text = read_text(val_path)?;
+    let mut all = train_text.clone();
+    all.push_str(&val_text);
+    let vocab = Vocab::from_text(&all).map_err(|e| TrainError::Config(format!("training text: {e}")))?;
+    let ids: Vec<u32> = train_text.chars().map(|c| vocab.id(c).expect("vocab built from this text")).collect();
+    let stream_len = ids.len().saturating_sub(1) / config.batch;
+    let batches_per_epoch = (stream_len / config.seq) as u64;
+    if batches_per_epoch == 0 {
+        return Err(TrainError::Config(format!(
+            "training text has {} characters, too few for {} streams of {} steps; lower --batch or --seq",
+            ids.len(),
+            config.batch,
+            config.seq
+        )));
+    }
+    let shards = shard_sizes(config.batch, config.threads);
+    let weights = Weights::random_scaled(vocab.len(), None, config.hidden, config.layers, config.seed, config.init);
+    let train_meta = serde_json::json!({
+        "corpus": train_path.file_name().map(|s| s.to_string_lossy().into_owned()),
+        "train_sha256": sha256_hex(train_text.as_bytes()),
+        "val_sha256": sha256_hex(val_text.as_bytes()),
+        "train_chars": ids.len(),
+        "config": config,
+    });
+    let fresh = Run {
+        opt: OptimState::new(config.optimizer, &weights),
+        states: shards.iter().map(|&b| StreamState::zeros(config.layers, b, config.hidden)).collect(),
+        progress: Progress {
+            step: 0,
+            batch_in_epoch: 0,
+            epoch: 0,
+            lr: config.lr,
+            best_val: None,
+            best_step: None,
+            elapsed_s: 0.0,
+            chars_seen: 0,
+        },
+        config: config.clone(),
+        vocab,
+        weights,
+        train_meta,
+    };
+    let ckpt_path = sidecar(&opts.out, ".ckpt.safetensors");
+    let log_path = sidecar(&opts.out, ".log.jsonl");
+    let mut run = if opts.resume {
+        if !ckpt_path.exists() {
+            return Err(TrainError::Config(format!(
+                "--resume given but {} does not exist; start without --resume",
+                ckpt_path.display()
+            )));
+        }
+        let r = load_checkpoint(&ckpt_path, &fresh)?;
+        if opts.verbose {
+            eprintln!("resuming {} at step {} (epoch {}, batch {})", ckpt_path.display(), r.progress.step, r.progress.epoch, r.progress.batch_in_epoch);
+        }
+        r
+    } else {
+        if ckpt_path.exists() {
+            return Err(TrainError::Config(format!(
+                "{} exists; pass --resume to continue it, or delete it to start over",
+                ckpt_path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&log_path);
+        fresh
+    };
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+
+    let total_steps = ((config.epochs as f64) * batches_per_epoch as f64).ceil() as u64;
+    let total_steps = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let chars_per_step = (config.batch * config.seq) as u64;
+    let mut workspaces: Vec<Workspace> = shards.iter().map(|_| Workspace::default()).collect();
+    let mut grads: Vec<Weights> = shards.iter().map(|_| run.weights.zeros_like()).collect();
+    let started = Instant::now();
+    let elapsed_before = run.progress.elapsed_s;
+    let steps_before = run.progress.step;
+    let mut recent_loss = f64::NAN;
+    let mut interrupted = false;
+    let scale = 1.0 / chars_per_step as f32;
+    let mut inputs: Vec<Vec<u32>> = shards.iter().map(|&b| vec![0; b * config.seq]).collect();
+    let mut targets = inputs.clone();
+
+    while run.progress.step < total_steps {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        if opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) {
+            break;
+        }
+        // Gather this batch: stream b reads [b·L + j·S, b·L + (j+1)·S).
+        let j = run.progress.batch_in_epoch as usize;
+        let mut b0 = 0;
+        for (s, &bs) in shards.iter().enumerate() {
+            for t in 0..config.seq {
+                for b in 0..bs {
+                    let pos = (b0 + b) * stream_len + j * config.seq + t;
+                    inputs[s][t * bs + b] = ids[pos];
+                    targets[s][t * bs + b] = ids[pos + 1];
+                }
+            }
+            b0 += bs;
+        }
+        let step = run.progress.step;
+        let losses: Vec<f64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .iter()
+                .enumerate()
+                .zip(workspaces.iter_mut())
+                .zip(grads.iter_mut())
+                .zip(run.states.iter_mut())
+                .map(|((((s, &bs), ws), g), st)| {
+                    let w = &run.weights;
+                    let (inp, tgt) = (&inputs[s], &targets[s]);
+                    let cfg = &config;
+                    scope.spawn(move || {
+                        g.for_each_tensor_mut(|t| t.fill(0.0));
+                        let mut rng = crate::rng::Rng::new(cfg.seed ^ (step.wrapping_mul(0x9E37_79B9) + s as u64 + 1));
+                        loss_and_grad(w, inp, tgt, bs, st, cfg.dropout, &mut rng, scale, Some(g), ws)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("training thread panicked")).collect()
+        });
+        let loss = losses.iter().sum::<f64>() / chars_per_step as f64;
+        let (first, rest) = grads.split_at_mut(1);
+        for g in rest {
+            first[0].add_assign(g);
+        }
+        let grad_norm = clip_grad_norm(&mut first[0], config.clip);
+        run.opt.step(&mut run.weights, &mut first[0], run.progress.lr);
+        run.progress.step += 1;
+        run.progress.chars_seen += chars_per_step;
+        run.progress.batch_in_epoch += 1;
+        if run.progress.batch_in_epoch == batches_per_epoch {
+            run.progress.batch_in_epoch = 0;
+            run.progress.epoch += 1;
+            for st in &mut run.states {
+                for v in st.h.iter_mut().chain(st.c.iter_mut()) {
+                    v.fill(0.0);
+                }
+            }
+            if run.progress.epoch as f32 >= config.decay_after {
+                run.progress.lr *= config.lr_decay;
+            }
+        }
+        recent_loss = if recent_loss.is_nan() { loss } else { 0.98 * recent_loss + 0.02 * loss };
+        let now = started.elapsed().as_secs_f64();
+        run.progress.elapsed_s = elapsed_before + now;
+        let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / now.max(1e-9);
+        let step = run.progress.step;
+        let epoch_f = step as f64 / batches_per_epoch as f64;
+        let mut record = serde_json::json!({
+            "step": step, "epoch": epoch_f, "loss": loss, "grad_norm": grad_norm,
+            "lr": run.progress.lr, "chars_per_s": cps, "elapsed_s": run.progress.elapsed_s,
+        });
+        if step % config.eval_every == 0 || step == total_steps {
+            let model = Model::new(opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()), run.vocab.clone(), run.weights.clone(), serde_json::Value::Null)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            let (val, _) = evaluate(&model, &val_text, |_, _| {});
+            record["val_loss"] = serde_json::json!(val);
+            if run.progress.best_val.is_none_or(|b| val < b) {
+                run.progress.best_val = Some(val);
+                run.progress.best_step = Some(step);
+                let mut meta = run.train_meta.clone();
+                meta["steps"] = serde_json::json!(step);
+                meta["epochs"] = serde_json::json!(epoch_f);
+                meta["best_val_loss"] = serde_json::json!(val);
+                meta["train_seconds"] = serde_json::json!(run.progress.elapsed_s);
+                let mut best = model;
+                best.train = meta;
+                best.save(&opts.out).map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
+            }
+            save_checkpoint(&run, &ckpt_path)?;
+        }
+        writeln!(log, "{record}").map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+        if opts.verbose && (step % 10 == 0 || record.get("val_loss").is_some()) {
+            let eta = (total_steps - step) as f64 * chars_per_step as f64 / cps.max(1.0);
+            let val = run.progress.best_val.map_or("-".into(), |v| format!("{v:.4}"));
+            eprint!(
+                "\rstep {step}/{total_steps} | epoch {epoch_f:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
+                cps / 1000.0,
+                fmt_duration(eta)
+            );
+            if record.get("val_loss").is_some() {
+                eprintln!();
+            }
+        }
+    }
+    save_checkpoint(&run, &ckpt_path)?;
+    let finished = run.progress.step >= total_steps;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / elapsed.max(1e-9);
+    let mut test_loss = None;
+    if finished {
+        if let Some(test) = &opts.test {
+            // Score the best model on the test split and record it in its metadata.
+            if let Ok(mut best) = Model::load(&opts.out) {
+                let text = read_text(test)?;
+                let (loss, _) = evaluate(&best, &text, |_, _| {});
+                best.train["test_loss"] = serde_json::json!(loss);
+                best.train["test_sha256"] = serde_json::json!(sha256_hex(text.as_bytes()));
+                best.save(&opts.out).map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
+                test_loss = Some(loss);
+            }
+        }
+    }
+    if opts.verbose {
+        eprintln!();
+    }
+    Ok(TrainReport {
+        steps: run.progress.step,
+        epochs_done: run.progress.step as f64 / batches_per_epoch as f64,
+        best_val: run.progress.best_val,
+        test_loss,
+        chars_per_s: cps,
+        interrupted,
+        finished,
+    })
+}
