@@ -11,6 +11,7 @@
 //! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
+//! - [`finder`]: traces → analysis: ranks cells of a trace, or streams files in chunks; top contexts.
 //! - [`train`]: the trainer: batches of parallel streams, backward pass (BPTT),
 //!   Adam/RMSProp, clipping, checkpoints and resume (`train/backprop.rs` holds the
 //!   gradient formulas).
@@ -19,6 +20,7 @@
 pub mod analysis;
 pub mod analysis_cli;
 pub mod cli;
+pub mod finder;
 pub mod model;
 pub mod rng;
 pub mod server;

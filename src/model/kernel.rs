@@ -1,22 +1,36 @@
-//! The hot loops: matrix × vector, the fused LSTM cell update, fast `exp`, and a
+//! The hot loops: the LSTM recurrence over a whole text, fast `exp`, softmax, and a
 //! GEMM wrapper over `matrixmultiply`.
 //!
-//! The recurrent loop cannot be batched over time, so per character it does one
-//! `gates += W_hh · h` (a 4H × H matrix-vector product) and 4H non-linearities.
-//! Two things make that fast:
-//! * the dot products keep 4 rows × 32 lanes of independent accumulators, so the
-//!   compiler emits wide SIMD (AVX-512 or AVX2 + FMA, picked at run time) that is
-//!   limited by loads, not by add latency;
-//! * `exp` is a branch-free polynomial (relative error < 2e-7), so sigmoid and tanh
-//!   vectorise too instead of calling libm 4H times per step.
+//! The recurrence cannot be batched over time: per character and layer it does
+//! `gates = x_proj + W_hh h_{t-1}` (a 4H × H matrix-vector product) and 5H
+//! non-linearities. At batch 1 the product reads every weight once and uses it for
+//! one multiply-add, so it is bound by how fast W_hh streams from the L2 cache
+//! (1 MiB per layer at H = 256), not by arithmetic. What makes it fast:
+//! * [`PackedHh`] stores W_hhᵀ in blocks of `L` hidden units (`L` = one SIMD
+//!   register: 16 floats for AVX-512, 8 for AVX2 and the portable path), laid out
+//!   in exactly the order the kernel reads it, so W streams contiguously while
+//!   h_{t-1}[c] is broadcast:
+//!   ```text
+//!   packed[((b·H + c)·4 + q)·L + l] = W_hh[q·H + b·L + l, c]    (0 past unit H)
+//!   ```
+//!   One block's loop over c leaves the i, f, g, o pre-activations of its L units
+//!   in eight registers (two partial sums per gate, so the FMAs of consecutive
+//!   columns do not wait on each other), and the cell update for those units runs
+//!   straight from registers: no horizontal sums, no scratch vector.
+//! * the kernels are written with `std::arch` intrinsics for AVX-512 and AVX2 + FMA
+//!   (picked once at run time by [`simd`]), with a portable fallback. Plain Rust
+//!   would not fuse `a * b + c` into an FMA, and LLVM spilled the accumulators of
+//!   the auto-vectorised version to the stack.
+//! * `exp` is a branch-free polynomial (relative error < 2e-7) evaluated in the
+//!   same registers, so σ and tanh never call libm.
+//! * the six recorded T × H outputs are written once, straight into their final
+//!   vectors, never zero-filled first.
 
 /// `exp(x)` for f32 without branches: 2^k · p(r) with x = k·ln2 + r, |r| ≤ ln2/2,
 /// p the degree-6 Taylor polynomial (relative error ≈ 1.2e-7 on the reduced range).
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding 1.5·2^23 rounds to the nearest integer and leaves it in the low bits.
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
@@ -24,13 +38,19 @@ pub fn exp_fast(x: f32) -> f32 {
     let k = t - MAGIC;
     let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (C3 + r * (C4 + r * (C5 + r * C6)))));
     let scale = f32::from_bits(((ki + 127) as u32) << 23);
     p * scale
 }
+
+/// ln 2 split in two (Cody–Waite) so that x − k·ln2 is exact for |k| ≤ 128.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// Taylor coefficients 1/3! … 1/6! of the `exp` polynomial.
+const C3: f32 = 1.0 / 6.0;
+const C4: f32 = 1.0 / 24.0;
+const C5: f32 = 1.0 / 120.0;
+const C6: f32 = 1.0 / 720.0;
 
 /// σ(x) = 1 / (1 + e^(−x)).
 #[inline(always)]
@@ -44,103 +64,6 @@ pub fn tanh(x: f32) -> f32 {
     2.0 / (1.0 + exp_fast(-2.0 * x)) - 1.0
 }
 
-const LANES: usize = 32;
-const ROWS: usize = 4;
-
-/// y += W x for row-major W (rows × cols), written so LLVM vectorises it.
-#[inline(always)]
-fn matvec_acc_generic(w: &[f32], x: &[f32], y: &mut [f32]) {
-    let cols = x.len();
-    let rows = y.len();
-    debug_assert_eq!(w.len(), rows * cols);
-    let main = cols - cols % LANES;
-    let mut r = 0;
-    while r + ROWS <= rows {
-        let mut acc = [[0f32; LANES]; ROWS];
-        let mut c = 0;
-        while c < main {
-            let xs = &x[c..c + LANES];
-            for (q, a) in acc.iter_mut().enumerate() {
-                let ws = &w[(r + q) * cols + c..(r + q) * cols + c + LANES];
-                for l in 0..LANES {
-                    a[l] += ws[l] * xs[l];
-                }
-            }
-            c += LANES;
-        }
-        for (q, a) in acc.iter().enumerate() {
-            let mut s: f32 = a.iter().sum();
-            for c in main..cols {
-                s += w[(r + q) * cols + c] * x[c];
-            }
-            y[r + q] += s;
-        }
-        r += ROWS;
-    }
-    while r < rows {
-        let row = &w[r * cols..(r + 1) * cols];
-        y[r] += row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
-        r += 1;
-    }
-}
-
-/// Buffers one LSTM step reads and writes. All are H long except `pre` (4H).
-pub struct StepIo<'a> {
-    pub h_prev: &'a [f32],
-    pub c_prev: &'a [f32],
-    /// Gate pre-activations from the input (W_ih x + b_ih + b_hh), 4H, gate order i, f, g, o.
-    pub x_proj: &'a [f32],
-    /// Scratch for the 4H pre-activations.
-    pub pre: &'a mut [f32],
-    pub i: &'a mut [f32],
-    pub f: &'a mut [f32],
-    pub g: &'a mut [f32],
-    pub o: &'a mut [f32],
-    pub c: &'a mut [f32],
-    pub h: &'a mut [f32],
-}
-
-/// One LSTM step:
-/// ```text
-/// [i f g o] = [σ σ tanh σ](x_proj + W_hh h_prev)
-/// c = f ⊙ c_prev + i ⊙ g
-/// h = o ⊙ tanh(c)
-/// ```
-#[inline(always)]
-fn lstm_step_generic(weight_hh: &[f32], io: StepIo<'_>) {
-    let n = io.h.len();
-    io.pre.copy_from_slice(io.x_proj);
-    matvec_acc_generic(weight_hh, io.h_prev, io.pre);
-    let (pi, rest) = io.pre.split_at(n);
-    let (pf, rest) = rest.split_at(n);
-    let (pg, po) = rest.split_at(n);
-    for j in 0..n {
-        let i = sigmoid(pi[j]);
-        let f = sigmoid(pf[j]);
-        let g = tanh(pg[j]);
-        let o = sigmoid(po[j]);
-        let c = f * io.c_prev[j] + i * g;
-        io.i[j] = i;
-        io.f[j] = f;
-        io.g[j] = g;
-        io.o[j] = o;
-        io.c[j] = c;
-        io.h[j] = o * tanh(c);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn lstm_step_avx512(weight_hh: &[f32], io: StepIo<'_>) {
-    lstm_step_generic(weight_hh, io)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn lstm_step_avx2(weight_hh: &[f32], io: StepIo<'_>) {
-    lstm_step_generic(weight_hh, io)
-}
-
 /// The widest instruction set this CPU offers, detected once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Simd {
@@ -149,7 +72,8 @@ pub enum Simd {
     Portable,
 }
 
-/// Which kernel [`lstm_step`] uses on this machine.
+/// Which kernels this machine uses. `CELLSCOPE_PORTABLE=1` forces the portable
+/// ones (to compare, or to rule out a SIMD bug).
 pub fn simd() -> Simd {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<Simd> = OnceLock::new();
@@ -159,7 +83,7 @@ pub fn simd() -> Simd {
             if std::env::var_os("CELLSCOPE_PORTABLE").is_some() {
                 return Simd::Portable;
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") {
                 return Simd::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -170,38 +94,477 @@ pub fn simd() -> Simd {
     })
 }
 
-/// One LSTM step with the fastest kernel this CPU supports.
-pub fn lstm_step(weight_hh: &[f32], io: StepIo<'_>) {
-    match simd() {
-        // SAFETY: `simd()` only reports a level whose features the CPU has.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { lstm_step_avx512(weight_hh, io) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { lstm_step_avx2(weight_hh, io) },
-        _ => lstm_step_generic(weight_hh, io),
+/// One 64-byte cache line of floats; makes [`PackedHh`] start on a line boundary so
+/// that no 16-float load straddles two lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// W_hh (4H × H, PyTorch's row-major layout) repacked for [`lstm_layer`]; see the
+/// module doc for the layout. Build it once per model ([`Model::refresh`] does).
+///
+/// [`Model::refresh`]: crate::model::Model::refresh
+#[derive(Clone)]
+pub struct PackedHh {
+    hidden: usize,
+    /// Hidden units per block: the SIMD width of the kernel it was packed for.
+    lanes: usize,
+    data: Vec<Line>,
+}
+
+impl std::fmt::Debug for PackedHh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedHh {{ hidden: {}, lanes: {} }}", self.hidden, self.lanes)
     }
 }
 
-/// y += W x, dispatched like [`lstm_step`].
-pub fn matvec_acc(w: &[f32], x: &[f32], y: &mut [f32]) {
+impl PackedHh {
+    /// Packs `weight_hh` (4H × H, row-major) for this machine's kernel.
+    pub fn new(weight_hh: &[f32], hidden: usize) -> Self {
+        let lanes = if simd() == Simd::Avx512 { 16 } else { 8 };
+        Self::with_lanes(weight_hh, hidden, lanes)
+    }
+
+    fn with_lanes(weight_hh: &[f32], hidden: usize, lanes: usize) -> Self {
+        let n = hidden;
+        assert_eq!(weight_hh.len(), 4 * n * n, "weight_hh must be 4H × H");
+        let blocks = n.div_ceil(lanes);
+        let len = blocks * n * 4 * lanes;
+        let mut data = vec![Line([0.0; 16]); len.div_ceil(16)];
+        // SAFETY: `Line` is 16 plain f32s with no padding, so `data` is
+        // 16·data.len() ≥ len contiguous, initialised floats.
+        let flat = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), len) };
+        for b in 0..blocks {
+            for c in 0..n {
+                for q in 0..4 {
+                    for l in 0..lanes {
+                        let unit = b * lanes + l;
+                        if unit < n {
+                            flat[((b * n + c) * 4 + q) * lanes + l] = weight_hh[(q * n + unit) * n + c];
+                        }
+                    }
+                }
+            }
+        }
+        Self { hidden, lanes, data }
+    }
+
+    fn as_ptr(&self) -> *const f32 {
+        self.data.as_ptr().cast()
+    }
+}
+
+/// What one layer recorded over a text: six T × H matrices, row-major, row = step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerOut {
+    pub h: Vec<f32>,
+    pub c: Vec<f32>,
+    pub i: Vec<f32>,
+    pub f: Vec<f32>,
+    pub g: Vec<f32>,
+    pub o: Vec<f32>,
+}
+
+/// Raw view of one layer's inputs and outputs, shared by the kernels. The safe
+/// [`lstm_layer`] checks every length before building one.
+#[derive(Clone, Copy)]
+struct Raw {
+    hidden: usize,
+    steps: usize,
+    /// `steps` pointers, each to 4H floats.
+    x_rows: *const *const f32,
+    h0: *const f32,
+    c0: *const f32,
+    /// Each `steps` × H, written row by row; row t−1 of `h` and `c` is read at step t.
+    h: *mut f32,
+    c: *mut f32,
+    i: *mut f32,
+    f: *mut f32,
+    g: *mut f32,
+    o: *mut f32,
+}
+
+impl Raw {
+    /// h_{t-1} and c_{t-1}: the initial state at t = 0, else the previous rows.
+    ///
+    /// # Safety
+    /// `t < steps`, and rows before `t` have been written.
+    #[inline(always)]
+    unsafe fn prev(&self, t: usize) -> (*const f32, *const f32) {
+        if t == 0 {
+            (self.h0, self.c0)
+        } else {
+            // SAFETY: row t−1 lies inside the `steps × H` outputs.
+            unsafe { (self.h.add((t - 1) * self.hidden), self.c.add((t - 1) * self.hidden)) }
+        }
+    }
+}
+
+/// Runs one LSTM layer over a whole text and records every step (gate order i, f,
+/// g, o as in PyTorch):
+/// ```text
+/// [i f g o]_t = [σ σ tanh σ](x_rows[t] + W_hh h_{t-1})
+/// c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+/// h_t = o_t ⊙ tanh(c_t)
+/// ```
+/// `x_rows[t]` is the input projection W_ih x_t + b_ih + b_hh (4H floats); `h0`, `c0`
+/// the state before the first step.
+pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32]) -> LayerOut {
+    let n = weight_hh.hidden;
+    let steps = x_rows.len();
+    assert!(h0.len() == n && c0.len() == n, "state must hold H = {n} values per layer");
+    assert!(x_rows.iter().all(|r| r.len() == 4 * n), "every input projection must be 4H = {} long", 4 * n);
+    let rows: Vec<*const f32> = x_rows.iter().map(|r| r.as_ptr()).collect();
+    let mut out = [(); 6].map(|_| Vec::<f32>::with_capacity(steps * n));
+    let [h, c, i, f, g, o] = &mut out;
+    let ptr = |v: &mut Vec<f32>| v.spare_capacity_mut().as_mut_ptr().cast::<f32>();
+    let raw = Raw {
+        hidden: n,
+        steps,
+        x_rows: rows.as_ptr(),
+        h0: h0.as_ptr(),
+        c0: c0.as_ptr(),
+        h: ptr(h),
+        c: ptr(c),
+        i: ptr(i),
+        f: ptr(f),
+        g: ptr(g),
+        o: ptr(o),
+    };
+    // SAFETY: every pointer in `raw` addresses the length it promises (checked or
+    // allocated above), and the outputs do not overlap any input. The kernels
+    // write each of the steps·H output floats exactly once, before any read, and
+    // `packed` matches the kernel it is given (lanes checked in the match).
+    unsafe {
+        match (simd(), weight_hh.lanes) {
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512, 16) => x86::layer_avx512(weight_hh.as_ptr(), raw),
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512 | Simd::Avx2, 8) => x86::layer_avx2(weight_hh.as_ptr(), raw),
+            (_, 16) => layer_portable::<16>(weight_hh.as_ptr(), raw),
+            (_, 8) => layer_portable::<8>(weight_hh.as_ptr(), raw),
+            (_, lanes) => unreachable!("PackedHh with {lanes} lanes"),
+        }
+        for v in &mut out {
+            v.set_len(steps * n);
+        }
+    }
+    let [h, c, i, f, g, o] = out;
+    LayerOut { h, c, i, f, g, o }
+}
+
+/// The kernels' shared shape, in plain Rust over `[f32; L]` so LLVM can use
+/// whatever vector unit the target has.
+///
+/// # Safety
+/// As in [`lstm_layer`]; `w` is a [`PackedHh`] with `L` lanes and `raw.hidden` units.
+unsafe fn layer_portable<const L: usize>(w: *const f32, raw: Raw) {
+    let n = raw.hidden;
+    for t in 0..raw.steps {
+        // SAFETY: the caller's contract; all indices stay below H per row, 4H per
+        // input row and `blocks·H·4·L` in `w`.
+        unsafe {
+            let (h_prev, c_prev) = raw.prev(t);
+            let x = *raw.x_rows.add(t);
+            for b in 0..n.div_ceil(L) {
+                let j0 = b * L;
+                let width = L.min(n - j0);
+                let mut acc = [[0f32; L]; 4];
+                for (q, a) in acc.iter_mut().enumerate() {
+                    for l in 0..width {
+                        a[l] = *x.add(q * n + j0 + l);
+                    }
+                }
+                let wb = w.add(b * n * 4 * L);
+                for c in 0..n {
+                    let hc = *h_prev.add(c);
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        let wq = wb.add((c * 4 + q) * L);
+                        for l in 0..L {
+                            a[l] += *wq.add(l) * hc;
+                        }
+                    }
+                }
+                for l in 0..width {
+                    let j = j0 + l;
+                    let r = t * n + j;
+                    let i = sigmoid(acc[0][l]);
+                    let f = sigmoid(acc[1][l]);
+                    let g = tanh(acc[2][l]);
+                    let o = sigmoid(acc[3][l]);
+                    let c = f * *c_prev.add(j) + i * g;
+                    *raw.i.add(r) = i;
+                    *raw.f.add(r) = f;
+                    *raw.g.add(r) = g;
+                    *raw.o.add(r) = o;
+                    *raw.c.add(r) = c;
+                    *raw.h.add(r) = o * tanh(c);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX-512 and AVX2 + FMA versions of [`super::layer_portable`]. Both follow the
+    //! same plan: per block of L units, eight accumulators (i, f, g, o × even/odd
+    //! column) start from x_proj, take one FMA per weight vector, and the cell
+    //! update runs on the sums without leaving registers. The last block of an H
+    //! that is not a multiple of L is masked.
+
+    use super::{Raw, C3, C4, C5, C6, LN2_HI, LN2_LO};
+    use std::arch::x86_64::*;
+
+    /// e^x on 16 lanes: k = round(x·log2 e), r = x − k·ln2, 2^k · p(r) (`vscalefps`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(C6);
+        for coef in [C5, C4, C3, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
+        }
+        _mm512_scalef_ps(p, k)
+    }
+
+    /// σ(x) = 1 / (1 + e^(−x)).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sigmoid16(x: __m512) -> __m512 {
+        let one = _mm512_set1_ps(1.0);
+        _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))))
+    }
+
+    /// tanh(x) = 2 / (1 + e^(−2x)) − 1.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn tanh16(x: __m512) -> __m512 {
+        let one = _mm512_set1_ps(1.0);
+        let e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-2.0)));
+        _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(one, e)), one)
+    }
+
+    /// # Safety
+    /// As [`super::layer_portable`] with L = 16, on a CPU with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn layer_avx512(w: *const f32, raw: Raw) {
+        const L: usize = 16;
+        let n = raw.hidden;
+        for t in 0..raw.steps {
+            // SAFETY: the caller's contract; masked loads and stores touch only the
+            // `width` valid units of the last block; `w` holds whole padded blocks.
+            unsafe {
+                let (h_prev, c_prev) = raw.prev(t);
+                let x = *raw.x_rows.add(t);
+                let row = t * n;
+                for b in 0..n.div_ceil(L) {
+                    let j0 = b * L;
+                    let width = L.min(n - j0);
+                    let m: __mmask16 = if width == L { !0 } else { (1u16 << width) - 1 };
+                    let mut even = [
+                        _mm512_maskz_loadu_ps(m, x.add(j0)),
+                        _mm512_maskz_loadu_ps(m, x.add(n + j0)),
+                        _mm512_maskz_loadu_ps(m, x.add(2 * n + j0)),
+                        _mm512_maskz_loadu_ps(m, x.add(3 * n + j0)),
+                    ];
+                    let mut odd = [_mm512_setzero_ps(); 4];
+                    let mut p = w.add(b * n * 4 * L);
+                    let mut c = 0;
+                    while c + 2 <= n {
+                        let h0 = _mm512_set1_ps(*h_prev.add(c));
+                        let h1 = _mm512_set1_ps(*h_prev.add(c + 1));
+                        for q in 0..4 {
+                            even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
+                        }
+                        for q in 0..4 {
+                            odd[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), h1, odd[q]);
+                        }
+                        p = p.add(8 * L);
+                        c += 2;
+                    }
+                    if c < n {
+                        let h0 = _mm512_set1_ps(*h_prev.add(c));
+                        for q in 0..4 {
+                            even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
+                        }
+                    }
+                    let i = sigmoid16(_mm512_add_ps(even[0], odd[0]));
+                    let f = sigmoid16(_mm512_add_ps(even[1], odd[1]));
+                    let g = tanh16(_mm512_add_ps(even[2], odd[2]));
+                    let o = sigmoid16(_mm512_add_ps(even[3], odd[3]));
+                    let cp = _mm512_maskz_loadu_ps(m, c_prev.add(j0));
+                    let cell = _mm512_fmadd_ps(f, cp, _mm512_mul_ps(i, g));
+                    let hidden = _mm512_mul_ps(o, tanh16(cell));
+                    let at = row + j0;
+                    _mm512_mask_storeu_ps(raw.i.add(at), m, i);
+                    _mm512_mask_storeu_ps(raw.f.add(at), m, f);
+                    _mm512_mask_storeu_ps(raw.g.add(at), m, g);
+                    _mm512_mask_storeu_ps(raw.o.add(at), m, o);
+                    _mm512_mask_storeu_ps(raw.c.add(at), m, cell);
+                    _mm512_mask_storeu_ps(raw.h.add(at), m, hidden);
+                }
+            }
+        }
+    }
+
+    /// e^x on 8 lanes: as [`exp16`], with 2^k built in the exponent bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(C6);
+        for coef in [C5, C4, C3, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coef));
+        }
+        // |x| ≤ 88 keeps k + 127 in 1..=254, a normal exponent.
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sigmoid8(x: __m256) -> __m256 {
+        let one = _mm256_set1_ps(1.0);
+        _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn tanh8(x: __m256) -> __m256 {
+        let one = _mm256_set1_ps(1.0);
+        let e = exp8(_mm256_mul_ps(x, _mm256_set1_ps(-2.0)));
+        _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)), one)
+    }
+
+    /// # Safety
+    /// As [`super::layer_portable`] with L = 8, on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn layer_avx2(w: *const f32, raw: Raw) {
+        const L: usize = 8;
+        let n = raw.hidden;
+        for t in 0..raw.steps {
+            // SAFETY: as in `layer_avx512`; `maskload`/`maskstore` skip lanes whose
+            // mask word has its top bit clear.
+            unsafe {
+                let (h_prev, c_prev) = raw.prev(t);
+                let x = *raw.x_rows.add(t);
+                let row = t * n;
+                for b in 0..n.div_ceil(L) {
+                    let j0 = b * L;
+                    let width = (L.min(n - j0)) as i32;
+                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    let mut even = [
+                        _mm256_maskload_ps(x.add(j0), m),
+                        _mm256_maskload_ps(x.add(n + j0), m),
+                        _mm256_maskload_ps(x.add(2 * n + j0), m),
+                        _mm256_maskload_ps(x.add(3 * n + j0), m),
+                    ];
+                    let mut odd = [_mm256_setzero_ps(); 4];
+                    // 32-byte aligned: blocks start on 64-byte lines and advance by 32 bytes.
+                    let mut p = w.add(b * n * 4 * L);
+                    let mut c = 0;
+                    while c + 2 <= n {
+                        let h0 = _mm256_broadcast_ss(&*h_prev.add(c));
+                        let h1 = _mm256_broadcast_ss(&*h_prev.add(c + 1));
+                        for q in 0..4 {
+                            even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), h0, even[q]);
+                        }
+                        for q in 0..4 {
+                            odd[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), h1, odd[q]);
+                        }
+                        p = p.add(8 * L);
+                        c += 2;
+                    }
+                    if c < n {
+                        let h0 = _mm256_broadcast_ss(&*h_prev.add(c));
+                        for q in 0..4 {
+                            even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), h0, even[q]);
+                        }
+                    }
+                    let i = sigmoid8(_mm256_add_ps(even[0], odd[0]));
+                    let f = sigmoid8(_mm256_add_ps(even[1], odd[1]));
+                    let g = tanh8(_mm256_add_ps(even[2], odd[2]));
+                    let o = sigmoid8(_mm256_add_ps(even[3], odd[3]));
+                    let cp = _mm256_maskload_ps(c_prev.add(j0), m);
+                    let cell = _mm256_fmadd_ps(f, cp, _mm256_mul_ps(i, g));
+                    let hidden = _mm256_mul_ps(o, tanh8(cell));
+                    let at = row + j0;
+                    _mm256_maskstore_ps(raw.i.add(at), m, i);
+                    _mm256_maskstore_ps(raw.f.add(at), m, f);
+                    _mm256_maskstore_ps(raw.g.add(at), m, g);
+                    _mm256_maskstore_ps(raw.o.add(at), m, o);
+                    _mm256_maskstore_ps(raw.c.add(at), m, cell);
+                    _mm256_maskstore_ps(raw.h.add(at), m, hidden);
+                }
+            }
+        }
+    }
+}
+
+/// Softmax of each `width`-long row of `rows`, in place: p_j = e^(z_j − max z) / Σ_k e^(z_k − max z).
+/// Uses [`exp_fast`], which LLVM vectorises once the features are enabled.
+pub fn softmax_rows(rows: &mut [f32], width: usize) {
+    #[inline(always)]
+    fn generic(rows: &mut [f32], width: usize) {
+        // Max and sum keep 16 independent lanes: a single running value would be
+        // one long dependency chain that LLVM may not reorder.
+        #[inline(always)]
+        fn lanes(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+            let mut acc = [init; 16];
+            let mut chunks = row.chunks_exact(16);
+            for chunk in &mut chunks {
+                for l in 0..16 {
+                    acc[l] = op(acc[l], chunk[l]);
+                }
+            }
+            chunks.remainder().iter().fold(acc.into_iter().fold(init, &op), |a, &b| op(a, b))
+        }
+        for row in rows.chunks_exact_mut(width) {
+            let max = lanes(row, f32::NEG_INFINITY, f32::max);
+            for x in row.iter_mut() {
+                *x = exp_fast(*x - max);
+            }
+            let scale = 1.0 / lanes(row, 0.0, |a, b| a + b);
+            for x in row.iter_mut() {
+                *x *= scale;
+            }
+        }
+    }
+    if width == 0 {
+        return;
+    }
+    assert_eq!(rows.len() % width, 0, "softmax_rows: length is not a multiple of the row width");
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn wide(w: &[f32], x: &[f32], y: &mut [f32]) {
-            matvec_acc_generic(w, x, y)
+        #[target_feature(enable = "avx512f")]
+        fn wide(rows: &mut [f32], width: usize) {
+            generic(rows, width)
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(w: &[f32], x: &[f32], y: &mut [f32]) {
-            matvec_acc_generic(w, x, y)
+        fn avx2(rows: &mut [f32], width: usize) {
+            generic(rows, width)
         }
         match simd() {
-            // SAFETY: as in `lstm_step`.
-            Simd::Avx512 => return unsafe { wide(w, x, y) },
-            Simd::Avx2 => return unsafe { avx2(w, x, y) },
+            // SAFETY: `simd()` only reports features this CPU has.
+            Simd::Avx512 => return unsafe { wide(rows, width) },
+            Simd::Avx2 => return unsafe { avx2(rows, width) },
             Simd::Portable => {}
         }
     }
-    matvec_acc_generic(w, x, y)
+    generic(rows, width)
 }
 
 /// Which operand of a GEMM is read transposed.
@@ -272,24 +635,129 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(sigmoid(-1000.0), 0.0);
+        // The clamp at e^88 leaves σ(−1000) at 6e-39 rather than 0: close enough.
+        assert!((0.0..1e-37).contains(&sigmoid(-1000.0)));
         assert_eq!(sigmoid(1000.0), 1.0);
         assert!((tanh(0.3) - 0.3f32.tanh()).abs() < 3e-7);
         assert!(tanh(50.0) == 1.0 && tanh(-50.0) == -1.0);
     }
 
-    #[test]
-    fn matvec_matches_naive_for_odd_shapes() {
-        for &(rows, cols) in &[(1, 1), (7, 3), (9, 33), (64, 16), (12, 100)] {
-            let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 17) as f32 - 8.0) / 7.0).collect();
-            let x: Vec<f32> = (0..cols).map(|i| ((i * 11 % 5) as f32 - 2.0) / 3.0).collect();
-            let mut y = vec![1.0f32; rows];
-            matvec_acc(&w, &x, &mut y);
-            for r in 0..rows {
-                let expect: f32 = 1.0 + (0..cols).map(|c| w[r * cols + c] * x[c]).sum::<f32>();
-                assert!((y[r] - expect).abs() < 1e-4, "row {r} of {rows}x{cols}");
+    /// The LSTM equations step by step with libm, on PyTorch's row-major W_hh.
+    fn reference(w: &[f32], x: &[Vec<f32>], h0: &[f32], c0: &[f32]) -> LayerOut {
+        let n = h0.len();
+        let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+        let (mut h, mut c) = (h0.to_vec(), c0.to_vec());
+        let mut out = LayerOut { h: vec![], c: vec![], i: vec![], f: vec![], g: vec![], o: vec![] };
+        for xt in x {
+            let pre: Vec<f32> =
+                (0..4 * n).map(|r| xt[r] + (0..n).map(|k| w[r * n + k] * h[k]).sum::<f32>()).collect();
+            for j in 0..n {
+                let (i, f, g, o) = (sig(pre[j]), sig(pre[n + j]), pre[2 * n + j].tanh(), sig(pre[3 * n + j]));
+                c[j] = f * c[j] + i * g;
+                h[j] = o * c[j].tanh();
+                out.i.push(i);
+                out.f.push(f);
+                out.g.push(g);
+                out.o.push(o);
+            }
+            out.c.extend_from_slice(&c);
+            out.h.extend_from_slice(&h);
+        }
+        out
+    }
+
+    /// Runs one kernel directly, whatever `simd()` says.
+    fn run(kernel: &str, w: &[f32], x: &[Vec<f32>], h0: &[f32], c0: &[f32]) -> LayerOut {
+        let n = h0.len();
+        let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
+        let packed = PackedHh::with_lanes(w, n, lanes);
+        let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
+        let steps = x.len();
+        let mut out = LayerOut {
+            h: vec![0.0; steps * n],
+            c: vec![0.0; steps * n],
+            i: vec![0.0; steps * n],
+            f: vec![0.0; steps * n],
+            g: vec![0.0; steps * n],
+            o: vec![0.0; steps * n],
+        };
+        let ptrs: Vec<*const f32> = rows.iter().map(|r| r.as_ptr()).collect();
+        let raw = Raw {
+            hidden: n,
+            steps,
+            x_rows: ptrs.as_ptr(),
+            h0: h0.as_ptr(),
+            c0: c0.as_ptr(),
+            h: out.h.as_mut_ptr(),
+            c: out.c.as_mut_ptr(),
+            i: out.i.as_mut_ptr(),
+            f: out.f.as_mut_ptr(),
+            g: out.g.as_mut_ptr(),
+            o: out.o.as_mut_ptr(),
+        };
+        // SAFETY: buffers sized as `Raw` requires; SIMD kernels only on CPUs that have them.
+        unsafe {
+            match kernel {
+                "portable8" => layer_portable::<8>(packed.as_ptr(), raw),
+                "portable16" => layer_portable::<16>(packed.as_ptr(), raw),
+                #[cfg(target_arch = "x86_64")]
+                "avx512" => x86::layer_avx512(packed.as_ptr(), raw),
+                #[cfg(target_arch = "x86_64")]
+                "avx2" => x86::layer_avx2(packed.as_ptr(), raw),
+                _ => unreachable!(),
             }
         }
+        out
+    }
+
+    fn kernels() -> Vec<&'static str> {
+        let mut k = vec!["portable8", "portable16"];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                k.push("avx512");
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                k.push("avx2");
+            }
+        }
+        k
+    }
+
+    #[test]
+    fn every_kernel_matches_the_equations_for_ragged_sizes() {
+        let mut rng = crate::rng::Rng::new(3);
+        // H below, at and between the SIMD widths, so full and masked blocks and an
+        // odd column count all run.
+        for n in [1, 3, 8, 13, 16, 21, 40, 64] {
+            let scale = 2.0 / (n as f32).sqrt();
+            let w: Vec<f32> = (0..4 * n * n).map(|_| rng.range(-scale, scale)).collect();
+            let x: Vec<Vec<f32>> = (0..6).map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect()).collect();
+            let h0: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0)).collect();
+            let c0: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0)).collect();
+            let want = reference(&w, &x, &h0, &c0);
+            for kernel in kernels() {
+                let got = run(kernel, &w, &x, &h0, &c0);
+                for (name, a, b) in [
+                    ("h", &got.h, &want.h),
+                    ("c", &got.c, &want.c),
+                    ("i", &got.i, &want.i),
+                    ("f", &got.f, &want.f),
+                    ("g", &got.g, &want.g),
+                    ("o", &got.o, &want.o),
+                ] {
+                    let diff = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+                    assert!(diff < 2e-6, "{kernel}, H = {n}: {name} differs from the equations by {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lstm_layer_handles_an_empty_text() {
+        let w = vec![0.5; 4 * 3 * 3];
+        let out = lstm_layer(&PackedHh::new(&w, 3), &[], &[0.0; 3], &[0.0; 3]);
+        assert!(out.h.is_empty() && out.o.is_empty());
     }
 
     #[test]

@@ -18,9 +18,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 
-use super::kernel::{self, gemm, StepIo, Trans};
+use super::kernel::{self, gemm, LayerOut, PackedHh, Trans};
 use super::safetensors::{self, FormatError, Tensor};
 use super::vocab::{Encoded, Vocab, VocabError};
 
@@ -152,6 +152,8 @@ pub struct Model {
     input_table: Array2<f32>,
     /// Per layer, b_ih + b_hh (4H).
     bias: Vec<Vec<f32>>,
+    /// Per layer, W_hh in the order the step kernel streams it.
+    packed_hh: Vec<PackedHh>,
 }
 
 /// Hidden and cell state of every layer, carried between calls to trace a text in pieces.
@@ -230,9 +232,9 @@ pub struct LayerTrace {
 }
 
 impl LayerTrace {
-    fn zeros(t: usize, n: usize) -> Self {
-        let z = || Array2::zeros((t, n));
-        Self { h: z(), c: z(), i: z(), f: z(), g: z(), o: z() }
+    fn from_kernel(out: LayerOut, t: usize, n: usize) -> Self {
+        let m = |v: Vec<f32>| Array2::from_shape_vec((t, n), v).expect("the kernel writes T × H values");
+        Self { h: m(out.h), c: m(out.c), i: m(out.i), f: m(out.f), g: m(out.g), o: m(out.o) }
     }
 
     pub fn get(&self, kind: Kind) -> &Array2<f32> {
@@ -320,6 +322,7 @@ impl Model {
             train,
             input_table: Array2::zeros((0, 0)),
             bias: Vec::new(),
+            packed_hh: Vec::new(),
         };
         model.refresh();
         Ok(model)
@@ -338,6 +341,12 @@ impl Model {
         };
         table += &Array1::from(self.bias[0].clone());
         self.input_table = table.as_standard_layout().to_owned();
+        let n = w.hidden_size();
+        self.packed_hh = w
+            .layers
+            .iter()
+            .map(|l| PackedHh::new(l.weight_hh.as_slice().expect("weights are kept in standard layout"), n))
+            .collect();
     }
 
     /// Loads a model file (DESIGN §3).
@@ -487,65 +496,31 @@ impl Model {
         let g = GATES * n;
         assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
         let mut layers: Vec<LayerTrace> = Vec::with_capacity(self.layers());
-        let mut x_proj = Array2::<f32>::zeros((t_len, g));
-        let mut pre = vec![0f32; g];
         for (k, lw) in self.weights.layers.iter().enumerate() {
-            // Input projection for the whole text at once.
-            if k == 0 {
-                for (t, id) in ids.iter().enumerate() {
-                    let row = match id {
-                        Some(id) => self.input_table.row(*id as usize),
-                        None => ndarray::ArrayView1::from(&self.bias[0][..]),
-                    };
-                    x_proj.row_mut(t).assign(&row);
-                }
+            let out = if k == 0 {
+                // Layer 0's input projection is a row of the precomputed table (the
+                // bias alone for an unknown character): point at it, copy nothing.
+                let rows: Vec<&[f32]> = ids
+                    .iter()
+                    .map(|id| match id {
+                        Some(id) => self.input_table.row(*id as usize).to_slice().expect("standard layout"),
+                        None => &self.bias[0][..],
+                    })
+                    .collect();
+                kernel::lstm_layer(&self.packed_hh[k], &rows, &state.h[k], &state.c[k])
             } else {
+                // X W_ihᵀ + b for the whole text in one GEMM (T × 4H), b written first.
                 let below = layers[k - 1].h.as_slice().expect("standard layout");
-                let xs = x_proj.as_slice_mut().expect("standard layout");
-                for row in xs.chunks_exact_mut(g) {
-                    row.copy_from_slice(&self.bias[k]);
+                let mut proj: Vec<f32> = Vec::with_capacity(t_len * g);
+                for _ in 0..t_len {
+                    proj.extend_from_slice(&self.bias[k]);
                 }
                 let w_ih = lw.weight_ih.as_slice().expect("standard layout");
-                gemm(t_len, n, g, 1.0, below, Trans::N, w_ih, Trans::T, 1.0, xs);
-            }
-            let mut lt = LayerTrace::zeros(t_len, n);
-            let w_hh = lw.weight_hh.as_slice().expect("standard layout");
-            {
-                let LayerTrace { h, c, i, f, g: gg, o } = &mut lt;
-                let hs = h.as_slice_mut().expect("standard layout");
-                let cs = c.as_slice_mut().expect("standard layout");
-                let is = i.as_slice_mut().expect("standard layout");
-                let fs = f.as_slice_mut().expect("standard layout");
-                let gs = gg.as_slice_mut().expect("standard layout");
-                let os = o.as_slice_mut().expect("standard layout");
-                let xs = x_proj.as_slice().expect("standard layout");
-                for t in 0..t_len {
-                    let (h_done, h_rest) = hs.split_at_mut(t * n);
-                    let (c_done, c_rest) = cs.split_at_mut(t * n);
-                    let (h_prev, c_prev) = if t == 0 {
-                        (&state.h[k][..], &state.c[k][..])
-                    } else {
-                        (&h_done[(t - 1) * n..], &c_done[(t - 1) * n..])
-                    };
-                    let r = t * n..(t + 1) * n;
-                    kernel::lstm_step(
-                        w_hh,
-                        StepIo {
-                            h_prev,
-                            c_prev,
-                            x_proj: &xs[t * g..(t + 1) * g],
-                            pre: &mut pre,
-                            i: &mut is[r.clone()],
-                            f: &mut fs[r.clone()],
-                            g: &mut gs[r.clone()],
-                            o: &mut os[r],
-                            c: &mut c_rest[..n],
-                            h: &mut h_rest[..n],
-                        },
-                    );
-                }
-            }
-            layers.push(lt);
+                gemm(t_len, n, g, 1.0, below, Trans::N, w_ih, Trans::T, 1.0, &mut proj);
+                let rows: Vec<&[f32]> = proj.chunks_exact(g).collect();
+                kernel::lstm_layer(&self.packed_hh[k], &rows, &state.h[k], &state.c[k])
+            };
+            layers.push(LayerTrace::from_kernel(out, t_len, n));
         }
         let final_state = if t_len == 0 {
             state.clone()
@@ -563,9 +538,10 @@ impl Model {
     pub fn next_char_probs(&self, h: ArrayView2<f32>) -> Array2<f32> {
         let (t_len, n) = h.dim();
         let v = self.vocab.len();
-        let mut logits = Array2::<f32>::zeros((t_len, v));
-        for mut row in logits.rows_mut() {
-            row.assign(&self.weights.decoder_bias);
+        let mut logits: Vec<f32> = Vec::with_capacity(t_len * v);
+        let bias = self.weights.decoder_bias.as_slice().expect("standard layout");
+        for _ in 0..t_len {
+            logits.extend_from_slice(bias);
         }
         let h = h.as_standard_layout();
         gemm(
@@ -578,26 +554,16 @@ impl Model {
             self.weights.decoder_weight.as_slice().expect("standard layout"),
             Trans::T,
             1.0,
-            logits.as_slice_mut().expect("standard layout"),
+            &mut logits,
         );
-        for mut row in logits.axis_iter_mut(Axis(0)) {
-            softmax_in_place(row.as_slice_mut().expect("standard layout"));
-        }
-        logits
+        kernel::softmax_rows(&mut logits, v);
+        Array2::from_shape_vec((t_len, v), logits).expect("T × V logits")
     }
 }
 
 /// Numerically stable softmax (max subtracted before exponentiating).
 pub fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in row.iter_mut() {
-        *x /= sum;
-    }
+    kernel::softmax_rows(row, row.len());
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place.

@@ -1,0 +1,190 @@
+//! Turning traces into the API's wire formats: JSON (DESIGN §5), `.npy`, and the
+//! compact int8 "view" format the page uses.
+
+use serde_json::{json, Value};
+
+use crate::model::{Kind, Model, Trace};
+
+/// The top-k next-character guesses after position t, and the probability given
+/// to the character that actually follows (null at the end or if it is unknown).
+pub fn predictions(model: &Model, trace: &Trace, top_k: usize) -> Vec<Value> {
+    let v = model.vocab.len();
+    let k = top_k.min(v);
+    let mut order: Vec<usize> = (0..v).collect();
+    (0..trace.len())
+        .map(|t| {
+            let row = trace.probs.row(t);
+            order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let top: Vec<Value> =
+                order[..k].iter().map(|&i| json!({"char": model.vocab.chars()[i].to_string(), "p": row[i]})).collect();
+            let next = trace.chars.get(t + 1);
+            let p_next = next.and_then(|&c| model.vocab.id(c)).map(|id| row[id as usize]);
+            json!({"top": top, "next": next.map(|c| c.to_string()), "p_next": p_next})
+        })
+        .collect()
+}
+
+/// The trace as DESIGN §5's JSON: `{length, chars, unknown, layers: [{layer, h?, c?,
+/// ...}], predictions?}`, each kind a T × n array (n = cells requested, default all).
+pub fn trace_json(
+    model: &Model,
+    trace: &Trace,
+    layers: Option<&[usize]>,
+    kinds: &[Kind],
+    cells: Option<&[usize]>,
+    top_k: usize,
+) -> Value {
+    let all_layers: Vec<usize> = (0..trace.layers.len()).collect();
+    let layers = layers.unwrap_or(&all_layers);
+    let layer_values: Vec<Value> = layers
+        .iter()
+        .map(|&k| {
+            let mut obj = serde_json::Map::new();
+            obj.insert("layer".into(), json!(k));
+            for &kind in kinds {
+                let m = trace.layers[k].get(kind);
+                let rows: Vec<Vec<f32>> = m
+                    .rows()
+                    .into_iter()
+                    .map(|r| match cells {
+                        Some(cs) => cs.iter().map(|&c| r[c]).collect(),
+                        None => r.to_vec(),
+                    })
+                    .collect();
+                obj.insert(kind.letter().into(), json!(rows));
+            }
+            Value::Object(obj)
+        })
+        .collect();
+    let mut out = json!({
+        "length": trace.len(),
+        "chars": trace.chars.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "unknown": trace.unknown,
+        "layers": layer_values,
+    });
+    if let Some(cs) = cells {
+        out["cells"] = json!(cs);
+    }
+    if top_k > 0 {
+        out["predictions"] = json!(predictions(model, trace, top_k));
+    }
+    out
+}
+
+/// A `.npy` (format 1.0) file holding a little-endian f32 array of `shape`.
+pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// The requested part of a trace as one (layers, kinds, T, cells) f32 array.
+pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<&[usize]>) -> Vec<u8> {
+    let t_len = trace.len();
+    let hidden = trace.layers.first().map_or(0, |l| l.h.ncols());
+    let all: Vec<usize> = (0..hidden).collect();
+    let cells = cells.unwrap_or(&all);
+    let mut data = Vec::with_capacity(layers.len() * kinds.len() * t_len * cells.len());
+    for &k in layers {
+        for &kind in kinds {
+            let m = trace.layers[k].get(kind);
+            for row in m.rows() {
+                data.extend(cells.iter().map(|&c| row[c]));
+            }
+        }
+    }
+    npy_f32(&[layers.len(), kinds.len(), t_len, cells.len()], &data)
+}
+
+/// How the page turns a stored byte back into the displayed value u ∈ [−1, 1]
+/// (its colour) and the value shown on hover.
+pub fn view_decode(kind: Kind) -> Value {
+    match kind {
+        Kind::Hidden | Kind::Candidate => json!({"shows": kind.letter(), "value": "q/127"}),
+        Kind::Cell => json!({"shows": "tanh(c)", "value": "q/127"}),
+        _ => json!({"shows": kind.letter(), "value": "(q/127 + 1)/2"}),
+    }
+}
+
+/// Maps a recorded value onto [−1, 1] for colouring: h and g as they are, c
+/// through tanh (as in the paper's figures), gates from [0, 1] to [−1, 1].
+#[inline]
+pub fn unit_value(kind: Kind, v: f32) -> f32 {
+    match kind {
+        Kind::Hidden | Kind::Candidate => v,
+        Kind::Cell => v.tanh(),
+        _ => 2.0 * v - 1.0,
+    }
+}
+
+/// One layer of a trace in the page's compact format: a little-endian u32 header
+/// length, a JSON header, then for each kind T × H signed bytes
+/// q = round(127 · unit_value), row = character.
+pub fn view_bytes(model: &Model, trace: &Trace, layer: usize, kinds: &[Kind], top_k: usize) -> Vec<u8> {
+    let hidden = model.hidden_size();
+    let header = json!({
+        "length": trace.len(),
+        "layer": layer,
+        "layers": model.layers(),
+        "hidden": hidden,
+        "kinds": kinds.iter().map(|k| k.letter()).collect::<Vec<_>>(),
+        "decode": kinds.iter().map(|&k| (k.letter().to_string(), view_decode(k))).collect::<serde_json::Map<_, _>>(),
+        "chars": trace.chars.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "unknown": trace.unknown,
+        "predictions": predictions(model, trace, top_k),
+    });
+    let header = serde_json::to_vec(&header).expect("json");
+    let mut out = Vec::with_capacity(4 + header.len() + kinds.len() * trace.len() * hidden);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    for &kind in kinds {
+        let m = trace.layers[layer].get(kind);
+        out.extend(m.iter().map(|&v| quantize(unit_value(kind, v))));
+    }
+    out
+}
+
+/// round(127 · u) as a byte, u clamped to [−1, 1] (NaN → 0).
+#[inline]
+pub fn quantize(u: f32) -> u8 {
+    let u = if u.is_nan() { 0.0 } else { u.clamp(-1.0, 1.0) };
+    ((u * 127.0).round() as i8) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_shaped() {
+        let bytes = npy_f32(&[2, 3], &[0.0; 6]);
+        let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+        assert!(header.contains("'shape': (2, 3)"), "{header}");
+        assert_eq!(bytes.len(), 10 + hlen + 24);
+        assert!(std::str::from_utf8(&npy_f32(&[4], &[0.0; 4])[10..]).unwrap().contains("(4,)"));
+    }
+
+    #[test]
+    fn quantize_rounds_and_clamps() {
+        assert_eq!(quantize(1.0) as i8, 127);
+        assert_eq!(quantize(-1.0) as i8, -127);
+        assert_eq!(quantize(5.0) as i8, 127);
+        assert_eq!(quantize(f32::NAN) as i8, 0);
+        assert_eq!(quantize(0.5) as i8, 64);
+    }
+}

@@ -1,0 +1,653 @@
+//! Server-rendered pages (askama). The first colouring is computed here, so the
+//! page works with scripts off; `static/app.js` then takes over for live cell
+//! switching, hover predictions, the heatmap and the cell finder.
+//!
+//! Pasted text is untrusted: every character goes through [`escape_html`] (or
+//! askama's escaping), and JSON embedded in a page goes through [`script_json`].
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::error::AppError;
+use super::json::{quantize, unit_value};
+use super::AppState;
+use crate::analysis::{auc, c_features, pearson, Concept, Labels, CONCEPTS};
+use crate::model::{Kind, Trace};
+
+/// A sample text offered on the page.
+pub struct Sample {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub text: &'static str,
+}
+
+/// The built-in samples (written for cellscope; not taken from any project).
+pub const SAMPLES: &[Sample] = &[
+    Sample { id: "c", title: "C: strings, comments, nested if", text: include_str!("samples/sample.c") },
+    Sample { id: "prose", title: "Prose paragraph", text: include_str!("samples/prose.txt") },
+];
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '\0' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+}
+
+/// JSON safe to place inside `<script type="application/json">`: `<`, `>` and `&`
+/// become `\u003c`-style escapes, so `</script>` in user text cannot end the block.
+pub fn script_json(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A diverging blue–white–red CSS colour for u ∈ [−1, 1].
+pub fn css_color(u: f32) -> String {
+    let (r, g, b) = crate::cli::diverging_rgb(u);
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// The text as one span per character, coloured by `u(t)` ∈ [−1, 1]. Newlines show
+/// as ↵ (then break), tabs keep their width, unknown characters are marked.
+pub fn colored_text_html(chars: &[char], u: impl Fn(usize) -> f32, unknown: &HashSet<usize>, offset: usize) -> String {
+    let mut out = String::with_capacity(chars.len() * 48);
+    for (t, &c) in chars.iter().enumerate() {
+        let v = u(t);
+        let mut class = String::from("ch");
+        match c {
+            '\n' => class.push_str(" nl"),
+            '\t' => class.push_str(" tab"),
+            ' ' => class.push_str(" sp"),
+            _ => {}
+        }
+        if unknown.contains(&(t + offset)) {
+            class.push_str(" unk");
+        }
+        let _ = write!(out, "<span class=\"{class}\" data-t=\"{}\" style=\"background:{}\">", t + offset, css_color(v));
+        match c {
+            '\n' => out.push('\u{21b5}'),
+            c if c.is_control() && c != '\t' => out.push('\u{fffd}'),
+            c => escape_html(&c.to_string(), &mut out),
+        }
+        out.push_str("</span>");
+        if c == '\n' {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Legend stops for a kind: (css colour, label).
+fn legend(kind: Kind) -> Vec<(String, String)> {
+    (0..=8)
+        .map(|i| {
+            let u = -1.0 + i as f32 * 0.25;
+            let label = match kind {
+                Kind::Hidden | Kind::Candidate | Kind::Cell => format!("{u:+.2}"),
+                _ => format!("{:.2}", (u + 1.0) / 2.0),
+            };
+            (css_color(u), label)
+        })
+        .collect()
+}
+
+struct KindOption {
+    letter: &'static str,
+    label: &'static str,
+    selected: bool,
+}
+
+fn kind_options(selected: Kind) -> Vec<KindOption> {
+    Kind::ALL
+        .iter()
+        .map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected })
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    model_name: String,
+    layers: Vec<usize>,
+    hidden: usize,
+    layer: usize,
+    kind_letter: &'static str,
+    kind_label: &'static str,
+    kinds: Vec<KindOption>,
+    cell: usize,
+    text: String,
+    samples: Vec<(&'static str, &'static str)>,
+    colored: String,
+    legend: Vec<(String, String)>,
+    error: Option<String>,
+    unknown_count: usize,
+    initial_json: String,
+    concepts: Vec<(&'static str, &'static str)>,
+    max_text_chars: usize,
+}
+
+/// The page's view choice, from the query string or the form.
+#[derive(Deserialize, Default)]
+pub struct ViewQuery {
+    pub sample: Option<String>,
+    pub layer: Option<usize>,
+    pub kind: Option<String>,
+    pub cell: Option<usize>,
+    pub text: Option<String>,
+}
+
+fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
+    let mut body = String::new();
+    body.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>");
+    escape_html(title, &mut body);
+    body.push_str(" · cellscope</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main class=\"narrow\"><h1>");
+    escape_html(title, &mut body);
+    body.push_str("</h1><p class=\"error\">");
+    escape_html(message, &mut body);
+    body.push_str("</p><p><a href=\"/\">Back to cellscope</a></p></main></body></html>");
+    (status, Html(body)).into_response()
+}
+
+async fn render_index(state: AppState, q: ViewQuery) -> Response {
+    let model = state.model.clone();
+    let sample = q.sample.as_deref().and_then(|id| SAMPLES.iter().find(|s| s.id == id)).unwrap_or(&SAMPLES[0]);
+    let text = q.text.clone().unwrap_or_else(|| sample.text.to_string());
+    let layer = q.layer.unwrap_or(0).min(model.layers() - 1);
+    let kind = q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell);
+    let cell = q.cell.unwrap_or(0).min(model.hidden_size() - 1);
+    let mut error = None;
+    let mut status = StatusCode::OK;
+    let trace: Option<Trace> = match super::api::check_text(&state, &text) {
+        Err(e) => {
+            status = e.status;
+            error = Some(e.message);
+            None
+        }
+        Ok(()) => match super::api::run_trace(&state, text.clone()).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                status = e.status;
+                error = Some(e.message);
+                None
+            }
+        },
+    };
+    let (colored, unknown_count) = match &trace {
+        Some(tr) => {
+            let unknown: HashSet<usize> = tr.unknown.iter().copied().collect();
+            let col = tr.layers[layer].get(kind).column(cell);
+            (colored_text_html(&tr.chars, |t| unit_value(kind, col[t]), &unknown, 0), tr.unknown.len())
+        }
+        None => {
+            let mut s = String::new();
+            escape_html(&text, &mut s);
+            (s, 0)
+        }
+    };
+    let initial = serde_json::json!({
+        "layer": layer, "kind": kind.letter(), "cell": cell,
+        "layers": model.layers(), "hidden": model.hidden_size(),
+        "samples": SAMPLES.iter().map(|s| serde_json::json!({"id": s.id, "title": s.title, "text": s.text})).collect::<Vec<_>>(),
+        "max_text_chars": state.limits.max_text_chars,
+    });
+    let page = IndexPage {
+        model_name: model.name.clone(),
+        layers: (0..model.layers()).collect(),
+        hidden: model.hidden_size(),
+        layer,
+        kind_letter: kind.letter(),
+        kind_label: kind.describe(),
+        kinds: kind_options(kind),
+        cell,
+        text,
+        samples: SAMPLES.iter().map(|s| (s.id, s.title)).collect(),
+        colored,
+        legend: legend(kind),
+        error,
+        unknown_count,
+        initial_json: script_json(&initial),
+        concepts: CONCEPTS.iter().map(|c| (c.name(), c.description())).collect(),
+        max_text_chars: state.limits.max_text_chars,
+    };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => AppError::internal(format!("rendering index: {e}")).into_response(),
+    }
+}
+
+/// `GET /` (optionally `?sample=prose&layer=1&kind=c&cell=42`).
+pub async fn index(State(state): State<AppState>, q: Result<Query<ViewQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    match q {
+        Ok(Query(q)) => render_index(state, q).await,
+        Err(e) => html_error(StatusCode::BAD_REQUEST, "Bad query string", &e.body_text()),
+    }
+}
+
+/// `POST /`: the form, for browsers without scripts.
+pub async fn index_post(State(state): State<AppState>, form: Result<Form<ViewQuery>, FormRejection>) -> Response {
+    match form {
+        Ok(Form(q)) => render_index(state, q).await,
+        Err(e) => {
+            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { e.status() } else { StatusCode::BAD_REQUEST };
+            html_error(status, "Bad form", &e.body_text())
+        }
+    }
+}
+
+/// The reference text's activations, quantised to one byte (as in the view
+/// format) and stored cell-major so one cell's column is contiguous.
+pub struct ReferenceTrace {
+    pub chars: Vec<char>,
+    pub hidden: usize,
+    /// [layer][kind index][cell · T + t]
+    pub data: Vec<Vec<Vec<i8>>>,
+    /// Per layer, per gate (i, f, o): per cell (fraction > 0.9, fraction < 0.1).
+    pub saturation: Vec<Vec<(Kind, Vec<(f32, f32)>)>>,
+    pub labels: Vec<(Concept, Labels)>,
+}
+
+impl ReferenceTrace {
+    fn build(model: &crate::model::Model, text: &str) -> Self {
+        let trace = model.trace(text);
+        let t_len = trace.len();
+        let hidden = model.hidden_size();
+        let data = trace
+            .layers
+            .iter()
+            .map(|l| {
+                Kind::ALL
+                    .iter()
+                    .map(|&kind| {
+                        let m = l.get(kind);
+                        let mut v = vec![0i8; t_len * hidden];
+                        for ((t, c), &x) in m.indexed_iter() {
+                            v[c * t_len + t] = quantize(unit_value(kind, x)) as i8;
+                        }
+                        v
+                    })
+                    .collect()
+            })
+            .collect();
+        let saturation = trace
+            .layers
+            .iter()
+            .map(|l| {
+                [Kind::Input, Kind::Forget, Kind::Output]
+                    .iter()
+                    .map(|&k| (k, crate::analysis::saturation(l.get(k).view(), 0.1, 0.9)))
+                    .collect()
+            })
+            .collect();
+        let feats = c_features(&trace.chars);
+        let labels = CONCEPTS.iter().map(|&c| (c, feats.labels(c))).collect();
+        Self { chars: trace.chars, hidden, data, saturation, labels }
+    }
+
+    /// One cell's values as unit values u ∈ [−1, 1].
+    pub fn column(&self, layer: usize, kind: Kind, cell: usize) -> Vec<f32> {
+        let ki = Kind::ALL.iter().position(|&k| k == kind).expect("kind listed");
+        let t_len = self.chars.len();
+        self.data[layer][ki][cell * t_len..(cell + 1) * t_len].iter().map(|&q| q as f32 / 127.0).collect()
+    }
+}
+
+/// The reference trace, computed once on the blocking pool.
+pub async fn reference_trace(state: &AppState) -> Result<std::sync::Arc<ReferenceTrace>, AppError> {
+    let st = state.clone();
+    state
+        .reference_trace
+        .get_or_try_init(|| async move {
+            let model = st.model.clone();
+            let text = st.reference.clone();
+            tokio::task::spawn_blocking(move || std::sync::Arc::new(ReferenceTrace::build(&model, &text)))
+                .await
+                .map_err(|e| AppError::internal(format!("reference trace failed: {e}")))
+        })
+        .await
+        .cloned()
+}
+
+struct ContextRow {
+    value: String,
+    html: String,
+}
+
+struct ConceptRow {
+    name: &'static str,
+    metric: &'static str,
+    score: String,
+    sign: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "cell.html")]
+struct CellPage {
+    model_name: String,
+    layer: usize,
+    kind_letter: &'static str,
+    kind_label: &'static str,
+    cell: usize,
+    hidden: usize,
+    prev: usize,
+    next: usize,
+    reference_name: String,
+    reference_len: usize,
+    top: Vec<ContextRow>,
+    bottom: Vec<ContextRow>,
+    histogram_svg: String,
+    concepts: Vec<ConceptRow>,
+    legend: Vec<(String, String)>,
+}
+
+fn context_rows(rt: &ReferenceTrace, values: &[f32], highest: bool, kind: Kind) -> Vec<ContextRow> {
+    let windows = crate::analysis::top_windows(values, 20, 40, highest);
+    let none = HashSet::new();
+    windows
+        .into_iter()
+        .map(|w| {
+            let shown = match kind {
+                Kind::Hidden | Kind::Candidate => format!("{:+.3}", w.value),
+                Kind::Cell => format!("tanh(c) {:+.3}", w.value),
+                _ => format!("{:.3}", (w.value + 1.0) / 2.0),
+            };
+            ContextRow {
+                value: shown,
+                html: colored_text_html(&rt.chars[w.start..w.end], |t| values[w.start + t], &none, w.start),
+            }
+        })
+        .collect()
+}
+
+/// An SVG bar chart of a histogram over [lo, hi].
+fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
+    let (w, h) = (480.0, 140.0);
+    let max = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
+    let bw = w / counts.len() as f32;
+    let mut s = format!("<svg class=\"hist\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"activation histogram\">", h + 20.0);
+    for (i, &c) in counts.iter().enumerate() {
+        let bh = h * c as f32 / max;
+        let u = -1.0 + 2.0 * (i as f32 + 0.5) / counts.len() as f32;
+        let _ = write!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" stroke=\"#888\" stroke-width=\"0.3\"><title>{c}</title></rect>",
+            i as f32 * bw,
+            h - bh,
+            bw,
+            bh,
+            css_color(u)
+        );
+    }
+    let _ = write!(s, "<text x=\"0\" y=\"{}\" font-size=\"11\">{lo}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{hi}</text></svg>", h + 15.0, w, h + 15.0);
+    s
+}
+
+/// `GET /cell/{layer}/{kind}/{n}`
+pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(String, String, String)>) -> Response {
+    let model = state.model.clone();
+    let layer: Option<usize> = layer.parse().ok().filter(|&l| l < model.layers());
+    let kind = Kind::parse(&kind);
+    let n: Option<usize> = n.parse().ok().filter(|&c| c < model.hidden_size());
+    let (Some(layer), Some(kind), Some(cell)) = (layer, kind, n) else {
+        return html_error(
+            StatusCode::NOT_FOUND,
+            "No such cell",
+            &format!(
+                "Cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}.",
+                model.layers() - 1,
+                model.hidden_size() - 1
+            ),
+        );
+    };
+    let rt = match reference_trace(&state).await {
+        Ok(rt) => rt,
+        Err(e) => return e.into_response(),
+    };
+    let values = rt.column(layer, kind, cell);
+    let counts = crate::analysis::histogram(&values, 40, -1.0, 1.0);
+    let (lo, hi) = match kind {
+        Kind::Input | Kind::Forget | Kind::Output => ("0", "1"),
+        Kind::Cell => ("tanh(c) = −1", "+1"),
+        _ => ("−1", "+1"),
+    };
+    let mut scored: Vec<(f64, ConceptRow)> = rt
+        .labels
+        .iter()
+        .filter_map(|(c, labels)| {
+            let (metric, raw) = match labels {
+                Labels::Binary(b) => ("AUC", auc(&values, b)?),
+                Labels::Graded(g) => ("r", pearson(&values, g)?),
+            };
+            let (score, sign) = match labels {
+                Labels::Binary(_) => (raw.max(1.0 - raw), if raw >= 0.5 { "+" } else { "−" }),
+                Labels::Graded(_) => (raw.abs(), if raw >= 0.0 { "+" } else { "−" }),
+            };
+            Some((score, ConceptRow { name: c.name(), metric, score: format!("{score:.3}"), sign }))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let concepts: Vec<ConceptRow> = scored.into_iter().map(|(_, r)| r).collect();
+    let page = CellPage {
+        model_name: model.name.clone(),
+        layer,
+        kind_letter: kind.letter(),
+        kind_label: kind.describe(),
+        cell,
+        hidden: model.hidden_size(),
+        prev: if cell == 0 { model.hidden_size() - 1 } else { cell - 1 },
+        next: (cell + 1) % model.hidden_size(),
+        reference_name: state.reference_name.to_string(),
+        reference_len: rt.chars.len(),
+        top: context_rows(&rt, &values, true, kind),
+        bottom: context_rows(&rt, &values, false, kind),
+        histogram_svg: histogram_svg(&counts, lo, hi),
+        concepts,
+        legend: legend(kind),
+    };
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => AppError::internal(format!("rendering cell page: {e}")).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "model.html")]
+struct ModelPage {
+    model_name: String,
+    rows: Vec<(String, String)>,
+    tensors: Vec<(String, String)>,
+    curve_svg: String,
+    saturation_svg: String,
+    train_json: String,
+    reference_name: String,
+}
+
+/// A line chart of training and validation loss from `train.curve`
+/// (`[[step, train_loss, val_loss|null], ...]`).
+fn curve_svg(train: &serde_json::Value) -> String {
+    let Some(points) = train.get("curve").and_then(|c| c.as_array()) else {
+        return "<p class=\"muted\">This model's metadata has no training curve.</p>".into();
+    };
+    let pts: Vec<(f64, Option<f64>, Option<f64>)> = points
+        .iter()
+        .filter_map(|p| {
+            let a = p.as_array()?;
+            Some((a.first()?.as_f64()?, a.get(1).and_then(|v| v.as_f64()), a.get(2).and_then(|v| v.as_f64())))
+        })
+        .collect();
+    if pts.len() < 2 {
+        return "<p class=\"muted\">Too few points to plot.</p>".into();
+    }
+    let (w, h, pad) = (560.0, 240.0, 36.0);
+    let max_step = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ys: Vec<f64> = pts.iter().flat_map(|p| [p.1, p.2]).flatten().collect();
+    let y_lo = ys.iter().copied().fold(f64::INFINITY, f64::min).floor().max(0.0);
+    let y_hi = ys.iter().copied().fold(0.0, f64::max).min(y_lo + 4.0).ceil();
+    let x = |s: f64| pad + (w - 2.0 * pad) * s / max_step;
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * ((v.min(y_hi) - y_lo) / (y_hi - y_lo).max(1e-9));
+    let path = |sel: &dyn Fn(&(f64, Option<f64>, Option<f64>)) -> Option<f64>| {
+        let mut d = String::new();
+        for p in &pts {
+            if let Some(v) = sel(p) {
+                let _ = write!(d, "{}{:.1},{:.1}", if d.is_empty() { "M" } else { " L" }, x(p.0), y(v));
+            }
+        }
+        d
+    };
+    let mut s = format!("<svg class=\"curve\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"training curve\">");
+    let _ = write!(s, "<path d=\"{}\" fill=\"none\" stroke=\"#999\" stroke-width=\"1\"/>", path(&|p| p.1));
+    let _ = write!(s, "<path d=\"{}\" fill=\"none\" stroke=\"#b2182b\" stroke-width=\"2\"/>", path(&|p| p.2));
+    let _ = write!(
+        s,
+        "<line x1=\"{pad}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#333\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{0}\" stroke=\"#333\"/>",
+        h - pad,
+        w - pad
+    );
+    let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{max_step} steps</text>", w - pad, h - 8.0);
+    let _ = write!(s, "<text x=\"4\" y=\"{}\" font-size=\"11\">{y_hi}</text><text x=\"4\" y=\"{}\" font-size=\"11\">{y_lo}</text>", pad, h - pad);
+    s.push_str("<text x=\"60\" y=\"20\" font-size=\"12\" fill=\"#999\">train loss</text><text x=\"150\" y=\"20\" font-size=\"12\" fill=\"#b2182b\">validation loss (nats/char)</text></svg>");
+    s
+}
+
+/// The paper's gate-saturation scatter: per gate, x = fraction of characters
+/// where it is right-saturated (> 0.9), y = left-saturated (< 0.1).
+fn saturation_svg(rt: &ReferenceTrace) -> String {
+    let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
+    let size = 200.0;
+    let pad = 24.0;
+    let mut s = String::from("<div class=\"sat\">");
+    for (gi, gate) in [Kind::Input, Kind::Forget, Kind::Output].iter().enumerate() {
+        let _ = write!(s, "<figure><svg viewBox=\"0 0 {0} {0}\" role=\"img\" aria-label=\"{1} saturation\">", size + 2.0 * pad, gate.describe());
+        let _ = write!(s, "<rect x=\"{pad}\" y=\"{pad}\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#333\"/>");
+        let _ = write!(s, "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{0}\" y2=\"{0}\" stroke=\"#ccc\" transform=\"translate(0,0)\"/>", pad + size);
+        for (layer, gates) in rt.saturation.iter().enumerate() {
+            for &(right, left) in &gates[gi].1 {
+                let _ = write!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{}\" fill-opacity=\"0.6\"/>",
+                    pad + size * right,
+                    pad + size * (1.0 - left),
+                    colors[layer % colors.len()]
+                );
+            }
+        }
+        let _ = write!(s, "<text x=\"{pad}\" y=\"14\" font-size=\"12\">{}</text>", gate.describe());
+        let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">right-saturated →</text>", pad + size, size + 2.0 * pad - 4.0);
+        s.push_str("</svg></figure>");
+    }
+    s.push_str("<p class=\"muted\">Colour = layer: ");
+    for l in 0..rt.saturation.len() {
+        let _ = write!(s, "<span style=\"color:{}\">● layer {l}</span> ", colors[l % colors.len()]);
+    }
+    s.push_str("· y = fraction of characters left-saturated (< 0.1).</p></div>");
+    s
+}
+
+/// `GET /model`
+pub async fn model_card(State(state): State<AppState>) -> Response {
+    let model = state.model.clone();
+    let rt = match reference_trace(&state).await {
+        Ok(rt) => rt,
+        Err(e) => return e.into_response(),
+    };
+    let t = &model.train;
+    let num = |k: &str| t.get(k).and_then(|v| v.as_f64()).map_or("—".to_string(), |v| format!("{v:.4}"));
+    let rows = vec![
+        ("Architecture".into(), format!("{} × {} LSTM", model.layers(), model.hidden_size())),
+        ("Parameters".into(), model.weights.param_count().to_string()),
+        ("Vocabulary".into(), format!("{} characters", model.vocab.len())),
+        ("Input".into(), if model.weights.embedding.is_some() { "embedding".into() } else { "one-hot".into() }),
+        ("Best validation loss (nats/char)".into(), num("best_val_loss")),
+        ("Test loss (nats/char)".into(), num("test_loss")),
+        ("Training steps".into(), t.get("steps").map_or("—".into(), |v| v.to_string())),
+        ("Training time".into(), t.get("train_seconds").and_then(|v| v.as_f64()).map_or("—".into(), |s| format!("{:.1} h", s / 3600.0))),
+        ("Corpus".into(), t.get("corpus").and_then(|v| v.as_str()).unwrap_or("—").to_string()),
+    ];
+    let tensors = model.weights.named_tensors().into_iter().map(|(n, s, _)| (n, format!("{s:?}"))).collect();
+    let mut train = t.clone();
+    if let Some(o) = train.as_object_mut() {
+        o.remove("curve");
+    }
+    let page = ModelPage {
+        model_name: model.name.clone(),
+        rows,
+        tensors,
+        curve_svg: curve_svg(t),
+        saturation_svg: saturation_svg(&rt),
+        train_json: serde_json::to_string_pretty(&train).unwrap_or_default(),
+        reference_name: state.reference_name.to_string(),
+    };
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => AppError::internal(format!("rendering model page: {e}")).into_response(),
+    }
+}
+
+/// Unknown paths: JSON under `/api`, a page elsewhere.
+pub async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        AppError::not_found(format!("no API route {}; see /api/openapi.json", uri.path())).into_response()
+    } else {
+        html_error(StatusCode::NOT_FOUND, "Not found", &format!("Nothing lives at {}.", uri.path()))
+    }
+}
+
+/// Wrong method on a known path.
+pub async fn method_not_allowed(uri: Uri) -> Response {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take this method; see /api/openapi.json", uri.path()),
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_neutralises_markup() {
+        let mut s = String::new();
+        escape_html("</script><script>alert(1)</script>\"'&\0", &mut s);
+        assert!(!s.contains('<') && !s.contains('"') && !s.contains('\0'), "{s}");
+        let j = script_json(&serde_json::json!({"t": "</script><b>&"}));
+        assert!(!j.contains("</script>") && !j.contains('<') && !j.contains('&'));
+        let back: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(back["t"], "</script><b>&");
+    }
+
+    #[test]
+    fn colored_text_keeps_every_character() {
+        let chars: Vec<char> = "a\tb\n<c>".chars().collect();
+        let html = colored_text_html(&chars, |_| 0.0, &HashSet::from([6]), 0);
+        assert_eq!(html.matches("<span").count(), chars.len());
+        assert!(html.contains("&lt;") && html.contains('\u{21b5}') && html.contains("unk"));
+    }
+}

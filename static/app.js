@@ -1,0 +1,1034 @@
+// cellscope's page script: takes over the server-rendered index page (which works
+// without it) for live cell switching, hover predictions, the heatmap and the
+// cell finder. An ES module with no dependencies and no build step.
+//
+// Data flow: POST /api/view returns one layer of the trace as int8 (q = round(127·u),
+// u ∈ [−1, 1] the colour value; row = character, column = cell). Choosing a kind or
+// a cell only re-reads those bytes; choosing a layer or running new text fetches.
+//
+// Pasted text is untrusted. It reaches the DOM only through textContent or through
+// `escapeChar` below; never through innerHTML as it is.
+
+const KINDS = ['h', 'c', 'i', 'f', 'g', 'o'];
+const GATES = new Set(['i', 'f', 'o']);
+/** Above this many bytes (T × H × 6 kinds) only the current kind is fetched. */
+const ALL_KINDS_MAX_BYTES = 16_000_000;
+/** The heatmap's canvas is at most this wide; longer texts are averaged into columns. */
+const HEATMAP_MAX_WIDTH = 4096;
+const HASH_TEXT_MAX = 2000;
+const TOP_K = 5;
+
+const $ = (sel) => document.querySelector(sel);
+
+// ---------------------------------------------------------------------------
+// Colours: the diverging map of the server (src/cli.rs `diverging_rgb`):
+// −1 → (33, 102, 172), 0 → white, +1 → (178, 24, 43), linear through white.
+
+function divergingRgb(u) {
+  const v = Number.isFinite(u) ? Math.max(-1, Math.min(1, u)) : 0;
+  const mix = (a, b, t) => Math.round(a + (b - a) * t);
+  return v < 0
+    ? [mix(255, 33, -v), mix(255, 102, -v), mix(255, 172, -v)]
+    : [mix(255, 178, v), mix(255, 24, v), mix(255, 43, v)];
+}
+
+/** CSS colour for each q ∈ [−128, 127], indexed by q + 128. */
+const CSS_COLORS = new Array(256);
+/** The same colours as little-endian RGBA words, for ImageData. */
+const RGBA_COLORS = new Uint32Array(256);
+for (let i = 0; i < 256; i++) {
+  const [r, g, b] = divergingRgb(Math.max(-127, i - 128) / 127);
+  CSS_COLORS[i] = `rgb(${r}, ${g}, ${b})`;
+  RGBA_COLORS[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
+}
+
+/** The value shown for a stored byte: u for h, g and tanh(c); (u + 1)/2 for gates. */
+function displayValue(kind, q) {
+  const u = q / 127;
+  return GATES.has(kind) ? (u + 1) / 2 : u;
+}
+
+function valueLabel(kind) {
+  return kind === 'c' ? 'tanh(c)' : kind;
+}
+
+/** "+0.50" / "−0.25" with a true minus sign; `ascii` uses "-" (as the server's legend). */
+function formatSigned(x, digits = 2, ascii = false) {
+  const s = Math.abs(x).toFixed(digits);
+  const neg = x < 0 && Number(s) !== 0;
+  return (neg ? (ascii ? '-' : '−') : '+') + s;
+}
+
+// ---------------------------------------------------------------------------
+// Text helpers.
+
+const ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+// C0 and C1 controls (Rust's char::is_control), except tab and newline.
+const CONTROL = /^[\u0000-\u0008\u000b-\u001f\u007f-\u009f]$/;
+
+/** How one character (a code point) appears inside its span, escaped for HTML. */
+function escapeChar(ch) {
+  if (ch === '\n') return '\u21b5';
+  if (CONTROL.test(ch)) return '\ufffd';
+  return ESCAPES[ch] ?? ch;
+}
+
+/** A readable name for a character in the tooltip. */
+function charName(ch) {
+  switch (ch) {
+    case ' ': return 'space';
+    case '\n': return '\\n';
+    case '\t': return '\\t';
+    case '\r': return '\\r';
+    case '\0': return 'NUL';
+    default:
+      if (CONTROL.test(ch)) return 'U+' + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
+      return ch;
+  }
+}
+
+/** Number of code points, as the server counts characters. */
+function charCount(s) {
+  let n = 0;
+  for (const _ of s) n++;
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// The API.
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** POSTs JSON; retries a few times when the server says it is busy (503). */
+async function post(url, body, { binary = false } = {}) {
+  for (let attempt = 0; ; attempt++) {
+    let res;
+    try {
+      res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: binary ? 'application/octet-stream' : 'application/json' },
+        body: JSON.stringify(body),
+      });
+    } catch (e) {
+      throw new ApiError(0, 'network', `could not reach the server (${e.message})`);
+    }
+    if (res.ok) return binary ? res.arrayBuffer() : res.json();
+    let code = 'http_' + res.status;
+    let message = `${res.status} ${res.statusText}`;
+    try {
+      const j = await res.json();
+      if (j && j.error) {
+        code = j.error.code || code;
+        message = j.error.message || message;
+      }
+    } catch {
+      /* not our JSON error; keep the status line */
+    }
+    if (res.status === 503 && code === 'busy' && attempt < 4) {
+      await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+      continue;
+    }
+    throw new ApiError(res.status, code, message);
+  }
+}
+
+/** Parses /api/view's body: u32 LE header length, JSON header, then T×H int8 per kind. */
+function parseView(buf) {
+  const n = new DataView(buf).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+  const size = header.length * header.hidden;
+  const data = new Map();
+  header.kinds.forEach((k, i) => data.set(k, new Int8Array(buf, 4 + n + i * size, size)));
+  if (4 + n + header.kinds.length * size > buf.byteLength) {
+    throw new ApiError(0, 'short_view', 'the server sent a truncated view; run again');
+  }
+  return { header, data };
+}
+
+// ---------------------------------------------------------------------------
+// State.
+
+const initialEl = $('#initial');
+const initial = initialEl ? JSON.parse(initialEl.textContent) : null;
+
+const el = {
+  form: $('#run-form'),
+  text: $('#text'),
+  layer: $('#layer'),
+  kind: $('#kind'),
+  cell: $('#cell'),
+  prev: $('#prev-cell'),
+  next: $('#next-cell'),
+  run: $('#run'),
+  cellLink: $('#cell-link'),
+  status: $('#status'),
+  legend: $('#legend'),
+  legendTitle: $('#legend-title'),
+  colored: $('#colored'),
+  tooltip: $('#tooltip'),
+  heatmap: $('#heatmap'),
+  heatmapSort: $('#heatmap-sort'),
+  finderForm: $('#finder-form'),
+  concept: $('#concept'),
+  regex: $('#regex'),
+  finderKinds: $('#finder-kinds'),
+  rankSelection: $('#rank-selection'),
+  results: $('#finder-results'),
+};
+
+const state = {
+  layers: initial?.layers ?? 1,
+  hidden: initial?.hidden ?? 1,
+  samples: initial?.samples ?? [],
+  maxChars: initial?.max_text_chars ?? Infinity,
+  layer: initial?.layer ?? 0,
+  kind: initial?.kind ?? 'c',
+  cell: initial?.cell ?? 0,
+  /** The text the shown view was traced from. */
+  text: null,
+  /** {layer, header, data: Map(kind → Int8Array), allKinds} */
+  view: null,
+  /** span per character, index = position */
+  spans: [],
+  /** q currently painted on each span (avoids needless style writes) */
+  painted: null,
+  /** [{layer, kind, cell}] from the last finder run, best first */
+  ranking: [],
+  rankingLabel: '',
+  seq: 0,
+  /** Completed view loads (the browser test waits on this). */
+  runs: 0,
+  pinned: -1,
+  hoverT: -1,
+};
+
+/** Test and debugging hook: read-only view of timings and the current choice. */
+const timings = {};
+window.cellscope = Object.freeze({
+  timings,
+  get choice() {
+    return { layer: state.layer, kind: state.kind, cell: state.cell };
+  },
+  get length() {
+    return state.view ? state.view.header.length : 0;
+  },
+  get runs() {
+    return state.runs;
+  },
+});
+
+// ---------------------------------------------------------------------------
+// Status line.
+
+function setStatus(msg, isError = false) {
+  if (!el.status) return;
+  el.status.textContent = msg;
+  el.status.classList.toggle('error', isError);
+  el.status.classList.toggle('muted', !isError);
+}
+
+function showError(e) {
+  const msg = e instanceof ApiError ? `error: ${e.message}` : `error: ${e && e.message ? e.message : e}`;
+  setStatus(msg, true);
+}
+
+// ---------------------------------------------------------------------------
+// Rendering the text.
+
+function buildSpans(header) {
+  const t0 = performance.now();
+  const { chars, unknown } = header;
+  const unk = new Set(unknown);
+  const parts = new Array(chars.length);
+  for (let t = 0; t < chars.length; t++) {
+    const ch = chars[t];
+    let cls = 'ch';
+    if (ch === '\n') cls += ' nl';
+    else if (ch === '\t') cls += ' tab';
+    else if (ch === ' ') cls += ' sp';
+    if (unk.has(t)) cls += ' unk';
+    parts[t] = `<span class="${cls}" data-t="${t}">${escapeChar(ch)}</span>${ch === '\n' ? '\n' : ''}`;
+  }
+  el.colored.innerHTML = parts.join('');
+  state.spans = Array.from(el.colored.children);
+  state.painted = new Int16Array(chars.length).fill(999);
+  updateUnknownNote(unknown.length);
+  timings.build = performance.now() - t0;
+}
+
+function currentData() {
+  const v = state.view;
+  if (!v || v.layer !== state.layer) return null;
+  return v.data.get(state.kind) ?? null;
+}
+
+/** Sets every span's background from the current cell; touches only changed spans. */
+function recolor() {
+  const data = currentData();
+  if (!data) return;
+  const t0 = performance.now();
+  const H = state.view.header.hidden;
+  const cell = state.cell;
+  const spans = state.spans;
+  const painted = state.painted;
+  const n = Math.min(spans.length, data.length / H);
+  for (let t = 0; t < n; t++) {
+    const q = data[t * H + cell];
+    if (painted[t] !== q) {
+      painted[t] = q;
+      spans[t].style.backgroundColor = CSS_COLORS[q + 128];
+    }
+  }
+  timings.recolor = performance.now() - t0;
+}
+
+function updateLegend() {
+  const opt = el.kind?.selectedOptions[0];
+  const kindLabel = opt ? opt.textContent.split(' — ')[1] ?? state.kind : state.kind;
+  if (el.legendTitle) el.legendTitle.textContent = `layer ${state.layer} · ${kindLabel} · cell ${state.cell}`;
+  const stops = el.legend ? el.legend.querySelectorAll('.stop') : [];
+  stops.forEach((s, i) => {
+    const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
+    s.style.background = CSS_COLORS[Math.round(u * 127) + 128];
+    s.textContent = GATES.has(state.kind) ? ((u + 1) / 2).toFixed(2) : formatSigned(u, 2, true);
+  });
+}
+
+function updateUnknownNote(count) {
+  if (!el.legend) return;
+  let note = el.legend.querySelector('.unk-note');
+  if (count === 0) {
+    note?.remove();
+    return;
+  }
+  if (!note) {
+    note = document.createElement('span');
+    note.className = 'unk-note';
+    el.legend.append(note);
+  }
+  const mark = document.createElement('span');
+  mark.className = 'ch unk';
+  mark.textContent = '?';
+  note.replaceChildren(mark, ` ${count} characters not in the vocabulary (fed as zero input)`);
+}
+
+function updateControls() {
+  if (el.layer) el.layer.value = String(state.layer);
+  if (el.kind) el.kind.value = state.kind;
+  if (el.cell && document.activeElement !== el.cell) el.cell.value = String(state.cell);
+  if (el.cell) el.cell.max = String(state.hidden - 1);
+  if (el.cellLink) el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}`;
+  updateLegend();
+}
+
+// ---------------------------------------------------------------------------
+// The URL keeps the choice: #layer=1&kind=c&cell=42[&sample=c | &text=...]
+
+function sampleIdFor(text) {
+  return state.samples.find((s) => s.text === text)?.id ?? null;
+}
+
+function writeHash() {
+  let h = `#layer=${state.layer}&kind=${state.kind}&cell=${state.cell}`;
+  if (state.text != null) {
+    const sample = sampleIdFor(state.text);
+    if (sample) h += `&sample=${encodeURIComponent(sample)}`;
+    else if (state.text.length <= HASH_TEXT_MAX) h += `&text=${encodeURIComponent(state.text)}`;
+  }
+  if (location.hash !== h) history.replaceState(null, '', h);
+}
+
+function readHash() {
+  const out = {};
+  const h = location.hash.replace(/^#/, '');
+  if (!h) return out;
+  for (const part of h.split('&')) {
+    const i = part.indexOf('=');
+    if (i < 0) continue;
+    try {
+      out[part.slice(0, i)] = decodeURIComponent(part.slice(i + 1));
+    } catch {
+      /* a malformed escape: ignore that part */
+    }
+  }
+  return out;
+}
+
+/** Applies layer/kind/cell from the hash to the state (no fetch); returns the text it names, if any. */
+function applyHash(h) {
+  const layer = parseInt(h.layer, 10);
+  if (Number.isInteger(layer) && layer >= 0 && layer < state.layers) state.layer = layer;
+  if (KINDS.includes(h.kind)) state.kind = h.kind;
+  const cell = parseInt(h.cell, 10);
+  if (Number.isInteger(cell)) state.cell = clampCell(cell);
+  if (h.text != null) return h.text;
+  if (h.sample != null) return state.samples.find((s) => s.id === h.sample)?.text ?? null;
+  return null;
+}
+
+// ---------------------------------------------------------------------------
+// Fetching views.
+
+function wantsAllKinds(text) {
+  return charCount(text) * state.hidden * KINDS.length <= ALL_KINDS_MAX_BYTES;
+}
+
+/** Fetches the view of `text` at the current layer; rebuilds spans when the text is new. */
+async function loadView(text) {
+  const n = charCount(text);
+  if (n > state.maxChars) {
+    setStatus(`error: text has ${n} characters; this server accepts at most ${state.maxChars}`, true);
+    return;
+  }
+  const seq = ++state.seq;
+  const layer = state.layer;
+  const allKinds = wantsAllKinds(text);
+  const kinds = allKinds ? KINDS : [state.kind];
+  setStatus(`tracing ${n} characters…`);
+  const t0 = performance.now();
+  let view;
+  try {
+    const buf = await post('/api/view', { text, layer, kinds, top_k: TOP_K }, { binary: true });
+    view = parseView(buf);
+  } catch (e) {
+    if (seq === state.seq) showError(e);
+    return;
+  }
+  if (seq !== state.seq) return; // a newer request superseded this one
+  const fetched = performance.now() - t0;
+  timings.fetch = fetched;
+  const newText = text !== state.text || !state.view || state.view.header.length !== view.header.length;
+  state.view = { layer, header: view.header, data: view.data, allKinds };
+  state.hidden = view.header.hidden;
+  state.text = text;
+  if (newText) {
+    hideTooltip();
+    buildSpans(view.header);
+    $('#error')?.remove();
+  }
+  recolor();
+  drawHeatmap();
+  updateControls();
+  writeHash();
+  timings.total = performance.now() - t0;
+  state.runs++;
+  setStatus(`traced ${view.header.length} characters in ${Math.round(fetched)} ms` +
+    (allKinds ? '' : ` (long text: kind ${state.kind} only)`));
+}
+
+/** Makes sure the current layer and kind are loaded, then shows them. */
+async function refresh() {
+  updateControls();
+  const v = state.view;
+  if (state.text == null) return; // first load still running
+  if (!v || v.layer !== state.layer || !v.data.has(state.kind)) {
+    await loadView(state.text);
+    return;
+  }
+  recolor();
+  drawHeatmap();
+  refreshTooltip();
+  writeHash();
+}
+
+function run() {
+  const text = el.text ? el.text.value : '';
+  return loadView(text);
+}
+
+// ---------------------------------------------------------------------------
+// Choosing layer, kind and cell.
+
+function clampCell(c) {
+  return Math.max(0, Math.min(state.hidden - 1, c | 0));
+}
+
+/** Picks a cell of the loaded layer/kind: no round trip. */
+function setCell(c) {
+  state.cell = clampCell(c);
+  updateControls();
+  recolor();
+  moveHeatmapMarker();
+  refreshTooltip();
+  writeHash();
+}
+
+function stepCell(delta) {
+  const H = state.hidden;
+  setCell((((state.cell + delta) % H) + H) % H);
+}
+
+function choose({ layer = state.layer, kind = state.kind, cell = state.cell }) {
+  const heatmapStale = layer !== state.layer || kind !== state.kind;
+  state.layer = layer;
+  state.kind = kind;
+  state.cell = clampCell(cell);
+  if (!heatmapStale) {
+    setCell(state.cell);
+    return Promise.resolve();
+  }
+  return refresh();
+}
+
+// ---------------------------------------------------------------------------
+// Tooltip.
+
+function hideTooltip() {
+  state.pinned = -1;
+  state.hoverT = -1;
+  if (el.tooltip) el.tooltip.hidden = true;
+}
+
+function spanOf(target) {
+  const s = target instanceof Element ? target.closest('.ch') : null;
+  return s && el.colored.contains(s) ? s : null;
+}
+
+function showTooltip(span) {
+  const t = Number(span.dataset.t);
+  state.hoverT = t;
+  const tip = el.tooltip;
+  if (!tip) return;
+  tip.replaceChildren(...tooltipContent(t));
+  tip.hidden = false;
+  placeTooltip(span);
+}
+
+function refreshTooltip() {
+  if (!el.tooltip || el.tooltip.hidden || state.hoverT < 0) return;
+  const span = state.spans[state.hoverT];
+  if (span) showTooltip(span);
+}
+
+function node(tag, cls, text) {
+  const n = document.createElement(tag);
+  if (cls) n.className = cls;
+  if (text != null) n.textContent = text;
+  return n;
+}
+
+function tooltipContent(t) {
+  const out = [];
+  const header = state.view?.header;
+  const ch = header ? header.chars[t] : state.spans[t]?.textContent ?? '';
+  const head = node('div', 'tt-head');
+  head.append(node('code', 'tt-char', charName(ch)), node('span', 'muted', ` position ${t}`));
+  if (header && header.unknown.includes(t)) head.append(node('span', 'tt-unk', ' not in vocabulary'));
+  out.push(head);
+  const data = currentData();
+  if (!data || !header) {
+    out.push(node('div', 'muted', 'loading…'));
+    return out;
+  }
+  const q = data[t * header.hidden + state.cell];
+  const v = displayValue(state.kind, q);
+  const val = node('div', 'tt-val');
+  const sw = node('span', 'tt-swatch');
+  sw.style.background = CSS_COLORS[q + 128];
+  val.append(sw, `layer ${state.layer} · cell ${state.cell}: ${valueLabel(state.kind)} = `,
+    node('b', null, GATES.has(state.kind) ? v.toFixed(3) : formatSigned(v, 3)));
+  out.push(val);
+
+  const pred = header.predictions?.[t];
+  if (pred) {
+    out.push(node('div', 'tt-sub muted', 'next-character guesses'));
+    const list = node('ol', 'tt-preds');
+    let actualShown = false;
+    for (const { char, p } of pred.top) {
+      const actual = pred.next != null && char === pred.next;
+      actualShown ||= actual;
+      list.append(predRow(char, p, actual));
+    }
+    out.push(list);
+    if (pred.next == null) {
+      out.push(node('div', 'tt-next muted', 'end of text'));
+    } else if (!actualShown) {
+      const row = node('div', 'tt-next');
+      if (pred.p_next == null) {
+        row.append('actual next ', node('code', null, charName(pred.next)), ' is not in the vocabulary');
+      } else {
+        const l = node('ol', 'tt-preds');
+        l.append(predRow(pred.next, pred.p_next, true));
+        row.append(node('span', 'muted', 'actual next:'), l);
+      }
+      out.push(row);
+    }
+  }
+  return out;
+}
+
+function predRow(char, p, actual) {
+  const li = node('li', actual ? 'actual' : null);
+  const bar = node('span', 'bar');
+  const fill = node('span', 'fill');
+  fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`;
+  bar.append(fill);
+  li.append(node('code', 'pc', charName(char)), bar, node('span', 'pp', p.toFixed(3)));
+  if (actual) li.title = 'the character that actually follows';
+  return li;
+}
+
+function placeTooltip(span) {
+  const tip = el.tooltip;
+  const r = span.getBoundingClientRect();
+  const w = tip.offsetWidth;
+  const h = tip.offsetHeight;
+  const vw = document.documentElement.clientWidth;
+  const vh = document.documentElement.clientHeight;
+  let left = Math.min(r.left, vw - w - 8);
+  let top = r.bottom + 6;
+  if (top + h > vh - 4 && r.top - h - 6 > 0) top = r.top - h - 6;
+  tip.style.left = `${Math.max(4, left)}px`;
+  tip.style.top = `${Math.max(4, top)}px`;
+}
+
+// ---------------------------------------------------------------------------
+// Heatmap: rows = cells of the chosen kind, columns = characters.
+
+const heat = { order: null, rowOf: null, rowH: 1, colW: 1, width: 0, height: 0, perCol: 1, key: '' };
+
+function activityOrder(data, T, H) {
+  const sum = new Float64Array(H);
+  const sq = new Float64Array(H);
+  for (let t = 0; t < T; t++) {
+    const base = t * H;
+    for (let c = 0; c < H; c++) {
+      const q = data[base + c];
+      sum[c] += q;
+      sq[c] += q * q;
+    }
+  }
+  const variance = new Float64Array(H);
+  for (let c = 0; c < H; c++) {
+    const m = sum[c] / T;
+    variance[c] = sq[c] / T - m * m;
+  }
+  return Array.from({ length: H }, (_, c) => c).sort((a, b) => variance[b] - variance[a] || a - b);
+}
+
+function rankOrder(H) {
+  const seen = new Set();
+  const order = [];
+  for (const r of state.ranking) {
+    if (r.layer === state.layer && r.kind === state.kind && r.cell < H && !seen.has(r.cell)) {
+      seen.add(r.cell);
+      order.push(r.cell);
+    }
+  }
+  const ranked = order.length;
+  for (let c = 0; c < H; c++) if (!seen.has(c)) order.push(c);
+  return { order, ranked };
+}
+
+function heatmapNote(text) {
+  const wrap = el.heatmap?.parentElement;
+  if (!wrap) return;
+  let note = document.getElementById('heatmap-note');
+  if (!note) {
+    note = node('p', 'muted heatmap-note');
+    note.id = 'heatmap-note';
+    wrap.after(note);
+  }
+  note.textContent = text;
+}
+
+function drawHeatmap() {
+  const canvas = el.heatmap;
+  const data = currentData();
+  if (!canvas || !data) return;
+  const t0 = performance.now();
+  const { length: T, hidden: H } = state.view.header;
+  const sort = el.heatmapSort ? el.heatmapSort.value : 'index';
+  let order;
+  let note = '';
+  if (sort === 'activity') {
+    order = activityOrder(data, T, H);
+    note = 'rows sorted by variance over the text, most active first';
+  } else if (sort === 'rank') {
+    const r = rankOrder(H);
+    order = r.order;
+    note = r.ranked
+      ? `first ${r.ranked} rows: the last ranking (${state.rankingLabel}) for layer ${state.layer} · ${state.kind}; then by index`
+      : `no ranking for layer ${state.layer} · ${state.kind} yet: run "Rank cells"; rows by index`;
+  } else {
+    order = Array.from({ length: H }, (_, c) => c);
+  }
+  const rowOf = new Int32Array(H);
+  order.forEach((c, r) => (rowOf[c] = r));
+
+  const rowH = Math.max(1, Math.min(12, Math.floor(384 / H)));
+  const colW = T > 0 ? Math.max(1, Math.min(6, Math.floor(1200 / T))) : 1;
+  const cols = Math.min(T, HEATMAP_MAX_WIDTH);
+  const width = Math.max(1, cols * colW);
+  const height = H * rowH;
+  canvas.width = width;
+  canvas.height = height;
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const ctx = canvas.getContext('2d');
+  const img = ctx.createImageData(width, height);
+  const px = new Uint32Array(img.data.buffer);
+
+  if (T <= HEATMAP_MAX_WIDTH) {
+    // One column (colW px) per character: read rows of H contiguous bytes.
+    for (let t = 0; t < T; t++) {
+      const base = t * H;
+      const x0 = t * colW;
+      for (let c = 0; c < H; c++) {
+        const color = RGBA_COLORS[data[base + c] + 128];
+        let i = rowOf[c] * rowH * width + x0;
+        for (let k = 0; k < colW; k++) px[i + k] = color;
+      }
+    }
+  } else {
+    // Average the characters falling into each column.
+    const acc = new Float64Array(H);
+    for (let x = 0; x < cols; x++) {
+      const a = Math.floor((x * T) / cols);
+      const b = Math.floor(((x + 1) * T) / cols);
+      acc.fill(0);
+      for (let t = a; t < b; t++) {
+        const base = t * H;
+        for (let c = 0; c < H; c++) acc[c] += data[base + c];
+      }
+      const inv = 1 / (b - a);
+      for (let c = 0; c < H; c++) px[rowOf[c] * rowH * width + x] = RGBA_COLORS[Math.round(acc[c] * inv) + 128];
+    }
+  }
+  if (rowH > 1) {
+    for (let r = 0; r < H; r++) {
+      const src = r * rowH * width;
+      for (let k = 1; k < rowH; k++) px.copyWithin(src + k * width, src, src + width);
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  Object.assign(heat, { order, rowOf, rowH, colW, width, height, perCol: T > HEATMAP_MAX_WIDTH ? T / cols : 1 / colW });
+  const scale = T > HEATMAP_MAX_WIDTH ? ` · each column averages ${(T / cols).toFixed(1)} characters` : '';
+  heatmapNote(`${H} cells × ${T} characters${scale}${note ? ' · ' + note : ''}`);
+  moveHeatmapMarker();
+  timings.heatmap = performance.now() - t0;
+}
+
+function moveHeatmapMarker() {
+  const canvas = el.heatmap;
+  if (!canvas || !heat.rowOf) return;
+  const wrap = canvas.parentElement;
+  let marker = wrap.querySelector('.hm-marker');
+  if (!marker) {
+    marker = node('div', 'hm-marker');
+    marker.setAttribute('aria-hidden', 'true');
+    wrap.append(marker);
+  }
+  const row = heat.rowOf[state.cell] ?? 0;
+  const top = canvas.offsetTop + row * heat.rowH;
+  marker.style.top = `${top}px`;
+  marker.style.left = `${canvas.offsetLeft}px`;
+  marker.style.width = `${heat.width}px`;
+  marker.style.height = `${heat.rowH}px`;
+  marker.dataset.cell = String(state.cell);
+  // Keep the marked row in view when the wrapper scrolls vertically.
+  if (top < wrap.scrollTop || top + heat.rowH > wrap.scrollTop + wrap.clientHeight) {
+    wrap.scrollTop = Math.max(0, top - wrap.clientHeight / 2);
+  }
+}
+
+function heatmapHit(ev) {
+  const canvas = el.heatmap;
+  const r = canvas.getBoundingClientRect();
+  const x = ((ev.clientX - r.left) * canvas.width) / r.width;
+  const y = ((ev.clientY - r.top) * canvas.height) / r.height;
+  const row = Math.floor(y / heat.rowH);
+  if (!heat.order || row < 0 || row >= heat.order.length) return null;
+  const t = Math.floor(x * heat.perCol);
+  return { cell: heat.order[row], t };
+}
+
+// ---------------------------------------------------------------------------
+// Finder.
+
+function finderKinds() {
+  const v = el.finderKinds ? el.finderKinds.value : 'all';
+  return v === 'all' ? KINDS : v.split(',');
+}
+
+const METRIC_LABEL = { auc: 'AUC', pearson: 'r', spearman: 'ρ' };
+
+async function rank(request, label) {
+  if (state.text == null) {
+    setStatus('run the text first', true);
+    return;
+  }
+  const body = { text: state.text, kinds: finderKinds(), top_k: 20, ...request };
+  setStatus(`ranking cells for ${label}…`);
+  el.results?.setAttribute('aria-busy', 'true');
+  const t0 = performance.now();
+  let res;
+  try {
+    res = await post('/api/cells/rank', body);
+  } catch (e) {
+    showError(e);
+    el.results?.removeAttribute('aria-busy');
+    return;
+  }
+  el.results?.removeAttribute('aria-busy');
+  state.ranking = res.cells.map(({ layer, kind, cell }) => ({ layer, kind, cell }));
+  state.rankingLabel = label;
+  showResults(res);
+  if (el.heatmapSort?.value === 'rank') drawHeatmap();
+  setStatus(`ranked cells for ${label} in ${Math.round(performance.now() - t0)} ms`);
+}
+
+function showResults(res) {
+  const list = el.results;
+  if (!list) return;
+  const metric = METRIC_LABEL[res.metric] ?? res.metric;
+  const items = res.cells.map((c) => {
+    const li = node('li');
+    const sign = c.sign > 0 ? '+' : c.sign < 0 ? '−' : '±';
+    const pick = node('a', 'pick', `layer ${c.layer} · ${c.kind} · cell ${c.cell} — ${metric} ${c.score.toFixed(3)} (${sign})`);
+    pick.href = `#layer=${c.layer}&kind=${c.kind}&cell=${c.cell}`;
+    pick.dataset.layer = c.layer;
+    pick.dataset.kind = c.kind;
+    pick.dataset.cell = c.cell;
+    pick.title = `colour the text by this cell (signed ${metric} ${c.raw.toFixed(3)})`;
+    const page = node('a', 'cellpage', 'cell page');
+    page.href = `/cell/${c.layer}/${c.kind}/${c.cell}`;
+    li.append(pick, ' ', page);
+    return li;
+  });
+  if (items.length === 0) items.push(node('li', 'muted', 'no cells'));
+  list.replaceChildren(...items);
+  const cap = node('li', 'muted caption', `${res.feature} · ${metric}`);
+  cap.setAttribute('aria-hidden', 'true');
+  list.prepend(cap);
+}
+
+/** The span at a selection boundary: the first selected one (start) or the last (end). */
+function boundarySpan(container, offset, isStart) {
+  const pre = el.colored;
+  const step = (s) => (isStart ? s?.nextElementSibling : s?.previousElementSibling) ?? null;
+  if (!pre.contains(container)) {
+    // The boundary lies outside the text: the selection starts before or ends after it.
+    const pos = container.compareDocumentPosition(pre);
+    const preFollows = Boolean(pos & Node.DOCUMENT_POSITION_FOLLOWING);
+    if (isStart) return preFollows ? pre.firstElementChild : null;
+    return preFollows ? null : pre.lastElementChild;
+  }
+  if (container.nodeType === Node.TEXT_NODE) {
+    const parent = container.parentElement;
+    if (parent && parent !== pre && parent.classList.contains('ch')) {
+      if (isStart) return offset >= container.length ? step(parent) : parent;
+      return offset === 0 ? step(parent) : parent;
+    }
+    // A "\n" text node between spans.
+    return isStart ? container.nextElementSibling : container.previousElementSibling;
+  }
+  if (container === pre) {
+    if (isStart) {
+      const child = pre.childNodes[offset];
+      if (!child) return null;
+      return child.nodeType === Node.ELEMENT_NODE ? child : child.nextElementSibling;
+    }
+    const child = pre.childNodes[offset - 1];
+    if (!child) return null;
+    return child.nodeType === Node.ELEMENT_NODE ? child : child.previousElementSibling;
+  }
+  const span = container.closest('.ch');
+  if (!span) return null;
+  if (isStart) return offset === 0 ? span : step(span);
+  return offset === 0 ? step(span) : span;
+}
+
+/** Character index ranges [start, end) covered by the current selection in the text. */
+function selectionSpans() {
+  const sel = window.getSelection();
+  const out = [];
+  if (!sel || sel.isCollapsed) return out;
+  for (let i = 0; i < sel.rangeCount; i++) {
+    const r = sel.getRangeAt(i);
+    if (!r.intersectsNode(el.colored)) continue;
+    const a = boundarySpan(r.startContainer, r.startOffset, true);
+    const b = boundarySpan(r.endContainer, r.endOffset, false);
+    if (!a || !b) continue;
+    const s = Number(a.dataset.t);
+    const e = Number(b.dataset.t) + 1;
+    if (e > s) out.push([s, e]);
+  }
+  out.sort((x, y) => x[0] - y[0]);
+  // Merge overlapping ranges.
+  const merged = [];
+  for (const r of out) {
+    const last = merged[merged.length - 1];
+    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    else merged.push(r);
+  }
+  return merged;
+}
+
+// ---------------------------------------------------------------------------
+// Wiring.
+
+function isTextField(t) {
+  if (!(t instanceof Element)) return false;
+  if (t.isContentEditable) return true;
+  const tag = t.tagName;
+  if (tag === 'TEXTAREA' || tag === 'SELECT') return true;
+  if (tag === 'INPUT') return !['button', 'submit', 'reset', 'checkbox', 'radio'].includes(t.type);
+  return false;
+}
+
+function wire() {
+  el.form?.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    run();
+  });
+  el.text?.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+      ev.preventDefault();
+      run();
+    }
+  });
+  document.querySelectorAll('a.sample[data-sample]').forEach((a) => {
+    a.addEventListener('click', (ev) => {
+      const s = state.samples.find((x) => x.id === a.dataset.sample);
+      if (!s || !el.text) return; // let the link work as a plain link
+      ev.preventDefault();
+      el.text.value = s.text;
+      run();
+    });
+  });
+  el.layer?.addEventListener('change', () => choose({ layer: Number(el.layer.value) }));
+  el.kind?.addEventListener('change', () => choose({ kind: el.kind.value }));
+  el.cell?.addEventListener('input', () => {
+    const v = parseInt(el.cell.value, 10);
+    if (Number.isInteger(v)) setCell(v);
+  });
+  el.cell?.addEventListener('change', () => {
+    const v = parseInt(el.cell.value, 10);
+    setCell(Number.isInteger(v) ? v : state.cell);
+    el.cell.value = String(state.cell);
+  });
+  el.prev?.addEventListener('click', () => stepCell(-1));
+  el.next?.addEventListener('click', () => stepCell(1));
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') hideTooltip();
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || isTextField(ev.target)) return;
+    if (ev.key === 'ArrowLeft' || ev.key === 'k') {
+      ev.preventDefault();
+      stepCell(-1);
+    } else if (ev.key === 'ArrowRight' || ev.key === 'j') {
+      ev.preventDefault();
+      stepCell(1);
+    }
+  });
+  window.addEventListener('hashchange', () => {
+    const text = applyHash(readHash());
+    if (text != null && text !== state.text) {
+      if (el.text) el.text.value = text;
+      loadView(text);
+    } else {
+      refresh();
+    }
+  });
+
+  // Tooltip: hover, or tap/click to pin.
+  el.colored?.addEventListener('mouseover', (ev) => {
+    if (state.pinned >= 0) return;
+    const span = spanOf(ev.target);
+    if (span && Number(span.dataset.t) !== state.hoverT) showTooltip(span);
+  });
+  el.colored?.addEventListener('mouseleave', () => {
+    if (state.pinned < 0) hideTooltip();
+  });
+  el.colored?.addEventListener('click', (ev) => {
+    const sel = window.getSelection();
+    if (sel && !sel.isCollapsed) return; // a text selection, not a tap
+    const span = spanOf(ev.target);
+    if (!span) return;
+    const t = Number(span.dataset.t);
+    if (state.pinned === t) {
+      hideTooltip();
+      return;
+    }
+    showTooltip(span);
+    state.pinned = t;
+  });
+  document.addEventListener('click', (ev) => {
+    if (state.pinned >= 0 && !el.colored.contains(ev.target) && !el.tooltip.contains(ev.target)) hideTooltip();
+  });
+  window.addEventListener('scroll', () => {
+    if (state.hoverT >= 0 && state.spans[state.hoverT]) placeTooltip(state.spans[state.hoverT]);
+  }, { passive: true });
+  el.colored?.addEventListener('scroll', () => {
+    if (state.pinned < 0) hideTooltip();
+  }, { passive: true });
+
+  // Heatmap.
+  el.heatmapSort?.addEventListener('change', drawHeatmap);
+  el.heatmap?.addEventListener('click', (ev) => {
+    const hit = heatmapHit(ev);
+    if (hit) setCell(hit.cell);
+  });
+  el.heatmap?.addEventListener('mousemove', (ev) => {
+    const hit = heatmapHit(ev);
+    el.heatmap.title = hit ? `cell ${hit.cell} · character ${hit.t} (click to pick the cell)` : '';
+  });
+
+  // Finder.
+  const syncRegex = () => {
+    if (el.regex) el.regex.hidden = el.concept?.value !== 'regex';
+  };
+  el.concept?.addEventListener('change', () => {
+    syncRegex();
+    if (!el.regex.hidden) el.regex.focus();
+  });
+  syncRegex();
+  el.finderForm?.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const concept = el.concept ? el.concept.value : 'string';
+    if (concept === 'regex') {
+      const re = el.regex.value;
+      if (!re) {
+        setStatus('type a regex first', true);
+        el.regex.focus();
+        return;
+      }
+      rank({ regex: re }, `/${re}/`);
+    } else {
+      rank({ feature: concept }, concept);
+    }
+  });
+  el.rankSelection?.addEventListener('click', () => {
+    const spans = selectionSpans();
+    if (spans.length === 0) {
+      setStatus('select some characters of the coloured text first', true);
+      return;
+    }
+    const n = spans.reduce((a, [s, e]) => a + e - s, 0);
+    rank({ spans }, `the selection (${n} characters)`);
+  });
+  el.results?.addEventListener('click', (ev) => {
+    const a = ev.target instanceof Element ? ev.target.closest('a.pick') : null;
+    if (!a) return;
+    ev.preventDefault();
+    choose({ layer: Number(a.dataset.layer), kind: a.dataset.kind, cell: Number(a.dataset.cell) });
+  });
+}
+
+function start() {
+  if (!initial || !el.colored) return;
+  state.spans = Array.from(el.colored.querySelectorAll('.ch'));
+  const text = applyHash(readHash());
+  if (text != null && el.text) el.text.value = text;
+  updateControls();
+  wire();
+  run();
+}
+
+start();
