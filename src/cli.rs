@@ -168,6 +168,10 @@ pub struct EvalArgs {
     /// Text file to score.
     #[arg(long)]
     pub file: PathBuf,
+    /// Also store the result in the model file's `cellscope.train` metadata as
+    /// `<NAME>_loss` and `<NAME>_sha256` (e.g. `--record test`).
+    #[arg(long, value_name = "NAME")]
+    pub record: Option<String>,
 }
 
 /// Runs one command.
@@ -391,5 +395,20 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             "chars_scored": count, "seconds": started.elapsed().as_secs_f64(),
         })
     );
+    if let Some(name) = &a.record {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
+            bail!("--record takes a plain name like test or sqlite, got {name:?}");
+        }
+        let path = a.model.model.clone().unwrap_or_else(default_model_path);
+        let mut model = model;
+        if !model.train.is_object() {
+            model.train = serde_json::json!({});
+        }
+        model.train[format!("{name}_loss")] = serde_json::json!(loss);
+        model.train[format!("{name}_sha256")] = serde_json::json!(train::sha256_hex(text.as_bytes()));
+        model.train[format!("{name}_chars")] = serde_json::json!(count);
+        model.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("recorded {name}_loss = {loss:.4} in {}", path.display());
+    }
     Ok(())
 }

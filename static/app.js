@@ -192,6 +192,8 @@ const state = {
   cell: initial?.cell ?? 0,
   /** The text the shown view was traced from. */
   text: null,
+  /** The text of the latest view request (differs from `text` while a run is on its way). */
+  requestedText: null,
   /** {layer, header, data: Map(kind → Int8Array), allKinds} */
   view: null,
   /** span per character, index = position */
@@ -206,6 +208,7 @@ const state = {
   runs: 0,
   pinned: -1,
   hoverT: -1,
+  dragging: false,
 };
 
 /** Test and debugging hook: read-only view of timings and the current choice. */
@@ -334,7 +337,20 @@ function sampleIdFor(text) {
   return state.samples.find((s) => s.text === text)?.id ?? null;
 }
 
+let hashTimer = 0;
+
+/**
+ * Updates the hash a moment after the last change: replaceState can make the
+ * browser restyle the page at once (`:target`), which right after recolouring
+ * 20,000 spans costs as much as the recolouring; holding an arrow key should not.
+ */
+function scheduleHash() {
+  clearTimeout(hashTimer);
+  hashTimer = setTimeout(writeHash, 150);
+}
+
 function writeHash() {
+  clearTimeout(hashTimer);
   let h = `#layer=${state.layer}&kind=${state.kind}&cell=${state.cell}`;
   if (state.text != null) {
     const sample = sampleIdFor(state.text);
@@ -387,6 +403,7 @@ async function loadView(text) {
     return;
   }
   const seq = ++state.seq;
+  state.requestedText = text;
   const layer = state.layer;
   const allKinds = wantsAllKinds(text);
   const kinds = allKinds ? KINDS : [state.kind];
@@ -397,7 +414,10 @@ async function loadView(text) {
     const buf = await post('/api/view', { text, layer, kinds, top_k: TOP_K }, { binary: true });
     view = parseView(buf);
   } catch (e) {
-    if (seq === state.seq) showError(e);
+    if (seq === state.seq) {
+      state.requestedText = state.text; // layer and kind changes go on with the shown text
+      showError(e);
+    }
     return;
   }
   if (seq !== state.seq) return; // a newer request superseded this one
@@ -419,22 +439,25 @@ async function loadView(text) {
   timings.total = performance.now() - t0;
   state.runs++;
   setStatus(`traced ${view.header.length} characters in ${Math.round(fetched)} ms` +
-    (allKinds ? '' : ` (long text: kind ${state.kind} only)`));
+    (allKinds ? '' : ` (long text: kind ${kinds[0]} only)`));
+  // The layer or kind may have changed while the request was on its way.
+  if (state.layer !== layer || !view.data.has(state.kind)) refresh();
 }
 
 /** Makes sure the current layer and kind are loaded, then shows them. */
 async function refresh() {
   updateControls();
   const v = state.view;
-  if (state.text == null) return; // first load still running
-  if (!v || v.layer !== state.layer || !v.data.has(state.kind)) {
-    await loadView(state.text);
+  const text = state.requestedText ?? state.text;
+  if (text == null) return; // nothing run yet
+  if (text !== state.text || !v || v.layer !== state.layer || !v.data.has(state.kind)) {
+    await loadView(text);
     return;
   }
   recolor();
   drawHeatmap();
   refreshTooltip();
-  writeHash();
+  scheduleHash();
 }
 
 function run() {
@@ -456,7 +479,7 @@ function setCell(c) {
   recolor();
   moveHeatmapMarker();
   refreshTooltip();
-  writeHash();
+  scheduleHash();
 }
 
 function stepCell(delta) {
@@ -482,7 +505,10 @@ function choose({ layer = state.layer, kind = state.kind, cell = state.cell }) {
 function hideTooltip() {
   state.pinned = -1;
   state.hoverT = -1;
-  if (el.tooltip) el.tooltip.hidden = true;
+  if (el.tooltip) {
+    el.tooltip.hidden = true;
+    el.tooltip.classList.remove('pinned');
+  }
 }
 
 function spanOf(target) {
@@ -490,20 +516,21 @@ function spanOf(target) {
   return s && el.colored.contains(s) ? s : null;
 }
 
-function showTooltip(span) {
+function showTooltip(span, place = true) {
   const t = Number(span.dataset.t);
   state.hoverT = t;
   const tip = el.tooltip;
   if (!tip) return;
   tip.replaceChildren(...tooltipContent(t));
   tip.hidden = false;
-  placeTooltip(span);
+  if (place) placeTooltip(span);
 }
 
+/** New content for the shown tooltip after a cell change; not re-placed, as that reads layout. */
 function refreshTooltip() {
   if (!el.tooltip || el.tooltip.hidden || state.hoverT < 0) return;
   const span = state.spans[state.hoverT];
-  if (span) showTooltip(span);
+  if (span) showTooltip(span, false);
 }
 
 function node(tag, cls, text) {
@@ -715,6 +742,11 @@ function drawHeatmap() {
   timings.heatmap = performance.now() - t0;
 }
 
+// The heatmap wrapper's scroll box, kept from events so that moving the marker
+// never reads layout (a read right after recolouring 20,000 spans would force a
+// synchronous style and layout pass).
+const heatBox = { scrollTop: 0, clientHeight: 0 };
+
 function moveHeatmapMarker() {
   const canvas = el.heatmap;
   if (!canvas || !heat.rowOf) return;
@@ -725,16 +757,27 @@ function moveHeatmapMarker() {
     marker.setAttribute('aria-hidden', 'true');
     wrap.append(marker);
   }
-  const row = heat.rowOf[state.cell] ?? 0;
-  const top = canvas.offsetTop + row * heat.rowH;
+  // The canvas is the wrapper's first, block-level child: its rows start at y = 0.
+  const top = (heat.rowOf[state.cell] ?? 0) * heat.rowH;
   marker.style.top = `${top}px`;
-  marker.style.left = `${canvas.offsetLeft}px`;
   marker.style.width = `${heat.width}px`;
   marker.style.height = `${heat.rowH}px`;
   marker.dataset.cell = String(state.cell);
   // Keep the marked row in view when the wrapper scrolls vertically.
-  if (top < wrap.scrollTop || top + heat.rowH > wrap.scrollTop + wrap.clientHeight) {
-    wrap.scrollTop = Math.max(0, top - wrap.clientHeight / 2);
+  const { scrollTop, clientHeight } = heatBox;
+  if (clientHeight > 0 && (top < scrollTop || top + heat.rowH > scrollTop + clientHeight)) {
+    wrap.scrollTop = Math.max(0, top - clientHeight / 2);
+  }
+}
+
+function watchHeatmapBox() {
+  const wrap = el.heatmap?.parentElement;
+  if (!wrap) return;
+  wrap.addEventListener('scroll', () => (heatBox.scrollTop = wrap.scrollTop), { passive: true });
+  if ('ResizeObserver' in window) {
+    new ResizeObserver((entries) => {
+      for (const e of entries) heatBox.clientHeight = e.target.clientHeight;
+    }).observe(wrap);
   }
 }
 
@@ -791,7 +834,7 @@ function showResults(res) {
   const items = res.cells.map((c) => {
     const li = node('li');
     const sign = c.sign > 0 ? '+' : c.sign < 0 ? '−' : '±';
-    const pick = node('a', 'pick', `layer ${c.layer} · ${c.kind} · cell ${c.cell} — ${metric} ${c.score.toFixed(3)} (${sign})`);
+    const pick = node('a', 'rank-pick', `layer ${c.layer} · ${c.kind} · cell ${c.cell} — ${metric} ${c.score.toFixed(3)} (${sign})`);
     pick.href = `#layer=${c.layer}&kind=${c.kind}&cell=${c.cell}`;
     pick.dataset.layer = c.layer;
     pick.dataset.kind = c.kind;
@@ -804,9 +847,15 @@ function showResults(res) {
   });
   if (items.length === 0) items.push(node('li', 'muted', 'no cells'));
   list.replaceChildren(...items);
-  const cap = node('li', 'muted caption', `${res.feature} · ${metric}`);
-  cap.setAttribute('aria-hidden', 'true');
-  list.prepend(cap);
+  let cap = document.getElementById('finder-caption');
+  if (!cap) {
+    cap = node('p', 'muted finder-caption');
+    cap.id = 'finder-caption';
+    list.before(cap);
+  }
+  const what = res.feature === 'spans' ? 'the selected characters' : res.feature;
+  cap.textContent = `best ${res.cells.length} cells for ${what}, by ${metric}; (+) = higher where it holds. Click to colour the text.`;
+  cap.dataset.feature = res.feature;
 }
 
 /** The span at a selection boundary: the first selected one (start) or the last (end). */
@@ -927,6 +976,9 @@ function wire() {
       stepCell(1);
     }
   });
+  window.addEventListener('pagehide', () => {
+    if (state.text != null) writeHash(); // flush a pending update before reload or leaving
+  });
   window.addEventListener('hashchange', () => {
     const text = applyHash(readHash());
     if (text != null && text !== state.text) {
@@ -938,8 +990,18 @@ function wire() {
   });
 
   // Tooltip: hover, or tap/click to pin.
+  // While the mouse button is down (selecting text) the tooltip stays away, so it
+  // never covers the line being selected.
+  el.colored?.addEventListener('mousedown', (ev) => {
+    if (ev.button !== 0) return;
+    state.dragging = true;
+    hideTooltip();
+  });
+  document.addEventListener('mouseup', () => {
+    state.dragging = false;
+  });
   el.colored?.addEventListener('mouseover', (ev) => {
-    if (state.pinned >= 0) return;
+    if (state.pinned >= 0 || state.dragging) return;
     const span = spanOf(ev.target);
     if (span && Number(span.dataset.t) !== state.hoverT) showTooltip(span);
   });
@@ -958,6 +1020,7 @@ function wire() {
     }
     showTooltip(span);
     state.pinned = t;
+    el.tooltip.classList.add('pinned');
   });
   document.addEventListener('click', (ev) => {
     if (state.pinned >= 0 && !el.colored.contains(ev.target) && !el.tooltip.contains(ev.target)) hideTooltip();
@@ -967,9 +1030,11 @@ function wire() {
   }, { passive: true });
   el.colored?.addEventListener('scroll', () => {
     if (state.pinned < 0) hideTooltip();
+    else if (state.spans[state.pinned]) placeTooltip(state.spans[state.pinned]);
   }, { passive: true });
 
   // Heatmap.
+  watchHeatmapBox();
   el.heatmapSort?.addEventListener('change', drawHeatmap);
   el.heatmap?.addEventListener('click', (ev) => {
     const hit = heatmapHit(ev);
@@ -1014,7 +1079,7 @@ function wire() {
     rank({ spans }, `the selection (${n} characters)`);
   });
   el.results?.addEventListener('click', (ev) => {
-    const a = ev.target instanceof Element ? ev.target.closest('a.pick') : null;
+    const a = ev.target instanceof Element ? ev.target.closest('a.rank-pick') : null;
     if (!a) return;
     ev.preventDefault();
     choose({ layer: Number(a.dataset.layer), kind: a.dataset.kind, cell: Number(a.dataset.cell) });

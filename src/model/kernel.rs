@@ -155,7 +155,7 @@ impl PackedHh {
 }
 
 /// What one layer recorded over a text: six T × H matrices, row-major, row = step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct LayerOut {
     pub h: Vec<f32>,
     pub c: Vec<f32>,
@@ -163,6 +163,19 @@ pub struct LayerOut {
     pub f: Vec<f32>,
     pub g: Vec<f32>,
     pub o: Vec<f32>,
+}
+
+impl LayerOut {
+    /// Empty, with room for `steps` steps of `hidden` units, so that [`lstm_layer`]
+    /// appends without reallocating.
+    pub fn with_capacity(steps: usize, hidden: usize) -> Self {
+        let v = || Vec::with_capacity(steps * hidden);
+        Self { h: v(), c: v(), i: v(), f: v(), g: v(), o: v() }
+    }
+
+    fn all_mut(&mut self) -> [&mut Vec<f32>; 6] {
+        [&mut self.h, &mut self.c, &mut self.i, &mut self.f, &mut self.g, &mut self.o]
+    }
 }
 
 /// Raw view of one layer's inputs and outputs, shared by the kernels. The safe
@@ -200,41 +213,53 @@ impl Raw {
     }
 }
 
-/// Runs one LSTM layer over a whole text and records every step (gate order i, f,
-/// g, o as in PyTorch):
+/// Runs `x_rows.len()` steps of one LSTM layer and appends what it recorded to
+/// `out` (gate order i, f, g, o as in PyTorch):
 /// ```text
 /// [i f g o]_t = [σ σ tanh σ](x_rows[t] + W_hh h_{t-1})
 /// c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
 /// h_t = o_t ⊙ tanh(c_t)
 /// ```
-/// `x_rows[t]` is the input projection W_ih x_t + b_ih + b_hh (4H floats); `h0`, `c0`
-/// the state before the first step.
-pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32]) -> LayerOut {
+/// `x_rows[t]` is the input projection W_ih x_t + b_ih + b_hh (4H floats). The first
+/// step continues from the last row of `out`, or from `h0`, `c0` when `out` is
+/// empty, so a text can be fed in pieces (e.g. as its input projection is computed).
+pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32], out: &mut LayerOut) {
     let n = weight_hh.hidden;
     let steps = x_rows.len();
     assert!(h0.len() == n && c0.len() == n, "state must hold H = {n} values per layer");
     assert!(x_rows.iter().all(|r| r.len() == 4 * n), "every input projection must be 4H = {} long", 4 * n);
+    let done = out.h.len();
+    assert!(
+        done % n == 0 && out.all_mut().iter().all(|v| v.len() == done),
+        "LayerOut vectors must all hold the same whole number of H = {n} rows"
+    );
     let rows: Vec<*const f32> = x_rows.iter().map(|r| r.as_ptr()).collect();
-    let mut out = [(); 6].map(|_| Vec::<f32>::with_capacity(steps * n));
-    let [h, c, i, f, g, o] = &mut out;
-    let ptr = |v: &mut Vec<f32>| v.spare_capacity_mut().as_mut_ptr().cast::<f32>();
-    let raw = Raw {
-        hidden: n,
-        steps,
-        x_rows: rows.as_ptr(),
-        h0: h0.as_ptr(),
-        c0: c0.as_ptr(),
-        h: ptr(h),
-        c: ptr(c),
-        i: ptr(i),
-        f: ptr(f),
-        g: ptr(g),
-        o: ptr(o),
+    for v in out.all_mut() {
+        v.reserve(steps * n);
+    }
+    let [h, c, i, f, g, o] = out.all_mut().map(|v| v.as_mut_ptr());
+    // SAFETY (of the `add`s): `done` ≤ len and, when `done > 0`, done − n ≥ 0.
+    let raw = unsafe {
+        let (h0, c0) = if done == 0 { (h0.as_ptr(), c0.as_ptr()) } else { (h.add(done - n).cast_const(), c.add(done - n).cast_const()) };
+        Raw {
+            hidden: n,
+            steps,
+            x_rows: rows.as_ptr(),
+            h0,
+            c0,
+            h: h.add(done),
+            c: c.add(done),
+            i: i.add(done),
+            f: f.add(done),
+            g: g.add(done),
+            o: o.add(done),
+        }
     };
     // SAFETY: every pointer in `raw` addresses the length it promises (checked or
-    // allocated above), and the outputs do not overlap any input. The kernels
-    // write each of the steps·H output floats exactly once, before any read, and
-    // `packed` matches the kernel it is given (lanes checked in the match).
+    // reserved above); outputs overlap no input except the previous row, which is
+    // only read. The kernels write each of the steps·H new floats of every output
+    // exactly once before anything reads it, and `weight_hh` is packed for the
+    // kernel it is given (lanes checked in the match).
     unsafe {
         match (simd(), weight_hh.lanes) {
             #[cfg(target_arch = "x86_64")]
@@ -245,12 +270,10 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32
             (_, 8) => layer_portable::<8>(weight_hh.as_ptr(), raw),
             (_, lanes) => unreachable!("PackedHh with {lanes} lanes"),
         }
-        for v in &mut out {
-            v.set_len(steps * n);
+        for v in out.all_mut() {
+            v.set_len(done + steps * n);
         }
     }
-    let [h, c, i, f, g, o] = out;
-    LayerOut { h, c, i, f, g, o }
 }
 
 /// The kernels' shared shape, in plain Rust over `[f32; L]` so LLVM can use
@@ -357,6 +380,8 @@ mod x86 {
     pub(super) unsafe fn layer_avx512(w: *const f32, raw: Raw) {
         const L: usize = 16;
         let n = raw.hidden;
+        let pf_mode: usize = std::env::var("PFM").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let pf: usize = std::env::var("PFD").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
         for t in 0..raw.steps {
             // SAFETY: the caller's contract; masked loads and stores touch only the
             // `width` valid units of the last block; `w` holds whole padded blocks.
@@ -380,6 +405,15 @@ mod x86 {
                     while c + 2 <= n {
                         let h0 = _mm512_set1_ps(*h_prev.add(c));
                         let h1 = _mm512_set1_ps(*h_prev.add(c + 1));
+                        if pf_mode == 1 {
+                            for q in 0..8 {
+                                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + q * L).cast());
+                            }
+                        } else if pf_mode == 2 {
+                            for q in 0..8 {
+                                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf + q * L).cast());
+                            }
+                        }
                         for q in 0..4 {
                             even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
                         }
@@ -756,8 +790,27 @@ mod tests {
     #[test]
     fn lstm_layer_handles_an_empty_text() {
         let w = vec![0.5; 4 * 3 * 3];
-        let out = lstm_layer(&PackedHh::new(&w, 3), &[], &[0.0; 3], &[0.0; 3]);
+        let mut out = LayerOut::default();
+        lstm_layer(&PackedHh::new(&w, 3), &[], &[0.0; 3], &[0.0; 3], &mut out);
         assert!(out.h.is_empty() && out.o.is_empty());
+    }
+
+    #[test]
+    fn lstm_layer_fed_in_pieces_equals_one_call() {
+        let mut rng = crate::rng::Rng::new(5);
+        let n = 21;
+        let w: Vec<f32> = (0..4 * n * n).map(|_| rng.range(-0.4, 0.4)).collect();
+        let x: Vec<Vec<f32>> = (0..9).map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect()).collect();
+        let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
+        let (h0, c0) = (vec![0.1; n], vec![-0.2; n]);
+        let packed = PackedHh::new(&w, n);
+        let mut whole = LayerOut::default();
+        lstm_layer(&packed, &rows, &h0, &c0, &mut whole);
+        let mut pieces = LayerOut::with_capacity(2, n);
+        for piece in [&rows[..2], &rows[2..3], &rows[3..3], &rows[3..]] {
+            lstm_layer(&packed, piece, &h0, &c0, &mut pieces);
+        }
+        assert_eq!(pieces, whole);
     }
 
     #[test]

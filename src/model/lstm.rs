@@ -27,6 +27,10 @@ use super::vocab::{Encoded, Vocab, VocabError};
 /// Number of gates of an LSTM cell (i, f, g, o).
 pub const GATES: usize = 4;
 
+/// Floats in the input-projection block of layers ≥ 1 (1 MiB): big enough for an
+/// efficient GEMM, small enough to stay in L2 beside W_hh.
+const PROJ_BLOCK_FLOATS: usize = 1 << 18;
+
 /// The weights of one LSTM layer, named and shaped as in PyTorch's `nn.LSTM`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerWeights {
@@ -497,7 +501,9 @@ impl Model {
         assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
         let mut layers: Vec<LayerTrace> = Vec::with_capacity(self.layers());
         for (k, lw) in self.weights.layers.iter().enumerate() {
-            let out = if k == 0 {
+            let (h0, c0) = (&state.h[k][..], &state.c[k][..]);
+            let mut out = LayerOut::with_capacity(t_len, n);
+            if k == 0 {
                 // Layer 0's input projection is a row of the precomputed table (the
                 // bias alone for an unknown character): point at it, copy nothing.
                 let rows: Vec<&[f32]> = ids
@@ -507,19 +513,26 @@ impl Model {
                         None => &self.bias[0][..],
                     })
                     .collect();
-                kernel::lstm_layer(&self.packed_hh[k], &rows, &state.h[k], &state.c[k])
+                kernel::lstm_layer(&self.packed_hh[k], &rows, h0, c0, &mut out);
             } else {
-                // X W_ihᵀ + b for the whole text in one GEMM (T × 4H), b written first.
+                // X W_ihᵀ + b by GEMM, a block of steps at a time: one buffer of about
+                // 1 MiB is reused instead of a fresh T × 4H one (page faults), and the
+                // recurrence reads each block while it is still in cache.
                 let below = layers[k - 1].h.as_slice().expect("standard layout");
-                let mut proj: Vec<f32> = Vec::with_capacity(t_len * g);
-                for _ in 0..t_len {
-                    proj.extend_from_slice(&self.bias[k]);
-                }
                 let w_ih = lw.weight_ih.as_slice().expect("standard layout");
-                gemm(t_len, n, g, 1.0, below, Trans::N, w_ih, Trans::T, 1.0, &mut proj);
-                let rows: Vec<&[f32]> = proj.chunks_exact(g).collect();
-                kernel::lstm_layer(&self.packed_hh[k], &rows, &state.h[k], &state.c[k])
-            };
+                let block = (PROJ_BLOCK_FLOATS / g).max(16);
+                let mut proj: Vec<f32> = Vec::with_capacity(block.min(t_len) * g);
+                for start in (0..t_len).step_by(block) {
+                    let m = block.min(t_len - start);
+                    proj.clear();
+                    for _ in 0..m {
+                        proj.extend_from_slice(&self.bias[k]);
+                    }
+                    gemm(m, n, g, 1.0, &below[start * n..(start + m) * n], Trans::N, w_ih, Trans::T, 1.0, &mut proj);
+                    let rows: Vec<&[f32]> = proj.chunks_exact(g).collect();
+                    kernel::lstm_layer(&self.packed_hh[k], &rows, h0, c0, &mut out);
+                }
+            }
             layers.push(LayerTrace::from_kernel(out, t_len, n));
         }
         let final_state = if t_len == 0 {

@@ -178,7 +178,8 @@ fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
 async fn render_index(state: AppState, q: ViewQuery) -> Response {
     let model = state.model.clone();
     let sample = q.sample.as_deref().and_then(|id| SAMPLES.iter().find(|s| s.id == id)).unwrap_or(&SAMPLES[0]);
-    let text = q.text.clone().unwrap_or_else(|| sample.text.to_string());
+    // Forms send textarea newlines as CRLF; the model (and the script path) use LF.
+    let text = q.text.as_deref().map_or_else(|| sample.text.to_string(), |t| t.replace("\r\n", "\n").replace('\r', "\n"));
     let layer = q.layer.unwrap_or(0).min(model.layers() - 1);
     let kind = q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell);
     let cell = q.cell.unwrap_or(0).min(model.hidden_size() - 1);

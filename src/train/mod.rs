@@ -276,6 +276,34 @@ fn fmt_duration(s: f64) -> String {
     }
 }
 
+/// The loss curve for the model card, from the JSON-lines log: one point per
+/// `every` steps, `[step, mean training loss since the last point, validation loss
+/// or null]`, plus a point at every validation.
+pub fn curve_from_log(path: &Path, every: u64) -> Vec<serde_json::Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (mut sum, mut n) = (0f64, 0u32);
+    for line in text.lines() {
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(step), Some(loss)) = (r["step"].as_u64(), r["loss"].as_f64()) else {
+            continue;
+        };
+        sum += loss;
+        n += 1;
+        let val = r.get("val_loss").and_then(|v| v.as_f64());
+        if step % every == 0 || val.is_some() {
+            out.push(serde_json::json!([step, sum / n as f64, val]));
+            sum = 0.0;
+            n = 0;
+        }
+    }
+    out
+}
+
 /// What a finished (or interrupted) invocation reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
@@ -370,6 +398,24 @@ pub fn train(
         let _ = std::fs::remove_file(&log_path);
         fresh
     };
+    if opts.resume {
+        // Drop log lines written after the checkpoint (a run killed without saving),
+        // so the log and the curve describe exactly the resumed run.
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|r| r["step"].as_u64())
+                        .is_some_and(|s| s <= run.progress.step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_atomic(&log_path, kept.as_bytes())
+                .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+        }
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -477,6 +523,8 @@ pub fn train(
                 meta["epochs"] = serde_json::json!(epoch_f);
                 meta["best_val_loss"] = serde_json::json!(val);
                 meta["train_seconds"] = serde_json::json!(run.progress.elapsed_s);
+                let _ = log.flush();
+                meta["curve"] = serde_json::json!(curve_from_log(&log_path, 100));
                 let mut best = model;
                 best.train = meta;
                 best.save(&opts.out).map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;

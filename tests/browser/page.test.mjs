@@ -110,7 +110,10 @@ async function startServer() {
     } catch {
       /* not listening yet */
     }
-    if (Date.now() > deadline) throw new Error(`server did not answer /healthz within 120 s\n${log}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`server did not answer /healthz within 120 s\n${log}`);
+    }
     await new Promise((r) => setTimeout(r, 200));
   }
   return { base, child, log: () => log };
@@ -170,9 +173,35 @@ async function setText(page, text) {
 
 // ---------------------------------------------------------------------------
 
+async function stopServer(child) {
+  if (child.exitCode != null || child.signalCode != null) return;
+  await new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve();
+    }, 5000);
+    child.on('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
 async function main() {
   const server = await startServer();
   console.log(`# server ${server.base} (${BIN}${MODEL ? ' --model ' + MODEL : ''})`);
+  try {
+    await withBrowser(server);
+  } catch (e) {
+    e.serverLog = server.log();
+    throw e;
+  } finally {
+    await stopServer(server.child);
+  }
+}
+
+async function withBrowser(server) {
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
@@ -193,9 +222,9 @@ async function main() {
       await page.selectOption('#kind', 'h');
       await Promise.all([page.waitForNavigation(), page.click('#run')]);
       const text = await page.$eval('#colored', (p) => p.textContent);
-      if (!process.env.TMP_SKIP) ok(!text.includes('\ufffd\u21b5'), 'the form post sends newlines as CRLF and the server shows the CR as \ufffd: ' +
+      ok(!text.includes('\ufffd\u21b5'), 'the form post sends newlines as CRLF and the server shows the CR as \ufffd: ' +
         'it should normalise \\r\\n to \\n (HTML forms always submit CRLF)');
-      if (!process.env.TMP_SKIP) ok(text === 'if (x) { y = "a"; }\u21b5\n', `form post without scripts rendered ${JSON.stringify(text)}`);
+      ok(text === 'if (x) { y = "a"; }\u21b5\n', `form post without scripts rendered ${JSON.stringify(text)}`);
       ok((await page.$eval('#kind', (s) => s.value)) === 'h', 'form post lost the chosen kind');
       await ctx.close();
     });
@@ -305,8 +334,8 @@ async function main() {
       await page.click('#rank');
       const body = (await req).postDataJSON();
       ok(body.feature === 'string' && body.text === C_SNIPPET, `rank request was ${JSON.stringify(body).slice(0, 200)}`);
-      await page.waitForSelector('#finder-results a.pick', { timeout: TRACE_TIMEOUT });
-      const items = await page.$$eval('#finder-results a.pick', (as) =>
+      await page.waitForSelector('#finder-results a.rank-pick', { timeout: TRACE_TIMEOUT });
+      const items = await page.$$eval('#finder-results a.rank-pick', (as) =>
         as.map((a) => ({ text: a.textContent, layer: +a.dataset.layer, kind: a.dataset.kind, cell: +a.dataset.cell })));
       ok(items.length > 0, 'no finder results');
       ok(/^layer \d+ · [hcifgo] · cell \d+ — AUC \d\.\d{3} \([+−±]\)$/.test(items[0].text), `result reads ${JSON.stringify(items[0].text)}`);
@@ -317,7 +346,7 @@ async function main() {
       ok(pick, 'every result is the current cell');
       const idx = items.indexOf(pick);
       const before = await backgrounds(page);
-      await page.click(`#finder-results li:nth-child(${idx + 2}) a.pick`); // +1 caption, +1 one-based
+      await page.click(`#finder-results li:nth-child(${idx + 1}) a.rank-pick`);
       await waitChoice(page, pick);
       ok((await page.inputValue('#cell')) === String(pick.cell), '#cell not updated by the result');
       ok((await page.inputValue('#layer')) === String(pick.layer), '#layer not updated by the result');
@@ -367,9 +396,11 @@ async function main() {
       await page.click('#rank-selection');
       let body = (await req).postDataJSON();
       ok(JSON.stringify(body.spans) === '[[2,9]]', `selection of characters 2..8 posted spans ${JSON.stringify(body.spans)}`);
-      await page.waitForFunction(() => document.querySelector('#finder-results .caption')?.textContent.startsWith('spans'),
+      await page.waitForFunction(() => document.querySelector('#finder-caption')?.dataset.feature === 'spans',
         null, { timeout: TRACE_TIMEOUT });
       // A real mouse drag across the first two lines.
+      await page.$eval('#colored', (p) => p.scrollIntoView({ block: 'center' }));
+      await page.evaluate(() => getSelection().removeAllRanges()); // a press inside a selection would drag it
       const a = await page.$eval('#colored .ch[data-t="3"]', (s) => { const r = s.getBoundingClientRect(); return { x: r.left + 1, y: r.top + r.height / 2 }; });
       const line2 = C_SNIPPET.indexOf('\n') + 10;
       const b = await page.$eval(`#colored .ch[data-t="${line2}"]`, (s) => { const r = s.getBoundingClientRect(); return { x: r.right - 1, y: r.top + r.height / 2 }; });
@@ -382,7 +413,7 @@ async function main() {
       body = (await req).postDataJSON();
       ok(body.spans.length === 1 && Math.abs(body.spans[0][0] - 3) <= 1 && Math.abs(body.spans[0][1] - (line2 + 1)) <= 1,
         `dragging over characters 3..${line2} posted ${JSON.stringify(body.spans)}`);
-      await page.waitForSelector('#finder-results a.pick', { timeout: TRACE_TIMEOUT });
+      await page.waitForSelector('#finder-results a.rank-pick', { timeout: TRACE_TIMEOUT });
       await page.evaluate(() => getSelection().removeAllRanges());
       noPageErrors();
     });
@@ -395,8 +426,9 @@ async function main() {
       await page.selectOption('#kind', want.kind);
       await page.fill('#cell', String(want.cell));
       await waitChoice(page, want);
-      const hash = await page.evaluate(() => location.hash);
       const prefix = `#layer=${want.layer}&kind=${want.kind}&cell=${want.cell}`;
+      await page.waitForFunction((p) => location.hash.startsWith(p), prefix, { timeout: 5000 }).catch(() => {});
+      const hash = await page.evaluate(() => location.hash);
       ok(hash.startsWith(prefix + '&text='), `hash is ${hash.slice(0, 80)}, expected ${prefix}&text=...`);
       const colours = await backgrounds(page);
       await traced(page, () => page.reload(), codePoints(C_SNIPPET), { navigates: true });
@@ -408,7 +440,8 @@ async function main() {
       ok(!differs(colours, await backgrounds(page)), 'reload coloured the text differently');
       // A sample keeps a short hash.
       await traced(page, () => page.click('a.sample[data-sample]'));
-      ok(/&sample=[\w-]+$/.test(await page.evaluate(() => location.hash)), 'a sample is not named in the hash');
+      const sampleHash = await page.evaluate(() => location.hash);
+      ok(/&sample=[\w-]+$/.test(sampleHash), `a sample is not named in the hash: ${sampleHash.slice(0, 100)}`);
       noPageErrors();
     });
 
@@ -430,6 +463,15 @@ async function main() {
       await traced(page, () => page.goto(`${server.base}/?text=${encodeURIComponent(XSS)}`), codePoints(XSS), { navigates: true });
       ok(await page.evaluate(() => window.__xss === undefined), 'window.__xss is set after ?text=');
       noPageErrors();
+    });
+
+    await step('a text over the limit is refused with a clear message', async () => {
+      const max = JSON.parse(await page.textContent('#initial')).max_text_chars;
+      await setText(page, 'x'.repeat(max + 1));
+      await page.click('#run');
+      await page.waitForSelector('#status.error');
+      const status = await page.textContent('#status');
+      ok(status.includes(`${max + 1} characters`) && status.includes(`at most ${max}`), `status reads ${JSON.stringify(status)}`);
     });
 
     const timing = await step('20,000 characters render and switch cells', async () => {
@@ -485,17 +527,16 @@ async function main() {
         // Colour by the best "string" cell, as in the paper's quote-cell figure.
         await page.selectOption('#concept', 'string');
         await page.click('#rank');
-        await page.waitForSelector('#finder-results a.pick', { timeout: TRACE_TIMEOUT });
-        const first = await page.$eval('#finder-results a.pick', (a) => ({ layer: +a.dataset.layer, kind: a.dataset.kind, cell: +a.dataset.cell }));
-        await page.click('#finder-results a.pick');
+        await page.waitForSelector('#finder-results a.rank-pick', { timeout: TRACE_TIMEOUT });
+        const first = await page.$eval('#finder-results a.rank-pick', (a) => ({ layer: +a.dataset.layer, kind: a.dataset.kind, cell: +a.dataset.cell }));
+        await page.click('#finder-results a.rank-pick');
         await waitChoice(page, first);
-        await page.$eval('#colored', (p) => p.scrollIntoView({ block: 'start' }));
-        await page.evaluate(() => window.scrollBy(0, -150));
+        await page.evaluate(() => window.scrollTo(0, 0));
         // Hover a character inside a string literal if there is one.
         const t = await page.evaluate(() => {
           const chars = [...document.querySelectorAll('#colored .ch')];
           const r = document.querySelector('#colored').getBoundingClientRect();
-          const visible = chars.filter((s) => { const b = s.getBoundingClientRect(); return b.top > r.top + 40 && b.bottom < Math.min(r.bottom, innerHeight) - 200; });
+          const visible = chars.filter((s) => { const b = s.getBoundingClientRect(); return b.top > r.top + 40 && b.bottom < Math.min(r.bottom, innerHeight) - 60; });
           const q = visible.findIndex((s) => s.textContent === '"');
           return Number((visible[q >= 0 ? q + 3 : Math.floor(visible.length / 3)] ?? chars[0]).dataset.t);
         });
@@ -509,23 +550,12 @@ async function main() {
     console.log(`# all ${passed} checks passed`);
   } finally {
     await browser.close().catch(() => {});
-    server.child.kill('SIGTERM');
-    await new Promise((r) => {
-      if (server.child.exitCode != null || server.child.signalCode != null) return r();
-      const timer = setTimeout(() => {
-        server.child.kill('SIGKILL');
-        r();
-      }, 5000);
-      server.child.on('exit', () => {
-        clearTimeout(timer);
-        r();
-      });
-    });
   }
 }
 
 main().catch((e) => {
   const where = e.step ? `not ok - ${e.step}: ` : 'not ok - ';
   console.error(where + (e instanceof CheckFailed ? e.message : e.stack || e));
+  if (e.serverLog) console.error('# server log (last lines):\n' + e.serverLog.split('\n').slice(-15).join('\n'));
   process.exit(1);
 });
