@@ -30,10 +30,11 @@ struct Args {
     chars: usize,
     min_time: f64,
     torch: bool,
+    kernel: bool,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { model: None, chars: 20_000, min_time: 2.0, torch: true };
+    let mut a = Args { model: None, chars: 20_000, min_time: 2.0, torch: true, kernel: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -42,6 +43,7 @@ fn parse_args() -> Args {
             "--chars" => a.chars = value("--chars").parse().expect("--chars takes a number"),
             "--min-time" => a.min_time = value("--min-time").parse().expect("--min-time takes seconds"),
             "--no-torch" => a.torch = false,
+            "--kernel" => a.kernel = true,
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other:?} (known: --model PATH, --chars N, --min-time S, --no-torch)"),
@@ -161,6 +163,33 @@ fn torch_rows(weights: &Path, chars: usize, min_time: f64) -> Result<Vec<(String
     Ok(rows)
 }
 
+fn kernel_only(model: &Model, steps: usize, min_time: f64) {
+    use cellscope::model::kernel::{lstm_layer, LayerOut, PackedHh};
+    let n = model.hidden_size();
+    let w = &model.weights.layers[0];
+    let packed = PackedHh::new(w.weight_hh.as_slice().unwrap(), n);
+    let mut rng = Rng::new(9);
+    let x: Vec<Vec<f32>> = (0..97).map(|_| (0..4 * n).map(|_| rng.range(-1.0, 1.0)).collect()).collect();
+    let rows: Vec<&[f32]> = (0..steps).map(|t| &x[(t * 31) % 97][..]).collect();
+    let (h0, c0) = (vec![0.0; n], vec![0.0; n]);
+    let mut out = LayerOut::with_capacity(steps, n);
+    let mut rates = Vec::new();
+    let start = Instant::now();
+    while rates.len() < 5 || start.elapsed() < Duration::from_secs_f64(min_time) {
+        out = LayerOut { h: std::mem::take(&mut out.h), ..out };
+        for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
+            v.clear();
+        }
+        let cpu0 = thread_cpu_ns().unwrap();
+        lstm_layer(&packed, &rows, &h0, &c0, &mut out);
+        let cpu = (thread_cpu_ns().unwrap() - cpu0) as f64 * 1e-9;
+        rates.push(steps as f64 / cpu);
+    }
+    let best = rates.iter().copied().fold(0.0, f64::max);
+    let bytes = (4 * n * n * 4) as f64;
+    println!("layer kernel H={n}: median {:.0} steps/CPU-s, best {best:.0} ({:.1} GB/s of W_hh at best)", median(rates), best * bytes / 1e9);
+}
+
 fn on_cpu_note(t: &Timing) -> String {
     t.on_cpu.map_or(String::new(), |r| format!("; {r:.0} per CPU-second"))
 }
@@ -186,6 +215,12 @@ fn main() {
     );
     println!("(other processes on this machine slow every row alike: compare the ratios, not the absolute numbers)\n");
 
+    if args.kernel {
+        for m in [&model, &random_model(&vocab, 512, 2, 2)] {
+            kernel_only(m, args.chars.min(4000), args.min_time);
+        }
+        return;
+    }
     let ours = time_trace(&model, &text, args.min_time);
     let mut rows: Vec<(String, f64, f64, String)> = vec![(
         format!("cellscope {} V={} ({})", shape(&model), model.vocab.len(), model.name),

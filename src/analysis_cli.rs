@@ -25,7 +25,11 @@ pub struct FindCellsArgs {
     pub files: Vec<PathBuf>,
     /// string, char, comment, if, paren-depth (or depth), brace-depth, column, preprocessor,
     /// or regex:RE (characters inside a match).
-    #[arg(long, required_unless_present = "all_concepts", conflicts_with = "all_concepts")]
+    #[arg(
+        long,
+        required_unless_present = "all_concepts",
+        conflicts_with = "all_concepts"
+    )]
     pub feature: Option<String>,
     /// Rank every built-in concept in one pass and print the best cell of each.
     #[arg(long)]
@@ -78,8 +82,8 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
     }
     let mut texts = Vec::with_capacity(a.files.len());
     for path in &a.files {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         texts.push(text.chars().collect::<Vec<char>>());
     }
     let model = a.model.load()?;
@@ -201,7 +205,9 @@ fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
     s.split(',')
         .map(|k| {
             Kind::parse(k.trim()).with_context(|| {
-                format!("unknown kind {k:?} in --kinds (use h, c, i, f, g, o, comma-separated, or all)")
+                format!(
+                    "unknown kind {k:?} in --kinds (use h, c, i, f, g, o, comma-separated, or all)"
+                )
             })
         })
         .collect()
@@ -218,7 +224,10 @@ fn parse_layers(s: &str, layers: usize) -> Result<Vec<usize>> {
                 .parse()
                 .with_context(|| format!("--layers: {l:?} is not a layer number"))?;
             if layer >= layers {
-                bail!("--layers {layer} is out of range: the model has layers 0..={}", layers - 1);
+                bail!(
+                    "--layers {layer} is out of range: the model has layers 0..={}",
+                    layers - 1
+                );
             }
             Ok(layer)
         })
@@ -259,7 +268,11 @@ fn print_ranking(out: &mut impl Write, r: &FeatureResult) -> std::io::Result<()>
 /// One row per concept, five whitespace-separated fields each (`-` where there is no
 /// answer), so scripts can read it with `awk`.
 fn print_concept_table(out: &mut impl Write, results: &[FeatureResult]) -> std::io::Result<()> {
-    writeln!(out, "{:<13} {:<7} {:<10} {:>6}  sign", "concept", "metric", "best", "score")?;
+    writeln!(
+        out,
+        "{:<13} {:<7} {:<10} {:>6}  sign",
+        "concept", "metric", "best", "score"
+    )?;
     for r in results {
         match r.cells.first() {
             Some(c) => writeln!(
@@ -271,7 +284,11 @@ fn print_concept_table(out: &mut impl Write, results: &[FeatureResult]) -> std::
                 c.cell.score,
                 sign_symbol(c.cell.sign)
             )?,
-            None => writeln!(out, "{:<13} {:<7} {:<10} {:>6}  -", r.feature, r.metric, "-", "-")?,
+            None => writeln!(
+                out,
+                "{:<13} {:<7} {:<10} {:>6}  -",
+                r.feature, r.metric, "-", "-"
+            )?,
         }
     }
     for r in results {

@@ -54,7 +54,7 @@
 //! (1.4826 × median absolute deviation) of x over the first chunk the cell sees, then squashed
 //! into `(−4, 4)` by `z = x' / (1 + |x'|/4)` and binned uniformly in z. The squash is linear
 //! near the centre and reaches any finite x, so nothing is clamped: values far from the first
-//! chunk's only get coarser bins (`±s` spans 290 of the 2048 bins, `±10·s` 1460). Every step
+//! chunk's only get coarser bins (`±s` spans 683 of the 2048 bins, `±10·s` 1707). Every step
 //! is monotone, so ties stay ties and only same-bin pairs can err. For roughly normal values
 //! the fullest bin holds about 0.08 % of them, a bound of about 4·10⁻⁴.
 
@@ -175,7 +175,10 @@ pub fn rank_trace(
     let mut out = Vec::new();
     for layer in sorted_unique(layers) {
         let lt = trace.layers.get(layer).unwrap_or_else(|| {
-            panic!("layer {layer} is not in a trace of {} layers", trace.layers.len())
+            panic!(
+                "layer {layer} is not in a trace of {} layers",
+                trace.layers.len()
+            )
         });
         for &kind in &sorted_unique(kinds) {
             let ranked = rank_columns(lt.get(kind).view(), labels, metric)?;
@@ -453,7 +456,13 @@ impl StreamingRanker {
                 *counter - 1
             })
             .collect();
-        let hist = |on: bool| if on { vec![0u32; hidden * BINS] } else { Vec::new() };
+        let hist = |on: bool| {
+            if on {
+                vec![0u32; hidden * BINS]
+            } else {
+                Vec::new()
+            }
+        };
         let sums = |on: bool| if on { vec![0f64; hidden] } else { Vec::new() };
         let mut blocks = Vec::new();
         for layer in sorted_unique(layers) {
@@ -494,7 +503,9 @@ impl StreamingRanker {
     }
 
     /// Adds one traced chunk, with one label track per target covering exactly its characters.
-    /// Chunks may come from different texts (a corpus); order does not matter.
+    /// Chunks may come from different texts (a corpus). Each cell's bins are fitted to the
+    /// first chunk it sees, so feed chunks of a few thousand characters (a one-character first
+    /// chunk leaves coarse bins; order otherwise changes results only within the AUC bound).
     ///
     /// On error nothing is added.
     pub fn feed(&mut self, trace: &Trace, labels: &[Labels]) -> Result<(), FinderError> {
@@ -625,7 +636,11 @@ impl StreamingRanker {
                 Some(_) => {}
             }
         }
-        self.add(rows, |layer, kind| trace.layers[layer].get(kind).view(), labels);
+        self.add(
+            rows,
+            |layer, kind| trace.layers[layer].get(kind).view(),
+            labels,
+        );
         Ok(())
     }
 
@@ -796,7 +811,12 @@ impl Block {
         let mut j0 = 0;
         while j0 < cols {
             let width = WIDTH.min(cols - j0);
-            for (t, row) in m.slice(s![.., j0..j0 + width]).rows().into_iter().enumerate() {
+            for (t, row) in m
+                .slice(s![.., j0..j0 + width])
+                .rows()
+                .into_iter()
+                .enumerate()
+            {
                 for (k, &v) in row.iter().enumerate() {
                     column[k * rows + t] = v;
                 }
@@ -808,8 +828,8 @@ impl Block {
                     self.nan[cell] = true;
                     continue;
                 }
-                let scale = *self.scales[cell]
-                    .get_or_insert_with(|| Scale::calibrate(self.kind, values));
+                let scale =
+                    *self.scales[cell].get_or_insert_with(|| Scale::calibrate(self.kind, values));
                 bins_into(self.kind, scale, values, &mut bins);
                 let all = &mut self.all[cell * BINS..(cell + 1) * BINS];
                 for &b in &bins {
@@ -1017,36 +1037,33 @@ mod tests {
     }
 
     /// Feeds a `T × n` matrix as layer 0 of `kind` in chunks of `chunk` rows.
-    fn stream(
-        m: &Array2<f32>,
-        kind: Kind,
-        labels: &[Labels],
-        chunk: usize,
-    ) -> StreamingRanker {
+    fn stream(m: &Array2<f32>, kind: Kind, labels: &[Labels], chunk: usize) -> StreamingRanker {
         let targets: Vec<LabelKind> = labels.iter().map(LabelKind::of).collect();
         let mut r = StreamingRanker::new(m.ncols(), &[0], &[kind], &targets);
         let mut start = 0;
         while start < m.nrows() {
             let end = (start + chunk).min(m.nrows());
-            let slices: Vec<LabelSlice> =
-                labels.iter().map(|l| LabelSlice::range(l, start, end)).collect();
+            let slices: Vec<LabelSlice> = labels
+                .iter()
+                .map(|l| LabelSlice::range(l, start, end))
+                .collect();
             r.add(end - start, |_, _| m.slice(s![start..end, ..]), &slices);
             start = end;
         }
         r
     }
 
-    /// Random values in each kind's natural range, partly shifted by the label.
-    fn random_columns(kind: Kind, labels: &[bool], seed: u64) -> Array2<f32> {
+    /// Random values in each kind's natural range (times `width`), partly shifted by the label.
+    fn random_columns(kind: Kind, width: f32, labels: &[bool], seed: u64) -> Array2<f32> {
         let t = labels.len();
         let cols: Vec<Vec<f32>> = (0..6).map(|j| noise(t, seed + j)).collect();
         Array2::from_shape_fn((t, 6), |(i, j)| {
             let u = cols[j][i] + 0.15 * j as f32 * f32::from(u8::from(labels[i]));
-            let u = u / (1.0 + 0.15 * j as f32); // back into [0, 1)
+            let u = (u / (1.0 + 0.15 * j as f32) - 0.5) * width; // back into ±width/2
             match kind {
-                Kind::Input | Kind::Forget | Kind::Output => u,
-                Kind::Hidden | Kind::Candidate => 2.0 * u - 1.0,
-                Kind::Cell => 10.0 * u - 5.0,
+                Kind::Input | Kind::Forget | Kind::Output => 0.5 + u,
+                Kind::Hidden | Kind::Candidate => 2.0 * u,
+                Kind::Cell => 10.0 * u,
             }
         })
     }
@@ -1054,8 +1071,9 @@ mod tests {
     #[test]
     fn binned_auc_is_within_its_bound_of_the_exact_auc() {
         let labels: Vec<bool> = noise(20_000, 99).iter().map(|&v| v < 0.3).collect();
-        for kind in Kind::ALL {
-            let m = random_columns(kind, &labels, 7);
+        // Full-range values, and values as small as an untrained model's.
+        for (kind, width) in Kind::ALL.iter().flat_map(|&k| [(k, 1.0), (k, 0.01)]) {
+            let m = random_columns(kind, width, &labels, 7);
             let r = stream(&m, kind, &[Labels::Binary(labels.clone())], 4096);
             let ranked = r.finish(0).expect("both classes present");
             for s in &ranked {
@@ -1064,7 +1082,7 @@ mod tests {
                 let diff = (s.raw - exact).abs();
                 assert!(
                     diff <= bound + 1e-12 && diff < 2e-3 && bound < 2e-3,
-                    "{kind:?} cell {}: binned {} exact {exact} bound {bound}",
+                    "{kind:?} ×{width} cell {}: binned {} exact {exact} bound {bound}",
                     s.cell,
                     s.raw
                 );
@@ -1086,7 +1104,11 @@ mod tests {
         let s = r.finish(0).expect("valid")[0];
         let exact = auc(&m.column(0).to_vec(), &labels).expect("valid");
         assert!(exact > 0.99, "fixture: exact {exact}");
-        assert!((s.raw - exact).abs() < 2e-3, "binned {} exact {exact}", s.raw);
+        assert!(
+            (s.raw - exact).abs() < 2e-3,
+            "binned {} exact {exact}",
+            s.raw
+        );
     }
 
     #[test]
@@ -1103,9 +1125,22 @@ mod tests {
             values.extend([0.0, 1.0, -1.0, 1.0 - 1e-7, f32::INFINITY, f32::NEG_INFINITY]);
             values.sort_by(f32::total_cmp);
             let mut bins = vec![0u16; values.len()];
-            bins_into(kind, &values, &mut bins);
-            assert!(bins.windows(2).all(|w| w[0] <= w[1]), "{kind:?} not monotone");
-            assert!(bins[0] < 16 && usize::from(bins[bins.len() - 1]) > BINS - 16, "{kind:?}");
+            let unit = Scale {
+                centre: 0.0,
+                gain: 1.0,
+            };
+            let fitted = Scale::calibrate(kind, &values[1000..3000]);
+            for scale in [unit, fitted] {
+                bins_into(kind, scale, &values, &mut bins);
+                assert!(
+                    bins.windows(2).all(|w| w[0] <= w[1]),
+                    "{kind:?} {scale:?} not monotone"
+                );
+                assert!(
+                    bins[0] < 16 && usize::from(bins[bins.len() - 1]) > BINS - 16,
+                    "{kind:?} {scale:?} does not span the bins"
+                );
+            }
             // Near the middle of the range, bins are narrow.
             let mid = match kind {
                 Kind::Input | Kind::Forget | Kind::Output => [0.5, 0.5015],
@@ -1113,7 +1148,7 @@ mod tests {
                 Kind::Cell => [0.0, 0.005],
             };
             let mut b = [0u16; 2];
-            bins_into(kind, &mid, &mut b);
+            bins_into(kind, unit, &mid, &mut b);
             assert!(b[1] > b[0], "{kind:?}: {mid:?} share a bin");
         }
     }
@@ -1129,11 +1164,18 @@ mod tests {
             _ => 0.25,
         });
         let labels = [Labels::Graded(depth.clone())];
-        let ranked = stream(&m, Kind::Cell, &labels, 257).finish(0).expect("varies");
+        let ranked = stream(&m, Kind::Cell, &labels, 257)
+            .finish(0)
+            .expect("varies");
         assert_eq!(ranked[0].cell, 1);
         for s in &ranked {
             let exact = pearson(&m.column(s.cell).to_vec(), &depth).unwrap_or(0.0);
-            assert!((s.raw - exact).abs() < 1e-9, "cell {}: {} vs {exact}", s.cell, s.raw);
+            assert!(
+                (s.raw - exact).abs() < 1e-9,
+                "cell {}: {} vs {exact}",
+                s.cell,
+                s.raw
+            );
         }
         let constant = ranked.iter().find(|s| s.cell == 2).expect("ranked");
         assert_eq!((constant.raw, constant.sign), (0.0, 0));
@@ -1157,12 +1199,21 @@ mod tests {
         let auc = r.finish(1).expect("binary");
         assert_eq!((auc[0].cell, auc[0].score, auc[0].sign), (0, 1.0, 1));
         for s in &auc[1..] {
-            assert_eq!((s.score, s.sign), (0.5, 0), "constant or NaN cell {}", s.cell);
+            assert_eq!(
+                (s.score, s.sign),
+                (0.5, 0),
+                "constant or NaN cell {}",
+                s.cell
+            );
         }
         let graded = r.finish(0).expect("graded");
         let nan_cell = graded.iter().find(|s| s.cell == 2).expect("ranked");
         assert_eq!((nan_cell.score, nan_cell.sign), (0.0, 0));
-        assert_eq!(r.auc_error_bound(0, 0, Kind::Hidden, 0), None, "graded target");
+        assert_eq!(
+            r.auc_error_bound(0, 0, Kind::Hidden, 0),
+            None,
+            "graded target"
+        );
     }
 
     #[test]
@@ -1174,26 +1225,45 @@ mod tests {
             &[Labels::Binary(vec![false; 5]), Labels::Graded(vec![1.0; 5])],
             2,
         );
-        assert!(matches!(r.finish(0), Err(AnalysisError::NoPositives { len: 5 })));
-        assert!(matches!(r.finish(1), Err(AnalysisError::ConstantLabels { len: 5 })));
+        assert!(matches!(
+            r.finish(0),
+            Err(AnalysisError::NoPositives { len: 5 })
+        ));
+        assert!(matches!(
+            r.finish(1),
+            Err(AnalysisError::ConstantLabels { len: 5 })
+        ));
     }
 
     #[test]
     fn features_parse_with_clear_errors() {
-        assert_eq!("depth".parse::<Feature>().expect("concept").to_string(), "paren-depth");
+        assert_eq!(
+            "depth".parse::<Feature>().expect("concept").to_string(),
+            "paren-depth"
+        );
         let re = "regex:\\bint\\b".parse::<Feature>().expect("regex");
         assert_eq!(re.to_string(), "regex:\\bint\\b");
         assert_eq!(re.metric(), "auc");
         let err = "strung".parse::<Feature>().expect_err("unknown");
         assert!(err.to_string().contains("`strung`") && err.to_string().contains("regex:RE"));
-        let err = "regex:(".parse::<Feature>().expect_err("bad regex").to_string();
+        let err = "regex:("
+            .parse::<Feature>()
+            .expect_err("bad regex")
+            .to_string();
         assert_eq!(err, "bad regex `(`: unclosed group");
         let chars: Vec<char> = "int x; /* int */".chars().collect();
         let labels = labels_for(&[re, Feature::Concept(Concept::Comment)], &chars);
         assert_eq!(
             labels[0],
-            Labels::Binary((0..chars.len()).map(|i| i < 3 || (10..13).contains(&i)).collect())
+            Labels::Binary(
+                (0..chars.len())
+                    .map(|i| i < 3 || (10..13).contains(&i))
+                    .collect()
+            )
         );
-        assert_eq!(labels[1], Labels::Binary((0..chars.len()).map(|i| i >= 7).collect()));
+        assert_eq!(
+            labels[1],
+            Labels::Binary((0..chars.len()).map(|i| i >= 7).collect())
+        );
     }
 }

@@ -380,8 +380,6 @@ mod x86 {
     pub(super) unsafe fn layer_avx512(w: *const f32, raw: Raw) {
         const L: usize = 16;
         let n = raw.hidden;
-        let pf_mode: usize = std::env::var("PFM").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let pf: usize = std::env::var("PFD").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
         for t in 0..raw.steps {
             // SAFETY: the caller's contract; masked loads and stores touch only the
             // `width` valid units of the last block; `w` holds whole padded blocks.
@@ -405,15 +403,6 @@ mod x86 {
                     while c + 2 <= n {
                         let h0 = _mm512_set1_ps(*h_prev.add(c));
                         let h1 = _mm512_set1_ps(*h_prev.add(c + 1));
-                        if pf_mode == 1 {
-                            for q in 0..8 {
-                                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf + q * L).cast());
-                            }
-                        } else if pf_mode == 2 {
-                            for q in 0..8 {
-                                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf + q * L).cast());
-                            }
-                        }
                         for q in 0..4 {
                             even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
                         }

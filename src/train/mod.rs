@@ -136,6 +136,55 @@ pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize
     (if count == 0 { f64::NAN } else { total / count as f64 }, count)
 }
 
+/// Mean cross-entropy (nats per character) of `ids` split into `batch` parallel
+/// streams, each run from the zero state in `seq`-sized pieces with the trainer's
+/// own forward pass (GEMMs over the batch, one shard per thread). This is the
+/// fast estimate used for validation during training: `batch` cold starts cost
+/// about 0.003 nats/char over 300k characters compared with [`evaluate`]'s one
+/// stream, which is what reported test losses use.
+pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize, threads: usize) -> f64 {
+    let batch = batch.clamp(1, ids.len().max(2) - 1);
+    let stream_len = (ids.len() - 1) / batch;
+    let shards = shard_sizes(batch, threads);
+    let results: Vec<(f64, usize)> = std::thread::scope(|scope| {
+        let mut first = 0;
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|&bs| {
+                let start = first;
+                first += bs;
+                scope.spawn(move || {
+                    let layers = weights.layers.len();
+                    let mut state = StreamState::zeros(layers, bs, weights.hidden_size());
+                    let mut ws = Workspace::default();
+                    let mut rng = crate::rng::Rng::new(0);
+                    let (mut total, mut count) = (0f64, 0usize);
+                    let mut pos = 0;
+                    while pos < stream_len {
+                        let steps = seq.min(stream_len - pos);
+                        let mut inputs = vec![0u32; steps * bs];
+                        let mut targets = vec![0u32; steps * bs];
+                        for t in 0..steps {
+                            for b in 0..bs {
+                                let at = (start + b) * stream_len + pos + t;
+                                inputs[t * bs + b] = ids[at];
+                                targets[t * bs + b] = ids[at + 1];
+                            }
+                        }
+                        total += loss_and_grad(weights, &inputs, &targets, bs, &mut state, 0.0, &mut rng, 1.0, None, &mut ws);
+                        count += steps * bs;
+                        pos += steps;
+                    }
+                    (total, count)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("evaluation thread panicked")).collect()
+    });
+    let (total, count) = results.iter().fold((0.0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    total / count.max(1) as f64
+}
+
 /// Progress of a run, saved in checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Progress {
@@ -337,6 +386,8 @@ pub fn train(
     all.push_str(&val_text);
     let vocab = Vocab::from_text(&all).map_err(|e| TrainError::Config(format!("training text: {e}")))?;
     let ids: Vec<u32> = train_text.chars().map(|c| vocab.id(c).expect("vocab built from this text")).collect();
+    // Validation characters outside the vocabulary cannot occur: it includes val.
+    let val_ids: Vec<u32> = val_text.chars().map(|c| vocab.id(c).expect("vocab built from this text")).collect();
     let stream_len = ids.len().saturating_sub(1) / config.batch;
     let batches_per_epoch = (stream_len / config.seq) as u64;
     if batches_per_epoch == 0 {
@@ -513,7 +564,7 @@ pub fn train(
         if step % config.eval_every == 0 || step == total_steps {
             let model = Model::new(opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()), run.vocab.clone(), run.weights.clone(), serde_json::Value::Null)
                 .map_err(|e| TrainError::Config(e.to_string()))?;
-            let (val, _) = evaluate(&model, &val_text, |_, _| {});
+            let val = evaluate_batched(&run.weights, &val_ids, config.batch, config.seq, config.threads);
             record["val_loss"] = serde_json::json!(val);
             if run.progress.best_val.is_none_or(|b| val < b) {
                 run.progress.best_val = Some(val);
