@@ -216,7 +216,7 @@ fn main() {
     println!("(other processes on this machine slow every row alike: compare the ratios, not the absolute numbers)\n");
 
     if args.kernel {
-        for m in [&model, &random_model(&vocab, 512, 2, 2)] {
+        for m in [&random_model(&vocab, 64, 1, 2), &random_model(&vocab, 128, 1, 2), &model, &random_model(&vocab, 512, 2, 2)] {
             kernel_only(m, args.chars.min(4000), args.min_time);
         }
         return;
