@@ -416,18 +416,10 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    /// A small deterministic generator (xorshift), so the "noise" tests are reproducible
-    /// without a dependency.
+    /// Reproducible uniform noise in [0, 1).
     fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect()
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n).map(|_| rng.uniform()).collect()
     }
 
     fn close(a: f64, b: f64) -> bool {

@@ -181,7 +181,7 @@ pub fn serialize(
     }
     let mut header = serde_json::to_vec(&header).expect("json");
     // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while (header.len() + 8) % 8 != 0 {
+    while !(header.len() + 8).is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + header.len() + offset);

@@ -262,6 +262,9 @@ pub async fn index_post(State(state): State<AppState>, form: Result<Form<ViewQue
     }
 }
 
+/// One gate kind's (fraction > 0.9, fraction < 0.1) per cell.
+pub type GateSaturation = (Kind, Vec<(f32, f32)>);
+
 /// The reference text's activations, quantised to one byte (as in the view
 /// format) and stored cell-major so one cell's column is contiguous.
 pub struct ReferenceTrace {
@@ -270,7 +273,7 @@ pub struct ReferenceTrace {
     /// [layer][kind index][cell · T + t]
     pub data: Vec<Vec<Vec<i8>>>,
     /// Per layer, per gate (i, f, o): per cell (fraction > 0.9, fraction < 0.1).
-    pub saturation: Vec<Vec<(Kind, Vec<(f32, f32)>)>>,
+    pub saturation: Vec<Vec<GateSaturation>>,
     pub labels: Vec<(Concept, Labels)>,
 }
 
@@ -495,7 +498,8 @@ fn curve_svg(train: &serde_json::Value) -> String {
     let Some(points) = train.get("curve").and_then(|c| c.as_array()) else {
         return "<p class=\"muted\">This model's metadata has no training curve.</p>".into();
     };
-    let pts: Vec<(f64, Option<f64>, Option<f64>)> = points
+    type Point = (f64, Option<f64>, Option<f64>);
+    let pts: Vec<Point> = points
         .iter()
         .filter_map(|p| {
             let a = p.as_array()?;
@@ -512,7 +516,7 @@ fn curve_svg(train: &serde_json::Value) -> String {
     let y_hi = ys.iter().copied().fold(0.0, f64::max).min(y_lo + 4.0).ceil();
     let x = |s: f64| pad + (w - 2.0 * pad) * s / max_step;
     let y = |v: f64| h - pad - (h - 2.0 * pad) * ((v.min(y_hi) - y_lo) / (y_hi - y_lo).max(1e-9));
-    let path = |sel: &dyn Fn(&(f64, Option<f64>, Option<f64>)) -> Option<f64>| {
+    let path = |sel: &dyn Fn(&Point) -> Option<f64>| {
         let mut d = String::new();
         for p in &pts {
             if let Some(v) = sel(p) {
