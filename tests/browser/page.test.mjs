@@ -5,11 +5,14 @@
 // Starts `${CELLSCOPE_BIN:-target/release/cellscope} serve` on a free port (with
 // `--model $CELLSCOPE_MODEL` when set), drives the system Chromium through
 // playwright-core, and exits non-zero with a message on the first failed check.
-// Also writes docs/screenshot.png (set CELLSCOPE_SCREENSHOT=0 to skip).
+// Also checks the cell pages, the model card and a bad cell URL, and writes
+// the README images docs/screenshot.png, docs/quote-cell.png and docs/if-cell.png
+// when the served model is the shipped default (not a fixture given by
+// CELLSCOPE_MODEL; set CELLSCOPE_SCREENSHOT=0 to skip them anyway).
 // Environment: CHROMIUM (default /usr/bin/chromium), CELLSCOPE_BIN, CELLSCOPE_MODEL.
 
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +24,9 @@ const MODEL = process.env.CELLSCOPE_MODEL || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.CELLSCOPE_SCREENSHOT !== '0';
 const TRACE_TIMEOUT = 180_000; // a 20k-character trace on a busy 2-core machine
+const DEFAULT_MODEL = path.join(ROOT, 'models/linux-lstm.safetensors');
+// The README figures only mean something for the shipped model, not a test fixture.
+const SHIPPED_MODEL = !MODEL || path.resolve(ROOT, MODEL) === DEFAULT_MODEL;
 
 const C_SNIPPET = `/* parse one line of the config file */
 static int parse_line(const char *line, struct config *cfg)
@@ -42,6 +48,49 @@ static int parse_line(const char *line, struct config *cfg)
 \t\t\tdepth--;
 \t}
 \treturn depth;
+}
+`;
+// For the README figures (written for this test): several string literals, some
+// with escaped quotes, and several if conditions, some multi-line and nested.
+const QUOTE_SNIPPET = `/* report the state of one queue to the log */
+static void queue_report(const struct queue *q, int verbose)
+{
+\tif (!q->name)
+\t\tpr_warn("queue: unnamed queue at %p\\n", q);
+\tpr_info("queue %s: %d items, %d waiting\\n", q->name, q->count, q->waiters);
+\tif (verbose) {
+\t\tpr_info("  head=%d tail=%d flags=0x%x\\n", q->head, q->tail, q->flags);
+\t\tif (q->flags & Q_STOPPED)
+\t\t\tpr_info("  stopped since %lu (\\"%s\\")\\n", q->stopped_at, q->reason);
+\t}
+\tsnprintf(q->label, sizeof(q->label), "%s/%d", q->name, q->id);
+\tdev_err(q->dev, "bad state: expected \\"idle\\" or \\"busy\\", got %s\\n",
+\t\tstate_name(q->state));
+}
+`;
+const IF_SNIPPET = `static int packet_check(struct packet *p, const struct limits *lim)
+{
+\tint i, err = 0;
+
+\tif (p->len > lim->max_len || p->len < lim->min_len)
+\t\treturn -EINVAL;
+\tif (p->flags & PKT_CHECKSUM) {
+\t\tif (compute_sum(p->data, p->len) != p->sum &&
+\t\t    !(lim->flags & LIM_IGNORE_SUM))
+\t\t\terr = -EIO;
+\t}
+\tfor (i = 0; i < p->nfrags; i++) {
+\t\tstruct frag *f = &p->frags[i];
+
+\t\tif (f->offset + f->size > p->len)
+\t\t\treturn -ERANGE;
+\t\tif (f->size == 0 ||
+\t\t    (f->flags & FRAG_LAST && i != p->nfrags - 1))
+\t\t\terr = -EINVAL;
+\t}
+\tif (err && (p->flags & PKT_STRICT))
+\t\treturn err;
+\treturn 0;
 }
 `;
 const XSS = `</script><script>window.__xss=1</script>"'&\u0000😀`;
@@ -169,6 +218,130 @@ async function setText(page, text) {
   await page.$eval('#text', (t, v) => {
     t.value = v;
   }, text);
+}
+
+
+/** Opens a new page in `ctx` that records script errors into `errors`. */
+async function watchedPage(ctx, errors) {
+  const p = await ctx.newPage();
+  p.on('pageerror', (e) => errors.push(String(e)));
+  p.on('console', (m) => {
+    if (m.type() === 'error') errors.push('console: ' + m.text());
+  });
+  p.on('dialog', (d) => {
+    errors.push(`unexpected dialog: ${d.message()}`);
+    d.dismiss();
+  });
+  return p;
+}
+
+/** The last signed number in a context's value label ("tanh(c) +0.873", "-0.412", "0.951"). */
+const labelValue = (s) => Number((s.match(/[+\-−]?\d+\.\d+(?!.*\d)/) ?? ['NaN'])[0].replace('−', '-'));
+
+/** Clicks the one p.cellnav link whose text matches `re` and waits until the page is at `want` (a path). */
+async function follow(page, re, want, name) {
+  const all = await page.$$('p.cellnav a');
+  const texts = await Promise.all(all.map((a) => a.textContent()));
+  const links = all.filter((_, i) => re.test(texts[i].trim()));
+  ok(links.length === 1, `expected one ${name} link matching ${re} in p.cellnav, found ${links.length} among ${JSON.stringify(texts)}`);
+  const href = await links[0].getAttribute('href');
+  ok(href === want, `the ${name} link goes to ${href}, expected ${want}`);
+  await Promise.all([page.waitForURL((u) => u.pathname === want, { timeout: TRACE_TIMEOUT }), links[0].click()]);
+}
+
+/** Checks a cell page's content; returns its <h1> text. */
+async function checkCellPage(page, want, H) {
+  const h1 = (await page.textContent('h1')).replace(/\s+/g, ' ').trim();
+  ok(new RegExp(`^Layer ${want.layer} · .+ · cell ${want.cell} of ${H}$`).test(h1),
+    `cell page heading reads ${JSON.stringify(h1)}, expected "Layer ${want.layer} · … · cell ${want.cell} of ${H}"`);
+  ok((await page.title()).startsWith(`cell ${want.layer}/${want.kind}/${want.cell} `), `cell page title is ${JSON.stringify(await page.title())}`);
+  const lists = {};
+  for (const id of ['top-contexts', 'bottom-contexts']) {
+    const rows = await page.$$eval(`ol#${id} li`, (lis) => lis.map((li) => {
+      const spans = [...li.querySelectorAll('pre.ctx .ch')];
+      return {
+        val: li.querySelector('.val')?.textContent ?? '',
+        spans: spans.length,
+        coloured: spans.filter((s) => /^rgb/.test(s.style.backgroundColor)).length,
+        colours: new Set(spans.map((s) => s.style.backgroundColor)).size,
+        hasPre: li.querySelector('pre.ctx') !== null,
+      };
+    }));
+    ok(rows.length > 0, `cell page has no rows in ol#${id}`);
+    for (const [i, r] of rows.entries()) {
+      ok(r.hasPre, `ol#${id} row ${i + 1} has no pre.ctx`);
+      ok(r.spans > 0 && r.coloured === r.spans, `ol#${id} row ${i + 1}: ${r.coloured} of ${r.spans} character spans are coloured`);
+      ok(Number.isFinite(labelValue(r.val)), `ol#${id} row ${i + 1} has no readable value: ${JSON.stringify(r.val)}`);
+    }
+    ok(rows.some((r) => r.colours > 1), `every context in ol#${id} is a single colour`);
+    lists[id] = rows.map((r) => labelValue(r.val));
+  }
+  const top = lists['top-contexts'], bottom = lists['bottom-contexts'];
+  ok(top.every((v, i) => i === 0 || v <= top[i - 1] + 1e-9), `most positive contexts are not in descending order: ${top}`);
+  ok(bottom.every((v, i) => i === 0 || v >= bottom[i - 1] - 1e-9), `most negative contexts are not in ascending order: ${bottom}`);
+  ok(top[0] >= bottom[0], `the most positive context (${top[0]}) is below the most negative one (${bottom[0]})`);
+  const bars = await page.$$eval('svg.hist rect', (r) => r.map((x) => Number(x.getAttribute('height'))));
+  ok(bars.length > 1, `histogram has ${bars.length} bars (svg.hist rect)`);
+  ok(bars.some((h) => h > 0), 'every histogram bar has height 0');
+  const concepts = await page.$$eval('#cell-concepts tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent.trim())));
+  ok(concepts.length > 0, 'the concepts table (#cell-concepts tbody) has no rows');
+  for (const c of concepts) {
+    ok(c.length === 4 && /^(AUC|r)$/.test(c[1]) && /^\d\.\d{3}$/.test(c[2]) && /^[+−]$/.test(c[3]), `concept row reads ${JSON.stringify(c)}`);
+  }
+  const scores = concepts.map((c) => Number(c[2]));
+  ok(scores.every((v, i) => i === 0 || v <= scores[i - 1]), `concepts are not sorted by score: ${scores}`);
+  return h1;
+}
+
+/**
+ * Runs `text`, ranks cells for `concept` over c only (the paper coloured tanh(c)),
+ * picks the top result and returns it with its label.
+ */
+async function colourByBestCell(page, base, text, concept) {
+  await page.goto(base + '/');
+  await page.waitForFunction(() => window.cellscope.runs > 0, null, { timeout: TRACE_TIMEOUT });
+  await setText(page, text);
+  await traced(page, () => page.click('#run'), codePoints(text));
+  await page.selectOption('#concept', concept);
+  await page.selectOption('#finder-kinds', 'c');
+  await page.click('#rank');
+  await page.waitForFunction((c) => document.querySelector('#finder-caption')?.dataset.feature === c &&
+    document.querySelector('#finder-results a.rank-pick') !== null, concept, { timeout: TRACE_TIMEOUT });
+  const first = await page.$eval('#finder-results a.rank-pick', (a) =>
+    ({ layer: +a.dataset.layer, kind: a.dataset.kind, cell: +a.dataset.cell, text: a.textContent }));
+  ok(first.kind === 'c', `ranking over "c only" returned kind ${first.kind}`);
+  await page.click('#finder-results a.rank-pick');
+  await waitChoice(page, first);
+  const colours = new Set(await backgrounds(page, 100_000));
+  ok(colours.size > 5, `the best "${concept}" cell colours the text with only ${colours.size} colours`);
+  return first;
+}
+
+/** Screenshots the legend and coloured text (section.view, with a small margin) with the tooltip hidden. */
+async function shootView(page, file) {
+  await page.evaluate(() => {
+    getSelection().removeAllRanges();
+    document.activeElement?.blur();
+    window.scrollTo(0, 0);
+  });
+  await page.mouse.move(2, 2); // onto the header, off the text: the tooltip goes away
+  await page.waitForFunction(() => document.querySelector('#tooltip').hidden, null, { timeout: 5000 })
+    .catch(() => { throw new CheckFailed('the tooltip is still shown after the mouse left the text'); });
+  // No scrollbars in the figure: the whole text must fit in the box.
+  const fits = await page.$eval('#colored', (p) => p.scrollHeight <= p.clientHeight + 1 && p.scrollWidth <= p.clientWidth + 1);
+  ok(fits, `the text overflows #colored in ${file}; use a shorter snippet or a larger viewport`);
+  const margin = 12;
+  const clip = await page.$eval('section.view', (s, m) => {
+    const r = s.getBoundingClientRect();
+    // Not into the controls above the section.
+    const above = s.previousElementSibling ? s.previousElementSibling.getBoundingClientRect().bottom + 1 : 0;
+    const x = Math.max(0, r.left - m), top = Math.max(0, above, r.top - m);
+    return { x: x + scrollX, y: top + scrollY, width: Math.min(document.documentElement.clientWidth - x, r.width + 2 * m), height: r.bottom + m - top };
+  }, margin);
+  mkdirSync(path.dirname(file), { recursive: true });
+  await page.screenshot({ path: file, clip, fullPage: true });
+  const size = statSync(file).size;
+  ok(size > 10_000, `${file} is only ${size} bytes`);
 }
 
 // ---------------------------------------------------------------------------
@@ -357,6 +530,77 @@ async function withBrowser(server) {
       noPageErrors();
     });
 
+    await step('cell page: contexts, histogram, concepts; ◀ cell / cell ▶', async () => {
+      const href = await page.getAttribute('#cell-link', 'href');
+      const m = href && href.match(/^\/cell\/(\d+)\/([hcifgo])\/(\d+)$/);
+      ok(m, `#cell-link href is ${JSON.stringify(href)}`);
+      const want = { layer: +m[1], kind: m[2], cell: +m[3] };
+      const cur = await page.evaluate(() => window.cellscope.choice);
+      ok(cur.layer === want.layer && cur.kind === want.kind && cur.cell === want.cell,
+        `#cell-link (${href}) is not the chosen cell ${JSON.stringify(cur)}`);
+      const cp = await watchedPage(ctx, pageErrors);
+      try {
+        const res = await cp.goto(server.base + href, { timeout: TRACE_TIMEOUT });
+        ok(res.status() === 200, `${href} answered ${res.status()}`);
+        const h1 = await checkCellPage(cp, want, H);
+        const prev = (want.cell + H - 1) % H;
+        await follow(cp, /^◀ cell \d+$/, `/cell/${want.layer}/${want.kind}/${prev}`, '"◀ cell"');
+        const h1Prev = await checkCellPage(cp, { ...want, cell: prev }, H);
+        ok(h1Prev !== h1, `heading did not change after ◀ cell: ${h1Prev}`);
+        await follow(cp, /^cell \d+ ▶$/, href, '"cell ▶"');
+        const h1Back = (await cp.textContent('h1')).replace(/\s+/g, ' ').trim();
+        ok(h1Back === h1, `after ◀ then ▶ the heading reads ${JSON.stringify(h1Back)}, expected ${JSON.stringify(h1)}`);
+        // "colour the main text by it" opens the text view on this cell.
+        await traced(cp, () => cp.click('p.cellnav a:has-text("colour the main text")'), null, { navigates: true });
+        await waitChoice(cp, want);
+      } finally {
+        await cp.close();
+      }
+      noPageErrors();
+    });
+
+    await step('/model shows the training curve and gate saturation; a bad cell URL is a readable 404', async () => {
+      let mp = await watchedPage(ctx, pageErrors);
+      try {
+        const res = await mp.goto(server.base + '/model', { timeout: TRACE_TIMEOUT });
+        ok(res.status() === 200, `/model answered ${res.status()}`);
+        const curve = await mp.$$eval('svg.curve path', (ps) => ps.map((p) => p.getAttribute('d') ?? ''));
+        if (curve.length === 0) {
+          const note = await mp.$$eval('main p.muted', (ps) => ps.map((p) => p.textContent));
+          ok(note.some((t) => /no training curve|too few points/i.test(t)),
+            'the model card has neither svg.curve nor a "no training curve" note');
+        } else {
+          ok(curve.some((d) => /^M[\d.]+,[\d.]+( L[\d.]+,[\d.]+)+$/.test(d)), `svg.curve draws no line: ${JSON.stringify(curve).slice(0, 200)}`);
+        }
+        const sat = await mp.$$eval('.sat svg', (svgs) => svgs.map((s) => ({
+          label: s.getAttribute('aria-label'), dots: s.querySelectorAll('circle').length,
+        })));
+        const layers = JSON.parse(await page.textContent('#initial')).layers;
+        ok(sat.length === 3, `expected 3 gate-saturation SVGs (input, forget, output), found ${sat.length}`);
+        for (const g of sat) {
+          ok(/saturation/.test(g.label ?? ''), `saturation SVG has aria-label ${JSON.stringify(g.label)}`);
+          ok(g.dots === layers * H, `${g.label}: ${g.dots} dots, expected one per cell of every layer (${layers} × ${H})`);
+        }
+        // A fresh page that does not count the 404 itself ("Failed to load resource") as a page error.
+        await mp.close();
+        mp = await ctx.newPage();
+        mp.on('pageerror', (e) => pageErrors.push(String(e)));
+        for (const bad of ['/cell/9/c/0', '/cell/0/x/0', `/cell/0/c/${H}`, '/cell/0/c/abc']) {
+          const r = await mp.goto(server.base + bad);
+          ok(r.status() === 404, `${bad} answered ${r.status()}, expected 404`);
+          ok(/^text\/html/.test(r.headers()['content-type'] ?? ''), `${bad} answered ${r.headers()['content-type']}, expected an HTML page`);
+          const h = (await mp.textContent('h1'))?.trim();
+          const msg = (await mp.textContent('p.error'))?.trim() ?? '';
+          ok(h === 'No such cell', `${bad} page heading is ${JSON.stringify(h)}`);
+          ok(/\/cell\/LAYER\/KIND\/N/.test(msg) && msg.includes(`0..=${H - 1}`), `${bad} page does not say what a cell URL looks like: ${JSON.stringify(msg)}`);
+          ok(await mp.$('a[href="/"]') !== null, `${bad} page has no link back`);
+        }
+      } finally {
+        await mp.close();
+      }
+      noPageErrors();
+    });
+
     await step('heatmap: draws every cell, sorts, row click picks a cell', async () => {
       const dims = await page.$eval('#heatmap', (c) => ({ w: c.width, h: c.height }));
       ok(dims.h >= H && dims.w >= codePoints(C_SNIPPET), `heatmap is ${dims.w}×${dims.h} for ${H} cells`);
@@ -519,7 +763,9 @@ async function withBrowser(server) {
     console.log(`# cell switch (median of 6): ${f(timing.switchSync)} in script, ${f(timing.switchFrame)} to the next frame; ` +
       `kind switch ${f(timing.kindSwitch)} in script`);
 
-    if (SCREENSHOT) {
+    if (SCREENSHOT && !SHIPPED_MODEL) {
+      console.log(`# skipping docs/screenshot.png, docs/quote-cell.png and docs/if-cell.png: the served model is ${MODEL}, not the shipped default`);
+    } else if (SCREENSHOT) {
       await step('screenshot docs/screenshot.png', async () => {
         await page.setViewportSize({ width: 1280, height: 900 });
         await page.goto(server.base + '/');
@@ -545,6 +791,26 @@ async function withBrowser(server) {
         mkdirSync(path.join(ROOT, 'docs'), { recursive: true });
         await page.screenshot({ path: path.join(ROOT, 'docs/screenshot.png') });
       });
+      const fctx = await browser.newContext({ viewport: { width: 1000, height: 900 }, deviceScaleFactor: 1.25 });
+      const fp = await watchedPage(fctx, pageErrors);
+      try {
+        for (const fig of [
+          { name: 'quote', file: 'docs/quote-cell.png', concept: 'string', text: QUOTE_SNIPPET },
+          { name: 'if', file: 'docs/if-cell.png', concept: 'if', text: IF_SNIPPET },
+        ]) {
+          await step(`figure ${fig.file}: best "${fig.concept}" cell on C text`, async () => {
+            const best = await colourByBestCell(fp, server.base, fig.text, fig.concept);
+            await shootView(fp, path.join(ROOT, fig.file));
+            const score = best.text.match(/— (\S+) (\d\.\d{3}) \(([+−±])\)$/);
+            ok(score, `finder result reads ${JSON.stringify(best.text)}`);
+            if (Number(score[2]) < 0.8) console.log(`# warning: the best "${fig.concept}" cell scores only ${score[2]}; ${fig.file} may not show it clearly`);
+            console.log(`# ${fig.name} cell: layer ${best.layer} ${best.kind} ${best.cell}, ${score[1]} ${score[2]} (${score[3]}) ` +
+              `for "${fig.concept}" over ${codePoints(fig.text)} characters -> ${fig.file}`);
+          });
+        }
+      } finally {
+        await fctx.close();
+      }
     }
     noPageErrors();
     console.log(`# all ${passed} checks passed`);
