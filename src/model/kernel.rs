@@ -4,12 +4,14 @@
 //! The recurrence cannot be batched over time: per character and layer it does
 //! `gates = x_proj + W_hh h_{t-1}` (a 4H × H matrix-vector product) and 5H
 //! non-linearities. At batch 1 the product reads every weight once and uses it for
-//! one multiply-add, so it is bound by how fast W_hh streams from the L2 cache
-//! (1 MiB per layer at H = 256), not by arithmetic. What makes it fast:
+//! one multiply-add, so it is bound by how fast W_hh streams from cache, not by
+//! arithmetic: 1 MiB per layer at H = 256, which fits a 2 MiB L2 (≈ 130 GB/s on the
+//! Xeon this was tuned on), 4 MiB at H = 512, which mostly comes from L3 (≈ 40
+//! GB/s). What makes it fast:
 //! * [`PackedHh`] stores W_hhᵀ in blocks of `L` hidden units (`L` = one SIMD
 //!   register: 16 floats for AVX-512, 8 for AVX2 and the portable path), laid out
 //!   in exactly the order the kernel reads it, so W streams contiguously while
-//!   h_{t-1}[c] is broadcast:
+//!   each component c of h_{t-1} is broadcast:
 //!   ```text
 //!   packed[((b·H + c)·4 + q)·L + l] = W_hh[q·H + b·L + l, c]    (0 past unit H)
 //!   ```
@@ -23,6 +25,8 @@
 //!   the auto-vectorised version to the stack.
 //! * `exp` is a branch-free polynomial (relative error < 2e-7) evaluated in the
 //!   same registers, so σ and tanh never call libm.
+//! * steps alternate the direction in which they visit the blocks, so that a W_hh
+//!   too big for L2 (H = 512) still finds part of itself there (`block_order`).
 //! * the six recorded T × H outputs are written once, straight into their final
 //!   vectors, never zero-filled first.
 
@@ -72,24 +76,30 @@ pub enum Simd {
     Portable,
 }
 
-/// Which kernels this machine uses. `CELLSCOPE_PORTABLE=1` forces the portable
-/// ones (to compare, or to rule out a SIMD bug).
+/// Which kernels this machine uses: the widest it supports, or a narrower one named
+/// in `CELLSCOPE_SIMD` (`avx2` or `portable`; `CELLSCOPE_PORTABLE=1` also works), to
+/// compare kernels or rule out a SIMD bug.
 pub fn simd() -> Simd {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<Simd> = OnceLock::new();
     *LEVEL.get_or_init(|| {
+        let wanted = match std::env::var("CELLSCOPE_SIMD").as_deref() {
+            _ if std::env::var_os("CELLSCOPE_PORTABLE").is_some() => Simd::Portable,
+            Ok("portable") => Simd::Portable,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var_os("CELLSCOPE_PORTABLE").is_some() {
-                return Simd::Portable;
-            }
-            if is_x86_feature_detected!("avx512f") {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if wanted == Simd::Avx512 && is_x86_feature_detected!("avx512f") {
                 return Simd::Avx512;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if wanted != Simd::Portable && avx2 {
                 return Simd::Avx2;
             }
         }
+        let _ = wanted;
         Simd::Portable
     })
 }
@@ -114,7 +124,11 @@ pub struct PackedHh {
 
 impl std::fmt::Debug for PackedHh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedHh {{ hidden: {}, lanes: {} }}", self.hidden, self.lanes)
+        write!(
+            f,
+            "PackedHh {{ hidden: {}, lanes: {} }}",
+            self.hidden, self.lanes
+        )
     }
 }
 
@@ -140,13 +154,18 @@ impl PackedHh {
                     for l in 0..lanes {
                         let unit = b * lanes + l;
                         if unit < n {
-                            flat[((b * n + c) * 4 + q) * lanes + l] = weight_hh[(q * n + unit) * n + c];
+                            flat[((b * n + c) * 4 + q) * lanes + l] =
+                                weight_hh[(q * n + unit) * n + c];
                         }
                     }
                 }
             }
         }
-        Self { hidden, lanes, data }
+        Self {
+            hidden,
+            lanes,
+            data,
+        }
     }
 
     fn as_ptr(&self) -> *const f32 {
@@ -169,12 +188,65 @@ impl LayerOut {
     /// Empty, with room for `steps` steps of `hidden` units, so that [`lstm_layer`]
     /// appends without reallocating.
     pub fn with_capacity(steps: usize, hidden: usize) -> Self {
-        let v = || Vec::with_capacity(steps * hidden);
-        Self { h: v(), c: v(), i: v(), f: v(), g: v(), o: v() }
+        let v = || fresh_buffer(steps * hidden);
+        Self {
+            h: v(),
+            c: v(),
+            i: v(),
+            f: v(),
+            g: v(),
+            o: v(),
+        }
     }
 
     fn all_mut(&mut self) -> [&mut Vec<f32>; 6] {
-        [&mut self.h, &mut self.c, &mut self.i, &mut self.f, &mut self.g, &mut self.o]
+        [
+            &mut self.h,
+            &mut self.c,
+            &mut self.i,
+            &mut self.f,
+            &mut self.g,
+            &mut self.o,
+        ]
+    }
+}
+
+/// An empty vector with room for `len` floats, to be written once.
+///
+/// A trace writes 6·H floats per layer and character (245 MB for 20k characters
+/// of a 2 × 256 model) into memory fresh from the OS. With 4 KiB pages, faulting
+/// them in took a fifth of a trace's time; so on Linux, buffers of 4 MiB or more
+/// are advised to use transparent huge pages, one fault per 2 MiB (what remains is
+/// the OS zeroing them). Where THP is off, the advice is ignored.
+fn fresh_buffer(len: usize) -> Vec<f32> {
+    let v = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    advise_huge_pages(v.as_ptr() as usize, len * std::mem::size_of::<f32>());
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(start: usize, bytes: usize) {
+    const HUGE: usize = 2 << 20;
+    const MADV_HUGEPAGE: i32 = 14;
+    extern "C" {
+        // From the C library std already links; declared here rather than adding
+        // the `libc` crate for one call.
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
+    if bytes < 2 * HUGE {
+        return;
+    }
+    // Only whole huge pages inside the buffer: the advice applies to the pages it
+    // covers, and the rest of the allocation may share pages with other data.
+    let first = start.next_multiple_of(HUGE);
+    let end = (start + bytes) / HUGE * HUGE;
+    if end > first {
+        // SAFETY: the range lies inside an allocation we own; MADV_HUGEPAGE changes
+        // how future faults are served, never the contents. Failure is harmless.
+        unsafe {
+            madvise(first as *mut std::ffi::c_void, end - first, MADV_HUGEPAGE);
+        }
     }
 }
 
@@ -186,6 +258,8 @@ struct Raw {
     steps: usize,
     /// `steps` pointers, each to 4H floats.
     x_rows: *const *const f32,
+    /// 4H floats.
+    bias: *const f32,
     h0: *const f32,
     c0: *const f32,
     /// Each `steps` × H, written row by row; row t−1 of `h` and `c` is read at step t.
@@ -208,7 +282,12 @@ impl Raw {
             (self.h0, self.c0)
         } else {
             // SAFETY: row t−1 lies inside the `steps × H` outputs.
-            unsafe { (self.h.add((t - 1) * self.hidden), self.c.add((t - 1) * self.hidden)) }
+            unsafe {
+                (
+                    self.h.add((t - 1) * self.hidden),
+                    self.c.add((t - 1) * self.hidden),
+                )
+            }
         }
     }
 }
@@ -216,21 +295,37 @@ impl Raw {
 /// Runs `x_rows.len()` steps of one LSTM layer and appends what it recorded to
 /// `out` (gate order i, f, g, o as in PyTorch):
 /// ```text
-/// [i f g o]_t = [σ σ tanh σ](x_rows[t] + W_hh h_{t-1})
+/// [i f g o]_t = [σ σ tanh σ](x_rows[t] + bias + W_hh h_{t-1})
 /// c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
 /// h_t = o_t ⊙ tanh(c_t)
 /// ```
-/// `x_rows[t]` is the input projection W_ih x_t + b_ih + b_hh (4H floats). The first
+/// `x_rows[t]` is the input projection W_ih x_t and `bias` is b_ih + b_hh (4H floats
+/// each; adding the bias here spares a pass over the projections). The first
 /// step continues from the last row of `out`, or from `h0`, `c0` when `out` is
 /// empty, so a text can be fed in pieces (e.g. as its input projection is computed).
-pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32], out: &mut LayerOut) {
+pub fn lstm_layer(
+    weight_hh: &PackedHh,
+    x_rows: &[&[f32]],
+    bias: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    out: &mut LayerOut,
+) {
     let n = weight_hh.hidden;
     let steps = x_rows.len();
-    assert!(h0.len() == n && c0.len() == n, "state must hold H = {n} values per layer");
-    assert!(x_rows.iter().all(|r| r.len() == 4 * n), "every input projection must be 4H = {} long", 4 * n);
+    assert!(
+        h0.len() == n && c0.len() == n,
+        "state must hold H = {n} values per layer"
+    );
+    assert!(
+        x_rows.iter().all(|r| r.len() == 4 * n),
+        "every input projection must be 4H = {} long",
+        4 * n
+    );
+    assert_eq!(bias.len(), 4 * n, "bias must be 4H long");
     let done = out.h.len();
     assert!(
-        done % n == 0 && out.all_mut().iter().all(|v| v.len() == done),
+        done.is_multiple_of(n) && out.all_mut().iter().all(|v| v.len() == done),
         "LayerOut vectors must all hold the same whole number of H = {n} rows"
     );
     let rows: Vec<*const f32> = x_rows.iter().map(|r| r.as_ptr()).collect();
@@ -240,11 +335,16 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32
     let [h, c, i, f, g, o] = out.all_mut().map(|v| v.as_mut_ptr());
     // SAFETY (of the `add`s): `done` ≤ len and, when `done > 0`, done − n ≥ 0.
     let raw = unsafe {
-        let (h0, c0) = if done == 0 { (h0.as_ptr(), c0.as_ptr()) } else { (h.add(done - n).cast_const(), c.add(done - n).cast_const()) };
+        let (h0, c0) = if done == 0 {
+            (h0.as_ptr(), c0.as_ptr())
+        } else {
+            (h.add(done - n).cast_const(), c.add(done - n).cast_const())
+        };
         Raw {
             hidden: n,
             steps,
             x_rows: rows.as_ptr(),
+            bias: bias.as_ptr(),
             h0,
             c0,
             h: h.add(done),
@@ -276,6 +376,18 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], h0: &[f32], c0: &[f32
     }
 }
 
+/// The order in which step `t` visits the `blocks` unit blocks: forward on even
+/// steps, backward on odd ones. When W_hh is larger than the L2 cache (H = 512:
+/// 4 MiB against 2 MiB), a fixed order evicts every block just before it is needed
+/// again; alternating makes the blocks a step reads last the ones the next step
+/// reads first, while they are still in L2. Blocks are independent, so the order
+/// changes no result.
+#[inline(always)]
+fn block_order(t: usize, blocks: usize) -> impl Iterator<Item = usize> {
+    let backward = t % 2 == 1;
+    (0..blocks).map(move |k| if backward { blocks - 1 - k } else { k })
+}
+
 /// The kernels' shared shape, in plain Rust over `[f32; L]` so LLVM can use
 /// whatever vector unit the target has.
 ///
@@ -289,23 +401,23 @@ unsafe fn layer_portable<const L: usize>(w: *const f32, raw: Raw) {
         unsafe {
             let (h_prev, c_prev) = raw.prev(t);
             let x = *raw.x_rows.add(t);
-            for b in 0..n.div_ceil(L) {
+            for b in block_order(t, n.div_ceil(L)) {
                 let j0 = b * L;
                 let width = L.min(n - j0);
                 let mut acc = [[0f32; L]; 4];
                 for (q, a) in acc.iter_mut().enumerate() {
                     for l in 0..width {
-                        a[l] = *x.add(q * n + j0 + l);
+                        a[l] = *x.add(q * n + j0 + l) + *raw.bias.add(q * n + j0 + l);
                     }
                 }
-                let wb = w.add(b * n * 4 * L);
-                for c in 0..n {
+                // acc += h_{t-1}[c] · (block's 4L weights of column c), as one flat
+                // axpy so that LLVM's vectoriser sees a plain loop.
+                let flat = acc.as_flattened_mut();
+                let wb = std::slice::from_raw_parts(w.add(b * n * 4 * L), n * 4 * L);
+                for (c, wc) in wb.chunks_exact(4 * L).enumerate() {
                     let hc = *h_prev.add(c);
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        let wq = wb.add((c * 4 + q) * L);
-                        for l in 0..L {
-                            a[l] += *wq.add(l) * hc;
-                        }
+                    for (a, wv) in flat.iter_mut().zip(wc) {
+                        *a += wv * hc;
                     }
                 }
                 for l in 0..width {
@@ -336,18 +448,20 @@ mod x86 {
     //! update runs on the sums without leaving registers. The last block of an H
     //! that is not a multiple of L is masked.
 
-    use super::{Raw, C3, C4, C5, C6, LN2_HI, LN2_LO};
+    use super::{block_order, Raw, C3, C4, C5, C6, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
 
     /// e^x on 16 lanes: k = round(x·log2 e), r = x − k·ln2, 2^k · p(r) (`vscalefps`).
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            x,
-            _mm512_set1_ps(std::f32::consts::LOG2_E),
-        ));
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(88.0),
+        );
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
         let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_HI), x);
         let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_set1_ps(C6);
@@ -362,7 +476,10 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     fn sigmoid16(x: __m512) -> __m512 {
         let one = _mm512_set1_ps(1.0);
-        _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))))
+        _mm512_div_ps(
+            one,
+            _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))),
+        )
     }
 
     /// tanh(x) = 2 / (1 + e^(−2x)) − 1.
@@ -371,7 +488,10 @@ mod x86 {
     fn tanh16(x: __m512) -> __m512 {
         let one = _mm512_set1_ps(1.0);
         let e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-2.0)));
-        _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(one, e)), one)
+        _mm512_sub_ps(
+            _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(one, e)),
+            one,
+        )
     }
 
     /// # Safety
@@ -387,16 +507,18 @@ mod x86 {
                 let (h_prev, c_prev) = raw.prev(t);
                 let x = *raw.x_rows.add(t);
                 let row = t * n;
-                for b in 0..n.div_ceil(L) {
+                for b in block_order(t, n.div_ceil(L)) {
                     let j0 = b * L;
                     let width = L.min(n - j0);
                     let m: __mmask16 = if width == L { !0 } else { (1u16 << width) - 1 };
-                    let mut even = [
-                        _mm512_maskz_loadu_ps(m, x.add(j0)),
-                        _mm512_maskz_loadu_ps(m, x.add(n + j0)),
-                        _mm512_maskz_loadu_ps(m, x.add(2 * n + j0)),
-                        _mm512_maskz_loadu_ps(m, x.add(3 * n + j0)),
-                    ];
+                    let start = |q: usize| {
+                        let at = q * n + j0;
+                        _mm512_add_ps(
+                            _mm512_maskz_loadu_ps(m, x.add(at)),
+                            _mm512_maskz_loadu_ps(m, raw.bias.add(at)),
+                        )
+                    };
+                    let mut even = [start(0), start(1), start(2), start(3)];
                     let mut odd = [_mm512_setzero_ps(); 4];
                     let mut p = w.add(b * n * 4 * L);
                     let mut c = 0;
@@ -407,7 +529,8 @@ mod x86 {
                             even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
                         }
                         for q in 0..4 {
-                            odd[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), h1, odd[q]);
+                            odd[q] =
+                                _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), h1, odd[q]);
                         }
                         p = p.add(8 * L);
                         c += 2;
@@ -441,11 +564,13 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::LOG2_E),
-        ));
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+            _mm256_set1_ps(88.0),
+        );
+        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
         let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
         let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
         let mut p = _mm256_set1_ps(C6);
@@ -453,7 +578,10 @@ mod x86 {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coef));
         }
         // |x| ≤ 88 keeps k + 127 in 1..=254, a normal exponent.
-        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)));
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(k),
+            _mm256_set1_epi32(127),
+        ));
         _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
     }
 
@@ -461,7 +589,10 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn sigmoid8(x: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
-        _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))))
+        _mm256_div_ps(
+            one,
+            _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))),
+        )
     }
 
     #[inline]
@@ -469,7 +600,10 @@ mod x86 {
     fn tanh8(x: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
         let e = exp8(_mm256_mul_ps(x, _mm256_set1_ps(-2.0)));
-        _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)), one)
+        _mm256_sub_ps(
+            _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)),
+            one,
+        )
     }
 
     /// # Safety
@@ -485,16 +619,21 @@ mod x86 {
                 let (h_prev, c_prev) = raw.prev(t);
                 let x = *raw.x_rows.add(t);
                 let row = t * n;
-                for b in 0..n.div_ceil(L) {
+                for b in block_order(t, n.div_ceil(L)) {
                     let j0 = b * L;
                     let width = (L.min(n - j0)) as i32;
-                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                    let mut even = [
-                        _mm256_maskload_ps(x.add(j0), m),
-                        _mm256_maskload_ps(x.add(n + j0), m),
-                        _mm256_maskload_ps(x.add(2 * n + j0), m),
-                        _mm256_maskload_ps(x.add(3 * n + j0), m),
-                    ];
+                    let m = _mm256_cmpgt_epi32(
+                        _mm256_set1_epi32(width),
+                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                    );
+                    let start = |q: usize| {
+                        let at = q * n + j0;
+                        _mm256_add_ps(
+                            _mm256_maskload_ps(x.add(at), m),
+                            _mm256_maskload_ps(raw.bias.add(at), m),
+                        )
+                    };
+                    let mut even = [start(0), start(1), start(2), start(3)];
                     let mut odd = [_mm256_setzero_ps(); 4];
                     // 32-byte aligned: blocks start on 64-byte lines and advance by 32 bytes.
                     let mut p = w.add(b * n * 4 * L);
@@ -506,7 +645,8 @@ mod x86 {
                             even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), h0, even[q]);
                         }
                         for q in 0..4 {
-                            odd[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), h1, odd[q]);
+                            odd[q] =
+                                _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), h1, odd[q]);
                         }
                         p = p.add(8 * L);
                         c += 2;
@@ -553,7 +693,10 @@ pub fn softmax_rows(rows: &mut [f32], width: usize) {
                     acc[l] = op(acc[l], chunk[l]);
                 }
             }
-            chunks.remainder().iter().fold(acc.into_iter().fold(init, &op), |a, &b| op(a, b))
+            chunks
+                .remainder()
+                .iter()
+                .fold(acc.into_iter().fold(init, &op), |a, &b| op(a, b))
         }
         for row in rows.chunks_exact_mut(width) {
             let max = lanes(row, f32::NEG_INFINITY, f32::max);
@@ -569,7 +712,11 @@ pub fn softmax_rows(rows: &mut [f32], width: usize) {
     if width == 0 {
         return;
     }
-    assert_eq!(rows.len() % width, 0, "softmax_rows: length is not a multiple of the row width");
+    assert_eq!(
+        rows.len() % width,
+        0,
+        "softmax_rows: length is not a multiple of the row width"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
@@ -611,7 +758,10 @@ pub fn gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: buffers too small");
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm: buffers too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -666,16 +816,29 @@ mod tests {
     }
 
     /// The LSTM equations step by step with libm, on PyTorch's row-major W_hh.
-    fn reference(w: &[f32], x: &[Vec<f32>], h0: &[f32], c0: &[f32]) -> LayerOut {
+    fn reference(w: &[f32], x: &[Vec<f32>], bias: &[f32], h0: &[f32], c0: &[f32]) -> LayerOut {
         let n = h0.len();
         let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
         let (mut h, mut c) = (h0.to_vec(), c0.to_vec());
-        let mut out = LayerOut { h: vec![], c: vec![], i: vec![], f: vec![], g: vec![], o: vec![] };
+        let mut out = LayerOut {
+            h: vec![],
+            c: vec![],
+            i: vec![],
+            f: vec![],
+            g: vec![],
+            o: vec![],
+        };
         for xt in x {
-            let pre: Vec<f32> =
-                (0..4 * n).map(|r| xt[r] + (0..n).map(|k| w[r * n + k] * h[k]).sum::<f32>()).collect();
+            let pre: Vec<f32> = (0..4 * n)
+                .map(|r| xt[r] + bias[r] + (0..n).map(|k| w[r * n + k] * h[k]).sum::<f32>())
+                .collect();
             for j in 0..n {
-                let (i, f, g, o) = (sig(pre[j]), sig(pre[n + j]), pre[2 * n + j].tanh(), sig(pre[3 * n + j]));
+                let (i, f, g, o) = (
+                    sig(pre[j]),
+                    sig(pre[n + j]),
+                    pre[2 * n + j].tanh(),
+                    sig(pre[3 * n + j]),
+                );
                 c[j] = f * c[j] + i * g;
                 h[j] = o * c[j].tanh();
                 out.i.push(i);
@@ -690,9 +853,20 @@ mod tests {
     }
 
     /// Runs one kernel directly, whatever `simd()` says.
-    fn run(kernel: &str, w: &[f32], x: &[Vec<f32>], h0: &[f32], c0: &[f32]) -> LayerOut {
+    fn run(
+        kernel: &str,
+        w: &[f32],
+        x: &[Vec<f32>],
+        bias: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+    ) -> LayerOut {
         let n = h0.len();
-        let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
+        let lanes = if kernel.ends_with("16") || kernel == "avx512" {
+            16
+        } else {
+            8
+        };
         let packed = PackedHh::with_lanes(w, n, lanes);
         let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
         let steps = x.len();
@@ -709,6 +883,7 @@ mod tests {
             hidden: n,
             steps,
             x_rows: ptrs.as_ptr(),
+            bias: bias.as_ptr(),
             h0: h0.as_ptr(),
             c0: c0.as_ptr(),
             h: out.h.as_mut_ptr(),
@@ -755,12 +930,15 @@ mod tests {
         for n in [1, 3, 8, 13, 16, 21, 40, 64] {
             let scale = 2.0 / (n as f32).sqrt();
             let w: Vec<f32> = (0..4 * n * n).map(|_| rng.range(-scale, scale)).collect();
-            let x: Vec<Vec<f32>> = (0..6).map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect()).collect();
+            let x: Vec<Vec<f32>> = (0..6)
+                .map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect())
+                .collect();
             let h0: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0)).collect();
             let c0: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0)).collect();
-            let want = reference(&w, &x, &h0, &c0);
+            let bias: Vec<f32> = (0..4 * n).map(|_| rng.range(-1.0, 1.0)).collect();
+            let want = reference(&w, &x, &bias, &h0, &c0);
             for kernel in kernels() {
-                let got = run(kernel, &w, &x, &h0, &c0);
+                let got = run(kernel, &w, &x, &bias, &h0, &c0);
                 for (name, a, b) in [
                     ("h", &got.h, &want.h),
                     ("c", &got.c, &want.c),
@@ -769,8 +947,15 @@ mod tests {
                     ("g", &got.g, &want.g),
                     ("o", &got.o, &want.o),
                 ] {
-                    let diff = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
-                    assert!(diff < 2e-6, "{kernel}, H = {n}: {name} differs from the equations by {diff}");
+                    let diff = a
+                        .iter()
+                        .zip(b)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        diff < 2e-6,
+                        "{kernel}, H = {n}: {name} differs from the equations by {diff}"
+                    );
                 }
             }
         }
@@ -780,7 +965,14 @@ mod tests {
     fn lstm_layer_handles_an_empty_text() {
         let w = vec![0.5; 4 * 3 * 3];
         let mut out = LayerOut::default();
-        lstm_layer(&PackedHh::new(&w, 3), &[], &[0.0; 3], &[0.0; 3], &mut out);
+        lstm_layer(
+            &PackedHh::new(&w, 3),
+            &[],
+            &[0.0; 12],
+            &[0.0; 3],
+            &[0.0; 3],
+            &mut out,
+        );
         assert!(out.h.is_empty() && out.o.is_empty());
     }
 
@@ -789,15 +981,17 @@ mod tests {
         let mut rng = crate::rng::Rng::new(5);
         let n = 21;
         let w: Vec<f32> = (0..4 * n * n).map(|_| rng.range(-0.4, 0.4)).collect();
-        let x: Vec<Vec<f32>> = (0..9).map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect()).collect();
+        let x: Vec<Vec<f32>> = (0..9)
+            .map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect())
+            .collect();
         let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
-        let (h0, c0) = (vec![0.1; n], vec![-0.2; n]);
+        let (h0, c0, bias) = (vec![0.1; n], vec![-0.2; n], vec![0.3; 4 * n]);
         let packed = PackedHh::new(&w, n);
         let mut whole = LayerOut::default();
-        lstm_layer(&packed, &rows, &h0, &c0, &mut whole);
+        lstm_layer(&packed, &rows, &bias, &h0, &c0, &mut whole);
         let mut pieces = LayerOut::with_capacity(2, n);
         for piece in [&rows[..2], &rows[2..3], &rows[3..3], &rows[3..]] {
-            lstm_layer(&packed, piece, &h0, &c0, &mut pieces);
+            lstm_layer(&packed, piece, &bias, &h0, &c0, &mut pieces);
         }
         assert_eq!(pieces, whole);
     }

@@ -11,9 +11,10 @@
 //! h_t = o_t ⊙ tanh(c_t)
 //! p_t = softmax(W_dec h_t^{last layer} + b_dec)      (next-character distribution)
 //! ```
-//! `W_i* x_t + b` is computed for the whole text before the recurrence: a row lookup
-//! in a precomputed V × 4H table for layer 0 (one-hot or embedded input), one GEMM
-//! for the layers above. Only `W_h* h_{t-1}` is left inside the sequential loop.
+//! `W_i* x_t` is computed for the whole text before the recurrence: a row lookup in
+//! a precomputed V × 4H table for layer 0 (one-hot or embedded input), GEMMs over
+//! blocks of steps for the layers above. Only `W_h* h_{t-1}` and the biases are left
+//! inside the sequential loop (`kernel::lstm_layer`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,9 +28,10 @@ use super::vocab::{Encoded, Vocab, VocabError};
 /// Number of gates of an LSTM cell (i, f, g, o).
 pub const GATES: usize = 4;
 
-/// Floats in the input-projection block of layers ≥ 1 (1 MiB): big enough for an
-/// efficient GEMM, small enough to stay in L2 beside W_hh.
-const PROJ_BLOCK_FLOATS: usize = 1 << 18;
+/// Floats in the input-projection block of layers ≥ 1 (4 MiB: 1024 steps at
+/// H = 256). The GEMM repacks W_ih for every block, so blocks must be long; a
+/// bounded block keeps a long text from allocating (and faulting in) T × 4H.
+const PROJ_BLOCK_FLOATS: usize = 1 << 20;
 
 /// The weights of one LSTM layer, named and shaped as in PyTorch's `nn.LSTM`.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,8 +153,8 @@ pub struct Model {
     pub weights: Weights,
     /// The parsed `cellscope.train` metadata (`{}` when absent).
     pub train: serde_json::Value,
-    /// Layer 0's input projection for each character id: (V, 4H), row v =
-    /// W_ih x(v) + b_ih + b_hh. Derived from `weights`; see [`Model::refresh`].
+    /// Layer 0's input projection for each character id: (V, 4H), row v = W_ih x(v).
+    /// Derived from `weights`; see [`Model::refresh`].
     input_table: Array2<f32>,
     /// Per layer, b_ih + b_hh (4H).
     bias: Vec<Vec<f32>>,
@@ -339,11 +341,10 @@ impl Model {
         let l0 = &w.layers[0];
         // Layer 0 sees x = e_v (one-hot) or x = embedding[v]; either way W_ih x is a
         // per-character constant, so precompute all V of them.
-        let mut table = match &w.embedding {
+        let table = match &w.embedding {
             None => l0.weight_ih.t().to_owned(),
             Some(e) => e.dot(&l0.weight_ih.t()),
         };
-        table += &Array1::from(self.bias[0].clone());
         self.input_table = table.as_standard_layout().to_owned();
         let n = w.hidden_size();
         self.packed_hh = w
@@ -504,33 +505,30 @@ impl Model {
             let (h0, c0) = (&state.h[k][..], &state.c[k][..]);
             let mut out = LayerOut::with_capacity(t_len, n);
             if k == 0 {
-                // Layer 0's input projection is a row of the precomputed table (the
-                // bias alone for an unknown character): point at it, copy nothing.
+                // Layer 0's input projection is a row of the precomputed table (zero
+                // for an unknown character): point at it, copy nothing.
+                let zero = vec![0f32; g];
                 let rows: Vec<&[f32]> = ids
                     .iter()
                     .map(|id| match id {
                         Some(id) => self.input_table.row(*id as usize).to_slice().expect("standard layout"),
-                        None => &self.bias[0][..],
+                        None => &zero[..],
                     })
                     .collect();
-                kernel::lstm_layer(&self.packed_hh[k], &rows, h0, c0, &mut out);
+                kernel::lstm_layer(&self.packed_hh[k], &rows, &self.bias[k], h0, c0, &mut out);
             } else {
-                // X W_ihᵀ + b by GEMM, a block of steps at a time: one buffer of about
-                // 1 MiB is reused instead of a fresh T × 4H one (page faults), and the
-                // recurrence reads each block while it is still in cache.
+                // X W_ihᵀ by GEMM, a block of steps at a time, into one reused buffer
+                // (see PROJ_BLOCK_FLOATS); the kernel adds the bias.
                 let below = layers[k - 1].h.as_slice().expect("standard layout");
                 let w_ih = lw.weight_ih.as_slice().expect("standard layout");
                 let block = (PROJ_BLOCK_FLOATS / g).max(16);
-                let mut proj: Vec<f32> = Vec::with_capacity(block.min(t_len) * g);
+                let mut proj = vec![0f32; block.min(t_len) * g];
                 for start in (0..t_len).step_by(block) {
                     let m = block.min(t_len - start);
-                    proj.clear();
-                    for _ in 0..m {
-                        proj.extend_from_slice(&self.bias[k]);
-                    }
-                    gemm(m, n, g, 1.0, &below[start * n..(start + m) * n], Trans::N, w_ih, Trans::T, 1.0, &mut proj);
+                    let proj = &mut proj[..m * g];
+                    gemm(m, n, g, 1.0, &below[start * n..(start + m) * n], Trans::N, w_ih, Trans::T, 0.0, proj);
                     let rows: Vec<&[f32]> = proj.chunks_exact(g).collect();
-                    kernel::lstm_layer(&self.packed_hh[k], &rows, h0, c0, &mut out);
+                    kernel::lstm_layer(&self.packed_hh[k], &rows, &self.bias[k], h0, c0, &mut out);
                 }
             }
             layers.push(LayerTrace::from_kernel(out, t_len, n));
@@ -586,4 +584,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layers ≥ 1 get their input projection in blocks of PROJ_BLOCK_FLOATS / 4H
+    /// steps; a text longer than a block, cut anywhere, must trace exactly as whole.
+    #[test]
+    fn pieces_across_projection_blocks_equal_the_whole() {
+        let vocab = Vocab::from_text("abc{}();\n ").unwrap();
+        let n = 8;
+        let weights = Weights::random_scaled(vocab.len(), None, n, 2, 11, 0.5);
+        let model = Model::new("t".into(), vocab, weights, serde_json::json!({})).unwrap();
+        let block = PROJ_BLOCK_FLOATS / (GATES * n);
+        let text: String = "ab{c(a);}\n b()".chars().cycle().take(block + 300).collect();
+        let whole = model.trace(&text);
+        let cut = block - 100;
+        let (a, b) = text.split_at(cut);
+        let first = model.trace(a);
+        let second = model.trace_from(b, &first.final_state);
+        assert_eq!(second.final_state, whole.final_state);
+        for (k, l) in whole.layers.iter().enumerate() {
+            for kind in Kind::ALL {
+                let parts = [first.layers[k].get(kind).view(), second.layers[k].get(kind).view()];
+                let joined = ndarray::concatenate(ndarray::Axis(0), &parts).unwrap();
+                assert!(joined == l.get(kind), "layer {k} {kind:?} differs after a cut at {cut}");
+            }
+        }
+    }
 }

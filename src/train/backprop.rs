@@ -17,8 +17,13 @@
 //! The loss is the mean cross-entropy (nats per character) of the next character.
 //! Layer 0 takes one-hot input, so its `X W_ihᵀ` is a row lookup in W_ihᵀ and its
 //! `dW_ih` a scatter-add.
+//!
+//! The two per-step products with W_hh are small (B rows) and run S times per layer
+//! with the same W_hh, so W_hh is packed once per batch in both orientations
+//! (`gemm.rs`) instead of being repacked by a general GEMM at every step.
 
-use crate::model::kernel::{gemm, sigmoid, tanh, Trans};
+use super::gemm::{gemm_packed, PackedB};
+use crate::model::kernel::{gemm, sigmoid, simd, tanh, Simd, Trans};
 use crate::model::{Weights, GATES};
 use crate::rng::Rng;
 
@@ -32,7 +37,10 @@ pub struct StreamState {
 
 impl StreamState {
     pub fn zeros(layers: usize, batch: usize, hidden: usize) -> Self {
-        Self { h: vec![vec![0.0; batch * hidden]; layers], c: vec![vec![0.0; batch * hidden]; layers] }
+        Self {
+            h: vec![vec![0.0; batch * hidden]; layers],
+            c: vec![vec![0.0; batch * hidden]; layers],
+        }
     }
 }
 
@@ -67,9 +75,161 @@ struct LayerBuffers {
     mask: Vec<f32>,
 }
 
+/// Sizes a buffer that is read before it is fully written (an accumulator, or a
+/// carry that starts at zero): every element is zeroed.
 fn resize(v: &mut Vec<f32>, n: usize) {
     v.clear();
     v.resize(n, 0.0);
+}
+
+/// Sizes a buffer that is written in full before it is read: last batch's values
+/// are left in place, since zeroing them would be a wasted pass over memory.
+fn reuse(v: &mut Vec<f32>, n: usize) {
+    v.resize(n, 0.0);
+}
+
+/// Gate activations and cell update of one step, for every stream (B × H outputs;
+/// `a` is B × 4H), written so that each inner loop runs over contiguous slices.
+#[inline(always)]
+fn gates_forward_body(
+    a: &[f32],
+    c_prev: &[f32],
+    c_next: &mut [f32],
+    h_next: &mut [f32],
+    is: &mut [f32],
+    fs: &mut [f32],
+    gs: &mut [f32],
+    os: &mut [f32],
+    tc: &mut [f32],
+    n: usize,
+) {
+    for (b, ar) in a.chunks_exact(GATES * n).enumerate() {
+        let (ai, rest) = ar.split_at(n);
+        let (af, rest) = rest.split_at(n);
+        let (ag, ao) = rest.split_at(n);
+        let r = b * n..(b + 1) * n;
+        let (cp, cn, hn) = (
+            &c_prev[r.clone()],
+            &mut c_next[r.clone()],
+            &mut h_next[r.clone()],
+        );
+        let (is, fs, gs, os, tc) = (
+            &mut is[r.clone()],
+            &mut fs[r.clone()],
+            &mut gs[r.clone()],
+            &mut os[r.clone()],
+            &mut tc[r],
+        );
+        for j in 0..n {
+            let i = sigmoid(ai[j]);
+            let f = sigmoid(af[j]);
+            let gg = tanh(ag[j]);
+            let o = sigmoid(ao[j]);
+            let c = f * cp[j] + i * gg;
+            let tcv = tanh(c);
+            is[j] = i;
+            fs[j] = f;
+            gs[j] = gg;
+            os[j] = o;
+            cn[j] = c;
+            tc[j] = tcv;
+            hn[j] = o * tcv;
+        }
+    }
+}
+
+/// [`gates_forward_body`] compiled for AVX-512, where σ and tanh (all `exp_fast`
+/// arithmetic) run 16 lanes at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gates_forward_avx512(
+    a: &[f32],
+    c_prev: &[f32],
+    c_next: &mut [f32],
+    h_next: &mut [f32],
+    is: &mut [f32],
+    fs: &mut [f32],
+    gs: &mut [f32],
+    os: &mut [f32],
+    tc: &mut [f32],
+    n: usize,
+) {
+    gates_forward_body(a, c_prev, c_next, h_next, is, fs, gs, os, tc, n)
+}
+
+/// The forward gate step on the widest kernel this CPU allows (and `CELLSCOPE_SIMD`
+/// does not rule out).
+fn gates_forward(
+    a: &[f32],
+    c_prev: &[f32],
+    c_next: &mut [f32],
+    h_next: &mut [f32],
+    is: &mut [f32],
+    fs: &mut [f32],
+    gs: &mut [f32],
+    os: &mut [f32],
+    tc: &mut [f32],
+    n: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx512 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    {
+        // SAFETY: `simd()` reports AVX-512 only when the CPU has AVX-512F, and AVX2
+        // and FMA were just checked.
+        return unsafe { gates_forward_avx512(a, c_prev, c_next, h_next, is, fs, gs, os, tc, n) };
+    }
+    gates_forward_body(a, c_prev, c_next, h_next, is, fs, gs, os, tc, n)
+}
+
+/// Gate gradients of one step (the module doc's `dc` and `dA`), overwriting the
+/// pre-activations in `a` with dA and `dc_next` with dc ⊙ f for step t−1. Per-row
+/// slices let the inner loop vectorise; it is left at the default target because
+/// an AVX-512 build of it measured slower (it is bound by memory, not arithmetic).
+fn gates_backward(
+    a: &mut [f32],
+    c_prev: &[f32],
+    dh_above: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    is: &[f32],
+    fs: &[f32],
+    gs: &[f32],
+    os: &[f32],
+    tc: &[f32],
+    n: usize,
+) {
+    for (b, ar) in a.chunks_exact_mut(GATES * n).enumerate() {
+        let (ai, rest) = ar.split_at_mut(n);
+        let (af, rest) = rest.split_at_mut(n);
+        let (ag, ao) = rest.split_at_mut(n);
+        let r = b * n..(b + 1) * n;
+        let (cp, dha, dhn, dcn) = (
+            &c_prev[r.clone()],
+            &dh_above[r.clone()],
+            &dh_next[r.clone()],
+            &mut dc_next[r.clone()],
+        );
+        let (is, fs, gs, os, tc) = (
+            &is[r.clone()],
+            &fs[r.clone()],
+            &gs[r.clone()],
+            &os[r.clone()],
+            &tc[r],
+        );
+        for j in 0..n {
+            let dh = dha[j] + dhn[j];
+            let (i, f, gg, o, tcv) = (is[j], fs[j], gs[j], os[j], tc[j]);
+            let dc = dcn[j] + dh * o * (1.0 - tcv * tcv);
+            ai[j] = dc * gg * i * (1.0 - i);
+            af[j] = dc * cp[j] * f * (1.0 - f);
+            ag[j] = dc * i * (1.0 - gg * gg);
+            ao[j] = dh * tcv * o * (1.0 - o);
+            dcn[j] = dc * f;
+        }
+    }
 }
 
 /// Forward and backward over one batch. Adds ∂loss/∂w into `grads` (which must
@@ -102,7 +262,7 @@ pub fn loss_and_grad(
 
     // Layer 0's input projection is a lookup in W_ihᵀ (V × 4H).
     let w0 = &w.layers[0];
-    resize(&mut ws.table, v * g4);
+    reuse(&mut ws.table, v * g4);
     for r in 0..g4 {
         for c in 0..v {
             ws.table[c * g4 + r] = w0.weight_ih[[r, c]];
@@ -113,15 +273,27 @@ pub fn loss_and_grad(
         let lw = &w.layers[k];
         let (below, rest) = ws.layers.split_at_mut(k);
         let lb = &mut rest[0];
-        resize(&mut lb.a, rows * g4);
-        for buf in [&mut lb.i, &mut lb.f, &mut lb.g, &mut lb.o, &mut lb.tanh_c, &mut lb.out] {
-            resize(buf, rows * n);
+        reuse(&mut lb.a, rows * g4);
+        for buf in [
+            &mut lb.i,
+            &mut lb.f,
+            &mut lb.g,
+            &mut lb.o,
+            &mut lb.tanh_c,
+            &mut lb.out,
+        ] {
+            reuse(buf, rows * n);
         }
-        resize(&mut lb.h, (steps + 1) * batch * n);
-        resize(&mut lb.c, (steps + 1) * batch * n);
+        reuse(&mut lb.h, (steps + 1) * batch * n);
+        reuse(&mut lb.c, (steps + 1) * batch * n);
         lb.h[..batch * n].copy_from_slice(&state.h[k]);
         lb.c[..batch * n].copy_from_slice(&state.c[k]);
-        let bias: Vec<f32> = lw.bias_ih.iter().zip(lw.bias_hh.iter()).map(|(a, b)| a + b).collect();
+        let bias: Vec<f32> = lw
+            .bias_ih
+            .iter()
+            .zip(lw.bias_hh.iter())
+            .map(|(a, b)| a + b)
+            .collect();
         for row in lb.a.chunks_exact_mut(g4) {
             row.copy_from_slice(&bias);
         }
@@ -134,13 +306,30 @@ pub fn loss_and_grad(
             }
         } else {
             let x = &below[k - 1].out;
-            gemm(rows, n, g4, 1.0, x, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::T, 1.0, &mut lb.a);
+            gemm(
+                rows,
+                n,
+                g4,
+                1.0,
+                x,
+                Trans::N,
+                lw.weight_ih.as_slice().unwrap(),
+                Trans::T,
+                1.0,
+                &mut lb.a,
+            );
         }
-        let w_hh = lw.weight_hh.as_slice().expect("standard layout");
+        // W_hhᵀ (H × 4H) from W_hh (4H × H).
+        let w_hh_t = PackedB::new(
+            lw.weight_hh.as_slice().expect("standard layout"),
+            n,
+            g4,
+            true,
+        );
         for t in 0..steps {
             let bn = batch * n;
             let a = &mut lb.a[t * batch * g4..(t + 1) * batch * g4];
-            gemm(batch, n, g4, 1.0, &lb.h[t * bn..(t + 1) * bn], Trans::N, w_hh, Trans::T, 1.0, a);
+            gemm_packed(batch, n, g4, &lb.h[t * bn..(t + 1) * bn], &w_hh_t, 1.0, a);
             let (c_prev, c_next) = lb.c.split_at_mut((t + 1) * bn);
             let c_prev = &c_prev[t * bn..];
             let c_next = &mut c_next[..bn];
@@ -153,29 +342,11 @@ pub fn loss_and_grad(
                 &mut lb.o[r.clone()],
                 &mut lb.tanh_c[r],
             );
-            for b in 0..batch {
-                let ar = &a[b * g4..(b + 1) * g4];
-                for j in 0..n {
-                    let q = b * n + j;
-                    let i = sigmoid(ar[j]);
-                    let f = sigmoid(ar[n + j]);
-                    let gg = tanh(ar[2 * n + j]);
-                    let o = sigmoid(ar[3 * n + j]);
-                    let c = f * c_prev[q] + i * gg;
-                    let tcv = tanh(c);
-                    is[q] = i;
-                    fs[q] = f;
-                    gs[q] = gg;
-                    os[q] = o;
-                    c_next[q] = c;
-                    tc[q] = tcv;
-                    h_next[q] = o * tcv;
-                }
-            }
+            gates_forward(a, c_prev, c_next, h_next, is, fs, gs, os, tc, n);
         }
         lb.out.copy_from_slice(&lb.h[batch * n..]);
         if dropout > 0.0 {
-            resize(&mut lb.mask, rows * n);
+            reuse(&mut lb.mask, rows * n);
             let keep = 1.0 / (1.0 - dropout);
             for (m, x) in lb.mask.iter_mut().zip(lb.out.iter_mut()) {
                 *m = if rng.uniform() < dropout { 0.0 } else { keep };
@@ -190,11 +361,22 @@ pub fn loss_and_grad(
 
     // Decoder and softmax cross-entropy.
     let top = &ws.layers[n_layers - 1].out;
-    resize(&mut ws.logits, rows * v);
+    reuse(&mut ws.logits, rows * v);
     for row in ws.logits.chunks_exact_mut(v) {
         row.copy_from_slice(w.decoder_bias.as_slice().unwrap());
     }
-    gemm(rows, n, v, 1.0, top, Trans::N, w.decoder_weight.as_slice().unwrap(), Trans::T, 1.0, &mut ws.logits);
+    gemm(
+        rows,
+        n,
+        v,
+        1.0,
+        top,
+        Trans::N,
+        w.decoder_weight.as_slice().unwrap(),
+        Trans::T,
+        1.0,
+        &mut ws.logits,
+    );
     let mut loss = 0f64;
     for (row, &target) in ws.logits.chunks_exact_mut(v).zip(targets) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -216,15 +398,37 @@ pub fn loss_and_grad(
 
     // Backward: decoder.
     let dlogits = &ws.logits;
-    gemm(v, rows, n, 1.0, dlogits, Trans::T, top, Trans::N, 1.0, grads.decoder_weight.as_slice_mut().unwrap());
+    gemm(
+        v,
+        rows,
+        n,
+        1.0,
+        dlogits,
+        Trans::T,
+        top,
+        Trans::N,
+        1.0,
+        grads.decoder_weight.as_slice_mut().unwrap(),
+    );
     let db = grads.decoder_bias.as_slice_mut().unwrap();
     for row in dlogits.chunks_exact(v) {
         for (d, x) in db.iter_mut().zip(row) {
             *d += x;
         }
     }
-    resize(&mut ws.d_above, rows * n);
-    gemm(rows, v, n, 1.0, dlogits, Trans::N, w.decoder_weight.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_above);
+    reuse(&mut ws.d_above, rows * n);
+    gemm(
+        rows,
+        v,
+        n,
+        1.0,
+        dlogits,
+        Trans::N,
+        w.decoder_weight.as_slice().unwrap(),
+        Trans::N,
+        0.0,
+        &mut ws.d_above,
+    );
 
     for k in (0..n_layers).rev() {
         let lw = &w.layers[k];
@@ -240,31 +444,47 @@ pub fn loss_and_grad(
         }
         resize(&mut ws.dh_next, bn);
         resize(&mut ws.dc_next, bn);
-        let w_hh = lw.weight_hh.as_slice().unwrap();
+        let w_hh = PackedB::new(lw.weight_hh.as_slice().unwrap(), g4, n, false);
         for t in (0..steps).rev() {
             let r = t * bn..(t + 1) * bn;
-            let (is, fs, gs, os, tc) = (&lb.i[r.clone()], &lb.f[r.clone()], &lb.g[r.clone()], &lb.o[r.clone()], &lb.tanh_c[r.clone()]);
+            let (is, fs, gs, os, tc) = (
+                &lb.i[r.clone()],
+                &lb.f[r.clone()],
+                &lb.g[r.clone()],
+                &lb.o[r.clone()],
+                &lb.tanh_c[r.clone()],
+            );
             let c_prev = &lb.c[t * bn..(t + 1) * bn];
             let dh_above = &ws.d_above[r];
             let a = &mut lb.a[t * batch * g4..(t + 1) * batch * g4];
-            for b in 0..batch {
-                let ar = &mut a[b * g4..(b + 1) * g4];
-                for j in 0..n {
-                    let q = b * n + j;
-                    let dh = dh_above[q] + ws.dh_next[q];
-                    let (i, f, gg, o, tcv) = (is[q], fs[q], gs[q], os[q], tc[q]);
-                    let dc = ws.dc_next[q] + dh * o * (1.0 - tcv * tcv);
-                    ar[j] = dc * gg * i * (1.0 - i);
-                    ar[n + j] = dc * c_prev[q] * f * (1.0 - f);
-                    ar[2 * n + j] = dc * i * (1.0 - gg * gg);
-                    ar[3 * n + j] = dh * tcv * o * (1.0 - o);
-                    ws.dc_next[q] = dc * f;
-                }
-            }
-            gemm(batch, g4, n, 1.0, a, Trans::N, w_hh, Trans::N, 0.0, &mut ws.dh_next);
+            gates_backward(
+                a,
+                c_prev,
+                dh_above,
+                &ws.dh_next,
+                &mut ws.dc_next,
+                is,
+                fs,
+                gs,
+                os,
+                tc,
+                n,
+            );
+            gemm_packed(batch, g4, n, a, &w_hh, 0.0, &mut ws.dh_next);
         }
         let da = &lb.a;
-        gemm(g4, rows, n, 1.0, da, Trans::T, &lb.h[..rows * n], Trans::N, 1.0, lg.weight_hh.as_slice_mut().unwrap());
+        gemm(
+            g4,
+            rows,
+            n,
+            1.0,
+            da,
+            Trans::T,
+            &lb.h[..rows * n],
+            Trans::N,
+            1.0,
+            lg.weight_hh.as_slice_mut().unwrap(),
+        );
         let dbi = lg.bias_ih.as_slice_mut().unwrap();
         for row in da.chunks_exact(g4) {
             for (d, x) in dbi.iter_mut().zip(row) {
@@ -275,9 +495,31 @@ pub fn loss_and_grad(
         dbh.copy_from_slice(dbi);
         if k > 0 {
             let x = &below[k - 1].out;
-            gemm(g4, rows, n, 1.0, da, Trans::T, x, Trans::N, 1.0, lg.weight_ih.as_slice_mut().unwrap());
-            resize(&mut ws.d_below, rows * n);
-            gemm(rows, g4, n, 1.0, da, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_below);
+            gemm(
+                g4,
+                rows,
+                n,
+                1.0,
+                da,
+                Trans::T,
+                x,
+                Trans::N,
+                1.0,
+                lg.weight_ih.as_slice_mut().unwrap(),
+            );
+            reuse(&mut ws.d_below, rows * n);
+            gemm(
+                rows,
+                g4,
+                n,
+                1.0,
+                da,
+                Trans::N,
+                lw.weight_ih.as_slice().unwrap(),
+                Trans::N,
+                0.0,
+                &mut ws.d_below,
+            );
             std::mem::swap(&mut ws.d_above, &mut ws.d_below);
         } else {
             resize(&mut ws.d_table, v * g4);

@@ -17,6 +17,7 @@
 
 pub mod backprop;
 pub mod optim;
+mod gemm;
 
 use std::collections::BTreeMap;
 use std::io::Write;
