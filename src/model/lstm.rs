@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::kernel::{self, gemm, LayerOut, PackedHh, Trans};
 use super::safetensors::{self, FormatError, Tensor};
@@ -153,7 +153,8 @@ pub struct Model {
     pub weights: Weights,
     /// The parsed `cellscope.train` metadata (`{}` when absent).
     pub train: serde_json::Value,
-    /// Layer 0's input projection for each character id: (V, 4H), row v = W_ih x(v).
+    /// Layer 0's input projection for each character id: (V + 1, 4H), row v =
+    /// W_ih x(v), and a last row of zeros for characters outside the vocabulary.
     /// Derived from `weights`; see [`Model::refresh`].
     input_table: Array2<f32>,
     /// Per layer, b_ih + b_hh (4H).
@@ -345,7 +346,8 @@ impl Model {
             None => l0.weight_ih.t().to_owned(),
             Some(e) => e.dot(&l0.weight_ih.t()),
         };
-        self.input_table = table.as_standard_layout().to_owned();
+        let unknown = Array2::zeros((1, table.ncols()));
+        self.input_table = ndarray::concatenate(Axis(0), &[table.view(), unknown.view()]).expect("same width");
         let n = w.hidden_size();
         self.packed_hh = w
             .layers
@@ -505,14 +507,14 @@ impl Model {
             let (h0, c0) = (&state.h[k][..], &state.c[k][..]);
             let mut out = LayerOut::with_capacity(t_len, n);
             if k == 0 {
-                // Layer 0's input projection is a row of the precomputed table (zero
-                // for an unknown character): point at it, copy nothing.
-                let zero = vec![0f32; g];
+                // Layer 0's input projection is a row of the precomputed table (the
+                // zero row for an unknown character): point at it, copy nothing.
+                let unknown = self.vocab.len();
                 let rows: Vec<&[f32]> = ids
                     .iter()
-                    .map(|id| match id {
-                        Some(id) => self.input_table.row(*id as usize).to_slice().expect("standard layout"),
-                        None => &zero[..],
+                    .map(|id| {
+                        let v = id.map_or(unknown, |v| v as usize);
+                        self.input_table.row(v).to_slice().expect("standard layout")
                     })
                     .collect();
                 kernel::lstm_layer(&self.packed_hh[k], &rows, &self.bias[k], h0, c0, &mut out);
