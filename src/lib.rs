@@ -11,11 +11,17 @@
 //! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
-//! - [`finder`]: traces → analysis: ranks cells of a trace, or streams files in chunks; top contexts.
+//! - [`finder`]: traces → analysis: ranks every cell of a trace, or streams whole
+//!   files in chunks (binned AUC with a stated bound); top contexts for cell pages.
 //! - [`train`]: the trainer: batches of parallel streams, backward pass (BPTT),
 //!   Adam/RMSProp, clipping, checkpoints and resume (`train/backprop.rs` holds the
 //!   gradient formulas).
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
+//! - [`server`]: the axum app: `server::router` lists every route; JSON API
+//!   (`server/api.rs`), askama pages (`server/pages.rs`), the error policy
+//!   (`server/error.rs`). Pages are enhanced by `static/app.js`.
+//! - [`cli`] and [`analysis_cli`]: the `cellscope` commands; `main.rs` only parses
+//!   and calls [`cli::run`].
 
 pub mod analysis;
 pub mod analysis_cli;
