@@ -42,28 +42,14 @@ const USAGE: &str = "options: --model PATH (a cellscope .safetensors instead of 
 --no-torch, --no-512 (skip the random 2×512 row), --kernel (also time one layer's recurrence alone)";
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        model: None,
-        chars: 20_000,
-        min_time: 2.0,
-        torch: true,
-        big: true,
-        kernel: false,
-    };
+    let mut a = Args { model: None, chars: 20_000, min_time: 2.0, torch: true, big: true, kernel: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .unwrap_or_else(|| panic!("{name} needs a value; {USAGE}"))
-        };
+        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value; {USAGE}"));
         match arg.as_str() {
             "--model" => a.model = Some(PathBuf::from(value("--model"))),
             "--chars" => a.chars = value("--chars").parse().expect("--chars takes a number"),
-            "--min-time" => {
-                a.min_time = value("--min-time")
-                    .parse()
-                    .expect("--min-time takes seconds")
-            }
+            "--min-time" => a.min_time = value("--min-time").parse().expect("--min-time takes seconds"),
             "--no-torch" => a.torch = false,
             "--no-512" => a.big = false,
             "--kernel" => a.kernel = true,
@@ -77,10 +63,7 @@ fn parse_args() -> Args {
 
 /// Printable ASCII plus tab and newline: 97 characters, as in a C corpus.
 fn c_vocab() -> Vocab {
-    let chars: Vec<char> = ['\t', '\n']
-        .into_iter()
-        .chain((32u8..127).map(char::from))
-        .collect();
+    let chars: Vec<char> = ['\t', '\n'].into_iter().chain((32u8..127).map(char::from)).collect();
     Vocab::new(chars).expect("distinct characters")
 }
 
@@ -89,57 +72,25 @@ fn c_vocab() -> Vocab {
 fn random_model(vocab: &Vocab, hidden: usize, layers: usize, seed: u64) -> Model {
     let scale = 1.0 / (hidden as f32).sqrt();
     let w = Weights::random_scaled(vocab.len(), None, hidden, layers, seed, scale);
-    Model::new(
-        format!("random-{layers}x{hidden}"),
-        vocab.clone(),
-        w,
-        serde_json::json!({}),
-    )
-    .expect("consistent")
+    Model::new(format!("random-{layers}x{hidden}"), vocab.clone(), w, serde_json::json!({})).expect("consistent")
 }
 
 /// About `n` characters of C-looking text (indentation, keywords, operators,
 /// comments), so the trace sees the distribution a page view does.
 fn c_like_text(n: usize, seed: u64) -> String {
-    const IDENTS: &[&str] = &[
-        "buf", "len", "i", "dev", "skb", "flags", "ret", "page", "node", "ctx", "err",
-    ];
-    const TYPES: &[&str] = &[
-        "int",
-        "unsigned long",
-        "struct device *",
-        "size_t",
-        "u32",
-        "char *",
-    ];
-    const FUNCS: &[&str] = &[
-        "kmalloc",
-        "memcpy",
-        "spin_lock",
-        "list_add",
-        "printk",
-        "copy_from_user",
-    ];
+    const IDENTS: &[&str] = &["buf", "len", "i", "dev", "skb", "flags", "ret", "page", "node", "ctx", "err"];
+    const TYPES: &[&str] = &["int", "unsigned long", "struct device *", "size_t", "u32", "char *"];
+    const FUNCS: &[&str] = &["kmalloc", "memcpy", "spin_lock", "list_add", "printk", "copy_from_user"];
     let mut rng = Rng::new(seed);
-    let mut pick =
-        |xs: &[&'static str]| -> &'static str { xs[rng.below(xs.len() as u64) as usize] };
+    let mut pick = |xs: &[&'static str]| -> &'static str { xs[rng.below(xs.len() as u64) as usize] };
     let mut s = String::with_capacity(n + 200);
     while s.len() < n {
         let (t, a, b, f) = (pick(TYPES), pick(IDENTS), pick(IDENTS), pick(FUNCS));
         s += &format!("static {t} {f}_{a}({t} {b}, int {a})\n{{\n");
         s += &format!("\t/* check {a} before we touch {b} */\n");
-        s += &format!(
-            "\tif ({a} == NULL || {b} < 0x{:x}) {{\n\t\t{b} = -EINVAL;\n\t\tgoto out;\n\t}}\n",
-            a.len() * 16
-        );
-        s += &format!(
-            "\tfor ({a} = 0; {a} < {b}; {a}++)\n\t\tret += {f}(&{b}[{a}], \"%d\\n\", {a});\n"
-        );
-        s += &format!(
-            "out:\n\treturn ret;\n}}\n\n#define {}_MAX {}\n",
-            a.to_uppercase(),
-            b.len() * 7
-        );
+        s += &format!("\tif ({a} == NULL || {b} < 0x{:x}) {{\n\t\t{b} = -EINVAL;\n\t\tgoto out;\n\t}}\n", a.len() * 16);
+        s += &format!("\tfor ({a} = 0; {a} < {b}; {a}++)\n\t\tret += {f}(&{b}[{a}], \"%d\\n\", {a});\n");
+        s += &format!("out:\n\treturn ret;\n}}\n\n#define {}_MAX {}\n", a.to_uppercase(), b.len() * 7);
     }
     s.truncate(n);
     s
@@ -182,12 +133,7 @@ impl Timing {
 
 /// Nanoseconds this thread has run on a CPU (Linux: first field of schedstat).
 fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split(' ').next()?.parse().ok()
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -212,10 +158,7 @@ fn measure(work: f64, min_time: f64, mut run: impl FnMut()) -> Timing {
             cpu_rates.push(work / ((b - a).max(1) as f64 * 1e-9));
         }
     }
-    Timing {
-        wall: rates,
-        cpu: cpu_rates,
-    }
+    Timing { wall: rates, cpu: cpu_rates }
 }
 
 /// chars/s of `Model::trace` over `text`, everything recorded and then dropped, as
@@ -235,24 +178,14 @@ fn time_trace(model: &Model, text: &str, min_time: f64) -> Timing {
 fn time_recurrence(model: &Model, steps: usize, min_time: f64) -> Timing {
     use cellscope::model::kernel::{lstm_layer, LayerOut, PackedHh};
     let n = model.hidden_size();
-    let packed = PackedHh::new(
-        model.weights.layers[0]
-            .weight_hh
-            .as_slice()
-            .expect("standard layout"),
-        n,
-    );
+    let packed = PackedHh::new(model.weights.layers[0].weight_hh.as_slice().expect("standard layout"), n);
     let mut rng = Rng::new(9);
-    let table: Vec<Vec<f32>> = (0..97)
-        .map(|_| (0..4 * n).map(|_| rng.range(-1.0, 1.0)).collect())
-        .collect();
+    let table: Vec<Vec<f32>> = (0..97).map(|_| (0..4 * n).map(|_| rng.range(-1.0, 1.0)).collect()).collect();
     let rows: Vec<&[f32]> = (0..steps).map(|t| &table[(t * 31) % 97][..]).collect();
     let (bias, h0, c0) = (vec![0.0; 4 * n], vec![0.0; n], vec![0.0; n]);
     let mut out = LayerOut::with_capacity(steps, n);
     measure(steps as f64, min_time, || {
-        for v in [
-            &mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o,
-        ] {
+        for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
             v.clear();
         }
         lstm_layer(&packed, &rows, &bias, &h0, &c0, &mut out);
@@ -260,11 +193,7 @@ fn time_recurrence(model: &Model, steps: usize, min_time: f64) -> Timing {
 }
 
 /// Runs `scripts/bench_torch.py infer` on `weights` and returns (impl, median, best).
-fn torch_rows(
-    weights: &Path,
-    chars: usize,
-    min_time: f64,
-) -> Result<Vec<(String, f64, f64)>, String> {
+fn torch_rows(weights: &Path, chars: usize, min_time: f64) -> Result<Vec<(String, f64, f64)>, String> {
     let have_torch = Command::new("python3")
         .args(["-c", "import torch, safetensors"])
         .output()
@@ -276,29 +205,17 @@ fn torch_rows(
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_torch.py");
     let out = Command::new("python3")
         .arg(&script)
-        .args([
-            "infer",
-            "--threads",
-            "1",
-            "--chars",
-            &chars.to_string(),
-            "--min-time",
-            &min_time.to_string(),
-        ])
+        .args(["infer", "--threads", "1", "--chars", &chars.to_string(), "--min-time", &min_time.to_string()])
         .arg("--model")
         .arg(weights)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     if !out.status.success() {
-        return Err(format!(
-            "bench_torch.py failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("bench_torch.py failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     let mut rows = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("bad JSON line {line:?}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bad JSON line {line:?}: {e}"))?;
         let name = v["impl"].as_str().unwrap_or("?").to_string();
         let median = v["chars_per_s"].as_f64().unwrap_or(f64::NAN);
         let best = v["best_chars_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -324,7 +241,11 @@ fn main() {
         "cellscope trace benchmark: {} chars of C-like text, one thread, kernel {:?}, load average {}",
         args.chars,
         cellscope::model::kernel::simd(),
-        std::fs::read_to_string("/proc/loadavg").map_or("?".into(), |s| s.split(' ').take(3).collect::<Vec<_>>().join(" ")),
+        std::fs::read_to_string("/proc/loadavg").map_or("?".into(), |s| s
+            .split(' ')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")),
     );
     println!("(other processes on this machine slow every row: compare the ratios within this run, not absolute numbers across runs)\n");
 
@@ -332,10 +253,7 @@ fn main() {
     let mut torch: Vec<(String, f64, f64)> = Vec::new();
 
     if args.torch {
-        let tmp = std::env::temp_dir().join(format!(
-            "cellscope-bench-{}.safetensors",
-            std::process::id()
-        ));
+        let tmp = std::env::temp_dir().join(format!("cellscope-bench-{}.safetensors", std::process::id()));
         let result = match &args.model {
             Some(p) => torch_rows(p, args.chars, args.min_time),
             None => {
@@ -351,11 +269,7 @@ fn main() {
         }
     }
     // Half of our runs before PyTorch's, half after.
-    let ours = if torch.is_empty() {
-        ours
-    } else {
-        ours.merge(time_trace(&model, &text, args.min_time))
-    };
+    let ours = if torch.is_empty() { ours } else { ours.merge(time_trace(&model, &text, args.min_time)) };
     let ours_median = ours.median();
     // (name, median, best, ratio column, note)
     let mut rows: Vec<(String, f64, f64, Option<f64>, String)> = vec![(
@@ -366,18 +280,8 @@ fn main() {
         format!("full trace + softmax; {}", ours.note()),
     )];
     for (name, median, best) in torch {
-        let what = if name == "torch_fused" {
-            "nn.LSTM, records nothing"
-        } else {
-            "records h, c, i, f, g, o"
-        };
-        rows.push((
-            format!("{name} {}", shape(&model)),
-            median,
-            best,
-            Some(ours_median / median),
-            what.into(),
-        ));
+        let what = if name == "torch_fused" { "nn.LSTM, records nothing" } else { "records h, c, i, f, g, o" };
+        rows.push((format!("{name} {}", shape(&model)), median, best, Some(ours_median / median), what.into()));
     }
 
     if args.big {
@@ -403,39 +307,26 @@ fn main() {
             let n = m.hidden_size();
             let t = time_recurrence(m, args.chars, args.min_time);
             // Per CPU-second where known: the hardware's rate, not the scheduler's.
-            let rate = if t.cpu.is_empty() {
-                t.median()
-            } else {
-                median(&t.cpu)
-            };
+            let rate = if t.cpu.is_empty() { t.median() } else { median(&t.cpu) };
             let gb_s = rate * (16 * n * n) as f64 / 1e9;
             rows.push((
                 format!("recurrence only (steps/s), H={n}"),
                 t.median(),
                 t.best(),
                 None,
-                format!(
-                    "one layer, reused buffers; W_hh read at {gb_s:.0} GB/s; {}",
-                    t.note()
-                ),
+                format!("one layer, reused buffers; W_hh read at {gb_s:.0} GB/s; {}", t.note()),
             ));
         }
     }
 
-    println!(
-        "{:<36} {:>10} {:>10} {:>14}  note",
-        "impl", "chars/s", "best", "cellscope/this"
-    );
+    println!("{:<36} {:>10} {:>10} {:>14}  note", "impl", "chars/s", "best", "cellscope/this");
     for (name, median, best, ratio, note) in &rows {
         let ratio = ratio.map_or("".into(), |r| format!("{r:.2}×"));
         println!("{name:<36} {median:>10.0} {best:>10.0} {ratio:>14}  {note}");
     }
     println!("\nchars/s: median over runs, one thread each; cellscope/this: the first row's median over this row's.");
 
-    let torch_fused = rows
-        .iter()
-        .find(|r| r.0.starts_with("torch_fused"))
-        .map(|r| r.1);
+    let torch_fused = rows.iter().find(|r| r.0.starts_with("torch_fused")).map(|r| r.1);
     if args.model.is_none() {
         let met = |yes: bool| if yes { "met" } else { "not met" };
         println!(
@@ -452,13 +343,9 @@ fn main() {
                 met(ours_median / f >= want)
             );
         }
-        let ckpt =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/linux-2x512.safetensors");
+        let ckpt = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/linux-2x512.safetensors");
         if ckpt.exists() {
-            println!(
-                "a trained model is there too: scripts/bench.sh --model {}",
-                ckpt.display()
-            );
+            println!("a trained model is there too: scripts/bench.sh --model {}", ckpt.display());
         }
     }
 }

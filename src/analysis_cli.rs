@@ -25,11 +25,7 @@ pub struct FindCellsArgs {
     pub files: Vec<PathBuf>,
     /// string, char, comment, if, paren-depth (or depth), brace-depth, column, preprocessor,
     /// or regex:RE (characters inside a match).
-    #[arg(
-        long,
-        required_unless_present = "all_concepts",
-        conflicts_with = "all_concepts"
-    )]
+    #[arg(long, required_unless_present = "all_concepts", conflicts_with = "all_concepts")]
     pub feature: Option<String>,
     /// Rank every built-in concept in one pass and print the best cell of each.
     #[arg(long)]
@@ -82,8 +78,7 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
     }
     let mut texts = Vec::with_capacity(a.files.len());
     for path in &a.files {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         texts.push(text.chars().collect::<Vec<char>>());
     }
     let model = a.model.load()?;
@@ -97,18 +92,12 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
     let mut done_before = 0;
     for chars in &texts {
         let labels = labels_for(&features, chars);
-        ranker.feed_text(&model, chars, &labels, a.chunk, |done, _| {
-            bar.update(done_before + done)
-        })?;
+        ranker.feed_text(&model, chars, &labels, a.chunk, |done, _| bar.update(done_before + done))?;
         done_before += chars.len();
     }
     bar.finish();
 
-    let files = if a.files.len() == 1 {
-        "the file".to_string()
-    } else {
-        format!("the {} files", a.files.len())
-    };
+    let files = if a.files.len() == 1 { "the file".to_string() } else { format!("the {} files", a.files.len()) };
     let results: Vec<FeatureResult> = features
         .iter()
         .enumerate()
@@ -125,12 +114,7 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
                     cell,
                 })
                 .collect();
-            FeatureResult {
-                feature: f.to_string(),
-                metric: f.metric(),
-                error,
-                cells,
-            }
+            FeatureResult { feature: f.to_string(), metric: f.metric(), error, cells }
         })
         .collect();
     if !a.all_concepts {
@@ -205,9 +189,7 @@ fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
     s.split(',')
         .map(|k| {
             Kind::parse(k.trim()).with_context(|| {
-                format!(
-                    "unknown kind {k:?} in --kinds (use h, c, i, f, g, o, comma-separated, or all)"
-                )
+                format!("unknown kind {k:?} in --kinds (use h, c, i, f, g, o, comma-separated, or all)")
             })
         })
         .collect()
@@ -219,15 +201,9 @@ fn parse_layers(s: &str, layers: usize) -> Result<Vec<usize>> {
     }
     s.split(',')
         .map(|l| {
-            let layer: usize = l
-                .trim()
-                .parse()
-                .with_context(|| format!("--layers: {l:?} is not a layer number"))?;
+            let layer: usize = l.trim().parse().with_context(|| format!("--layers: {l:?} is not a layer number"))?;
             if layer >= layers {
-                bail!(
-                    "--layers {layer} is out of range: the model has layers 0..={}",
-                    layers - 1
-                );
+                bail!("--layers {layer} is out of range: the model has layers 0..={}", layers - 1);
             }
             Ok(layer)
         })
@@ -268,11 +244,7 @@ fn print_ranking(out: &mut impl Write, r: &FeatureResult) -> std::io::Result<()>
 /// One row per concept, five whitespace-separated fields each (`-` where there is no
 /// answer), so scripts can read it with `awk`.
 fn print_concept_table(out: &mut impl Write, results: &[FeatureResult]) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<13} {:<7} {:<10} {:>6}  sign",
-        "concept", "metric", "best", "score"
-    )?;
+    writeln!(out, "{:<13} {:<7} {:<10} {:>6}  sign", "concept", "metric", "best", "score")?;
     for r in results {
         match r.cells.first() {
             Some(c) => writeln!(
@@ -284,11 +256,7 @@ fn print_concept_table(out: &mut impl Write, results: &[FeatureResult]) -> std::
                 c.cell.score,
                 sign_symbol(c.cell.sign)
             )?,
-            None => writeln!(
-                out,
-                "{:<13} {:<7} {:<10} {:>6}  -",
-                r.feature, r.metric, "-", "-"
-            )?,
+            None => writeln!(out, "{:<13} {:<7} {:<10} {:>6}  -", r.feature, r.metric, "-", "-")?,
         }
     }
     for r in results {
@@ -310,12 +278,7 @@ struct ProgressBar {
 
 impl ProgressBar {
     fn new(total: usize) -> Self {
-        Self {
-            total,
-            started: Instant::now(),
-            last: None,
-            tty: std::io::stderr().is_terminal(),
-        }
+        Self { total, started: Instant::now(), last: None, tty: std::io::stderr().is_terminal() }
     }
 
     fn update(&mut self, done: usize) {
@@ -327,16 +290,9 @@ impl ProgressBar {
         self.last = Some(now);
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / secs;
-        let eta = if rate > 0.0 {
-            format!("{:.0} s", (self.total - done) as f64 / rate)
-        } else {
-            "?".into()
-        };
+        let eta = if rate > 0.0 { format!("{:.0} s", (self.total - done) as f64 / rate) } else { "?".into() };
         let pct = 100.0 * done as f64 / self.total.max(1) as f64;
-        let line = format!(
-            "tracing {done}/{} characters ({pct:.0}%), {rate:.0} chars/s, ETA {eta}",
-            self.total
-        );
+        let line = format!("tracing {done}/{} characters ({pct:.0}%), {rate:.0} chars/s, ETA {eta}", self.total);
         if self.tty {
             eprint!("\r{line}   ");
         } else {

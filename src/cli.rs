@@ -299,7 +299,15 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
         Kind::Input | Kind::Forget | Kind::Output => (0.0, 1.0),
         _ => (-1.0, 1.0),
     };
-    writeln!(out, "layer {} {} cell {} of {} ({} characters)", a.layer, kind.describe(), a.cell, model.name, trace.len())?;
+    writeln!(
+        out,
+        "layer {} {} cell {} of {} ({} characters)",
+        a.layer,
+        kind.describe(),
+        a.cell,
+        model.name,
+        trace.len()
+    )?;
     for (t, &c) in trace.chars.iter().enumerate() {
         // Gates live in [0, 1]: map them onto the same diverging scale.
         let v = if lo == 0.0 { 2.0 * values[t] - 1.0 } else { values[t] };
@@ -325,7 +333,12 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
     }
     writeln!(out)?;
     if !trace.unknown.is_empty() {
-        writeln!(out, "{} characters are not in the vocabulary (fed as zero input) at {:?}", trace.unknown.len(), &trace.unknown[..trace.unknown.len().min(20)])?;
+        writeln!(
+            out,
+            "{} characters are not in the vocabulary (fed as zero input) at {:?}",
+            trace.unknown.len(),
+            &trace.unknown[..trace.unknown.len().min(20)]
+        )?;
     }
     Ok(())
 }

@@ -67,8 +67,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::analysis::{
-    c_features, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept,
-    GradedMetric, Labels,
+    c_features, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept, GradedMetric, Labels,
 };
 use crate::model::{Kind, Model, Trace};
 
@@ -143,11 +142,7 @@ pub struct CellScore {
 /// Best first; equal scores in layer, kind, cell order, so output is deterministic.
 fn sort_best_first(cells: &mut [CellScore]) {
     cells.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(a.layer.cmp(&b.layer))
-            .then(a.kind.cmp(&b.kind))
-            .then(a.cell.cmp(&b.cell))
+        b.score.total_cmp(&a.score).then(a.layer.cmp(&b.layer)).then(a.kind.cmp(&b.kind)).then(a.cell.cmp(&b.cell))
     });
 }
 
@@ -174,12 +169,10 @@ pub fn rank_trace(
 ) -> Result<Vec<CellScore>, AnalysisError> {
     let mut out = Vec::new();
     for layer in sorted_unique(layers) {
-        let lt = trace.layers.get(layer).unwrap_or_else(|| {
-            panic!(
-                "layer {layer} is not in a trace of {} layers",
-                trace.layers.len()
-            )
-        });
+        let lt = trace
+            .layers
+            .get(layer)
+            .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
         for &kind in &sorted_unique(kinds) {
             let ranked = rank_columns(lt.get(kind).view(), labels, metric)?;
             out.extend(ranked.into_iter().map(|c| CellScore {
@@ -259,14 +252,9 @@ impl FromStr for Feature {
         if let Some(pattern) = s.strip_prefix("regex:") {
             return Regex::new(pattern)
                 .map(Feature::Regex)
-                .map_err(|e| FinderError::BadRegex {
-                    pattern: pattern.to_owned(),
-                    message: one_line_regex_error(&e),
-                });
+                .map_err(|e| FinderError::BadRegex { pattern: pattern.to_owned(), message: one_line_regex_error(&e) });
         }
-        s.parse::<Concept>()
-            .map(Feature::Concept)
-            .map_err(|_| FinderError::UnknownFeature(s.to_owned()))
+        s.parse::<Concept>().map(Feature::Concept).map_err(|_| FinderError::UnknownFeature(s.to_owned()))
     }
 }
 
@@ -332,16 +320,9 @@ impl Scale {
     /// From the median and spread (1.4826 × median absolute deviation, else the mean absolute
     /// deviation) of the finite pre-activations of a cell's first chunk.
     fn calibrate(kind: Kind, values: &[f32]) -> Self {
-        let mut x: Vec<f32> = values
-            .iter()
-            .map(|&v| pre_activation(kind, v))
-            .filter(|x| x.is_finite())
-            .collect();
+        let mut x: Vec<f32> = values.iter().map(|&v| pre_activation(kind, v)).filter(|x| x.is_finite()).collect();
         if x.is_empty() {
-            return Scale {
-                centre: 0.0,
-                gain: 1.0,
-            };
+            return Scale { centre: 0.0, gain: 1.0 };
         }
         let mid = x.len() / 2;
         let centre = *x.select_nth_unstable_by(mid, f32::total_cmp).1;
@@ -351,10 +332,7 @@ impl Scale {
         let mean_dev = x.iter().map(|&d| f64::from(d)).sum::<f64>() / x.len() as f64;
         let mad = 1.4826 * *x.select_nth_unstable_by(mid, f32::total_cmp).1;
         let spread = if mad > 0.0 { mad } else { mean_dev as f32 };
-        Scale {
-            centre,
-            gain: 2.0 / spread.max(Self::MIN_SPREAD),
-        }
+        Scale { centre, gain: 2.0 / spread.max(Self::MIN_SPREAD) }
     }
 }
 
@@ -511,17 +489,10 @@ impl StreamingRanker {
     pub fn feed(&mut self, trace: &Trace, labels: &[Labels]) -> Result<(), FinderError> {
         for l in labels {
             if l.len() != trace.len() {
-                return Err(AnalysisError::LabelLength {
-                    labels: l.len(),
-                    rows: trace.len(),
-                }
-                .into());
+                return Err(AnalysisError::LabelLength { labels: l.len(), rows: trace.len() }.into());
             }
         }
-        let slices: Vec<LabelSlice> = labels
-            .iter()
-            .map(|l| LabelSlice::range(l, 0, trace.len()))
-            .collect();
+        let slices: Vec<LabelSlice> = labels.iter().map(|l| LabelSlice::range(l, 0, trace.len())).collect();
         self.feed_slices(trace, &slices)
     }
 
@@ -538,11 +509,7 @@ impl StreamingRanker {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(), FinderError> {
         if let Some(l) = labels.iter().find(|l| l.len() != chars.len()) {
-            return Err(AnalysisError::LabelLength {
-                labels: l.len(),
-                rows: chars.len(),
-            }
-            .into());
+            return Err(AnalysisError::LabelLength { labels: l.len(), rows: chars.len() }.into());
         }
         self.check_model(model)?;
         let chunk = chunk.max(1);
@@ -563,10 +530,7 @@ impl StreamingRanker {
             });
             for (start, trace) in rx {
                 let end = start + trace.len();
-                let slices: Vec<LabelSlice> = labels
-                    .iter()
-                    .map(|l| LabelSlice::range(l, start, end))
-                    .collect();
+                let slices: Vec<LabelSlice> = labels.iter().map(|l| LabelSlice::range(l, start, end)).collect();
                 self.feed_slices(&trace, &slices)?;
                 progress(end, total);
             }
@@ -583,10 +547,7 @@ impl StreamingRanker {
             )));
         }
         if let Some(b) = self.blocks.iter().find(|b| b.layer >= model.layers()) {
-            return Err(FinderError::LayerOutOfRange {
-                layer: b.layer,
-                last: model.layers() - 1,
-            });
+            return Err(FinderError::LayerOutOfRange { layer: b.layer, last: model.layers() - 1 });
         }
         Ok(())
     }
@@ -636,22 +597,13 @@ impl StreamingRanker {
                 Some(_) => {}
             }
         }
-        self.add(
-            rows,
-            |layer, kind| trace.layers[layer].get(kind).view(),
-            labels,
-        );
+        self.add(rows, |layer, kind| trace.layers[layer].get(kind).view(), labels);
         Ok(())
     }
 
     /// Adds `rows` characters; `matrix(layer, kind)` is that block's `rows × hidden` slice.
     /// Shapes and labels are already checked.
-    fn add<'m>(
-        &mut self,
-        rows: usize,
-        matrix: impl Fn(usize, Kind) -> ArrayView2<'m, f32>,
-        labels: &[LabelSlice],
-    ) {
+    fn add<'m>(&mut self, rows: usize, matrix: impl Fn(usize, Kind) -> ArrayView2<'m, f32>, labels: &[LabelSlice]) {
         if rows == 0 {
             return;
         }
@@ -719,11 +671,7 @@ impl StreamingRanker {
                 }
                 for b in &self.blocks {
                     for cell in 0..self.hidden {
-                        let raw = if b.nan[cell] {
-                            0.5
-                        } else {
-                            b.binned_auc(slot, cell).0
-                        };
+                        let raw = if b.nan[cell] { 0.5 } else { b.binned_auc(slot, cell).0 };
                         out.push(CellScore {
                             layer: b.layer,
                             kind: b.kind,
@@ -748,11 +696,7 @@ impl StreamingRanker {
                         let cov = b.sxy[slot][cell] - b.sx[cell] * g.sy / n;
                         let r = cov / (vx * vy).sqrt();
                         // A constant (or NaN) cell correlates with nothing.
-                        let raw = if vx > 0.0 && r.is_finite() && !b.nan[cell] {
-                            r.clamp(-1.0, 1.0)
-                        } else {
-                            0.0
-                        };
+                        let raw = if vx > 0.0 && r.is_finite() && !b.nan[cell] { r.clamp(-1.0, 1.0) } else { 0.0 };
                         out.push(CellScore {
                             layer: b.layer,
                             kind: b.kind,
@@ -772,13 +716,7 @@ impl StreamingRanker {
     /// For a binary target, the bound on `|AUC_binned − AUC_exact|` of one cell:
     /// `½·Σ_b p_b·n_b / (P·N)` from its histograms. `None` for a graded target, a cell not
     /// ranked here, or labels without positives or negatives.
-    pub fn auc_error_bound(
-        &self,
-        target: usize,
-        layer: usize,
-        kind: Kind,
-        cell: usize,
-    ) -> Option<f64> {
+    pub fn auc_error_bound(&self, target: usize, layer: usize, kind: Kind, cell: usize) -> Option<f64> {
         let slot = *self.slot.get(target)?;
         if self.targets[target] != LabelKind::Binary || cell >= self.hidden {
             return None;
@@ -787,15 +725,8 @@ impl StreamingRanker {
         if p == 0 || p == self.rows {
             return None;
         }
-        let b = self
-            .blocks
-            .iter()
-            .find(|b| b.layer == layer && b.kind == kind)?;
-        Some(if b.nan[cell] {
-            0.0
-        } else {
-            b.binned_auc(slot, cell).1
-        })
+        let b = self.blocks.iter().find(|b| b.layer == layer && b.kind == kind)?;
+        Some(if b.nan[cell] { 0.0 } else { b.binned_auc(slot, cell).1 })
     }
 }
 
@@ -811,12 +742,7 @@ impl Block {
         let mut j0 = 0;
         while j0 < cols {
             let width = WIDTH.min(cols - j0);
-            for (t, row) in m
-                .slice(s![.., j0..j0 + width])
-                .rows()
-                .into_iter()
-                .enumerate()
-            {
+            for (t, row) in m.slice(s![.., j0..j0 + width]).rows().into_iter().enumerate() {
                 for (k, &v) in row.iter().enumerate() {
                     column[k * rows + t] = v;
                 }
@@ -828,8 +754,7 @@ impl Block {
                     self.nan[cell] = true;
                     continue;
                 }
-                let scale =
-                    *self.scales[cell].get_or_insert_with(|| Scale::calibrate(self.kind, values));
+                let scale = *self.scales[cell].get_or_insert_with(|| Scale::calibrate(self.kind, values));
                 bins_into(self.kind, scale, values, &mut bins);
                 let all = &mut self.all[cell * BINS..(cell + 1) * BINS];
                 for &b in &bins {
@@ -888,10 +813,7 @@ impl Block {
         if pairs == 0.0 {
             return (0.5, 0.0);
         }
-        (
-            twice_wins as f64 / (2.0 * pairs),
-            ties as f64 / (2.0 * pairs),
-        )
+        (twice_wins as f64 / (2.0 * pairs), ties as f64 / (2.0 * pairs))
     }
 }
 
@@ -920,32 +842,19 @@ pub fn rank_text(
 ) -> Result<Vec<CellScore>, FinderError> {
     let chars: Vec<char> = text.chars().collect();
     let labels = labels_for(std::slice::from_ref(feature), &chars);
-    let mut ranker =
-        StreamingRanker::new(model.hidden_size(), layers, kinds, &[feature.label_kind()]);
+    let mut ranker = StreamingRanker::new(model.hidden_size(), layers, kinds, &[feature.label_kind()]);
     ranker.feed_text(model, &chars, &labels, chunk, progress)?;
     Ok(ranker.finish(0)?)
 }
 
 /// The values of one cell at every character of `text`, traced in chunks so that only this
 /// cell's column is kept.
-pub fn cell_values(
-    model: &Model,
-    text: &str,
-    layer: usize,
-    kind: Kind,
-    cell: usize,
-) -> Result<Vec<f32>, FinderError> {
+pub fn cell_values(model: &Model, text: &str, layer: usize, kind: Kind, cell: usize) -> Result<Vec<f32>, FinderError> {
     if layer >= model.layers() {
-        return Err(FinderError::LayerOutOfRange {
-            layer,
-            last: model.layers() - 1,
-        });
+        return Err(FinderError::LayerOutOfRange { layer, last: model.layers() - 1 });
     }
     if cell >= model.hidden_size() {
-        return Err(FinderError::CellOutOfRange {
-            cell,
-            last: model.hidden_size() - 1,
-        });
+        return Err(FinderError::CellOutOfRange { cell, last: model.hidden_size() - 1 });
     }
     let chars: Vec<char> = text.chars().collect();
     let mut values = Vec::with_capacity(chars.len());
@@ -1011,10 +920,7 @@ pub fn top_contexts(
             })
             .collect()
     };
-    Ok(Contexts {
-        highest: windows(true),
-        lowest: windows(false),
-    })
+    Ok(Contexts { highest: windows(true), lowest: windows(false) })
 }
 
 #[cfg(test)]
@@ -1036,10 +942,7 @@ mod tests {
         let mut start = 0;
         while start < m.nrows() {
             let end = (start + chunk).min(m.nrows());
-            let slices: Vec<LabelSlice> = labels
-                .iter()
-                .map(|l| LabelSlice::range(l, start, end))
-                .collect();
+            let slices: Vec<LabelSlice> = labels.iter().map(|l| LabelSlice::range(l, start, end)).collect();
             r.add(end - start, |_, _| m.slice(s![start..end, ..]), &slices);
             start = end;
         }
@@ -1090,18 +993,12 @@ mod tests {
         // would tie everything in the last bin (AUC ½); pre-activation bins separate them.
         let labels: Vec<bool> = noise(5000, 3).iter().map(|&v| v < 0.5).collect();
         let u = noise(5000, 4);
-        let m = Array2::from_shape_fn((5000, 1), |(i, _)| {
-            1.0 - if labels[i] { 1e-4 } else { 1e-3 } * (0.1 + u[i])
-        });
+        let m = Array2::from_shape_fn((5000, 1), |(i, _)| 1.0 - if labels[i] { 1e-4 } else { 1e-3 } * (0.1 + u[i]));
         let r = stream(&m, Kind::Forget, &[Labels::Binary(labels.clone())], 1000);
         let s = r.finish(0).expect("valid")[0];
         let exact = auc(&m.column(0).to_vec(), &labels).expect("valid");
         assert!(exact > 0.99, "fixture: exact {exact}");
-        assert!(
-            (s.raw - exact).abs() < 2e-3,
-            "binned {} exact {exact}",
-            s.raw
-        );
+        assert!((s.raw - exact).abs() < 2e-3, "binned {} exact {exact}", s.raw);
     }
 
     #[test]
@@ -1112,23 +1009,15 @@ mod tests {
                 Kind::Hidden | Kind::Candidate => (-1.5, 1.5),
                 Kind::Cell => (-1e6, 1e6),
             };
-            let mut values: Vec<f32> = (0..=200_000)
-                .map(|i| lo + (hi - lo) * i as f32 / 200_000.0)
-                .collect();
+            let mut values: Vec<f32> = (0..=200_000).map(|i| lo + (hi - lo) * i as f32 / 200_000.0).collect();
             values.extend([0.0, 1.0, -1.0, 1.0 - 1e-7, f32::INFINITY, f32::NEG_INFINITY]);
             values.sort_by(f32::total_cmp);
             let mut bins = vec![0u16; values.len()];
-            let unit = Scale {
-                centre: 0.0,
-                gain: 1.0,
-            };
+            let unit = Scale { centre: 0.0, gain: 1.0 };
             let fitted = Scale::calibrate(kind, &values[1000..3000]);
             for scale in [unit, fitted] {
                 bins_into(kind, scale, &values, &mut bins);
-                assert!(
-                    bins.windows(2).all(|w| w[0] <= w[1]),
-                    "{kind:?} {scale:?} not monotone"
-                );
+                assert!(bins.windows(2).all(|w| w[0] <= w[1]), "{kind:?} {scale:?} not monotone");
                 assert!(
                     bins[0] < 16 && usize::from(bins[bins.len() - 1]) > BINS - 16,
                     "{kind:?} {scale:?} does not span the bins"
@@ -1157,18 +1046,11 @@ mod tests {
             _ => 0.25,
         });
         let labels = [Labels::Graded(depth.clone())];
-        let ranked = stream(&m, Kind::Cell, &labels, 257)
-            .finish(0)
-            .expect("varies");
+        let ranked = stream(&m, Kind::Cell, &labels, 257).finish(0).expect("varies");
         assert_eq!(ranked[0].cell, 1);
         for s in &ranked {
             let exact = pearson(&m.column(s.cell).to_vec(), &depth).unwrap_or(0.0);
-            assert!(
-                (s.raw - exact).abs() < 1e-9,
-                "cell {}: {} vs {exact}",
-                s.cell,
-                s.raw
-            );
+            assert!((s.raw - exact).abs() < 1e-9, "cell {}: {} vs {exact}", s.cell, s.raw);
         }
         let constant = ranked.iter().find(|s| s.cell == 2).expect("ranked");
         assert_eq!((constant.raw, constant.sign), (0.0, 0));
@@ -1184,79 +1066,40 @@ mod tests {
             _ if i == 17 => f32::NAN,
             _ => (i % 10) as f32 / 10.0,
         });
-        let labels = [
-            Labels::Graded((0..t).map(|i| (i % 10) as f32).collect()),
-            Labels::Binary(inside),
-        ];
+        let labels = [Labels::Graded((0..t).map(|i| (i % 10) as f32).collect()), Labels::Binary(inside)];
         let r = stream(&m, Kind::Hidden, &labels, 64);
         let auc = r.finish(1).expect("binary");
         assert_eq!((auc[0].cell, auc[0].score, auc[0].sign), (0, 1.0, 1));
         for s in &auc[1..] {
-            assert_eq!(
-                (s.score, s.sign),
-                (0.5, 0),
-                "constant or NaN cell {}",
-                s.cell
-            );
+            assert_eq!((s.score, s.sign), (0.5, 0), "constant or NaN cell {}", s.cell);
         }
         let graded = r.finish(0).expect("graded");
         let nan_cell = graded.iter().find(|s| s.cell == 2).expect("ranked");
         assert_eq!((nan_cell.score, nan_cell.sign), (0.0, 0));
-        assert_eq!(
-            r.auc_error_bound(0, 0, Kind::Hidden, 0),
-            None,
-            "graded target"
-        );
+        assert_eq!(r.auc_error_bound(0, 0, Kind::Hidden, 0), None, "graded target");
     }
 
     #[test]
     fn finish_reports_bad_labels() {
         let m = Array2::<f32>::zeros((5, 2));
-        let r = stream(
-            &m,
-            Kind::Cell,
-            &[Labels::Binary(vec![false; 5]), Labels::Graded(vec![1.0; 5])],
-            2,
-        );
-        assert!(matches!(
-            r.finish(0),
-            Err(AnalysisError::NoPositives { len: 5 })
-        ));
-        assert!(matches!(
-            r.finish(1),
-            Err(AnalysisError::ConstantLabels { len: 5 })
-        ));
+        let r = stream(&m, Kind::Cell, &[Labels::Binary(vec![false; 5]), Labels::Graded(vec![1.0; 5])], 2);
+        assert!(matches!(r.finish(0), Err(AnalysisError::NoPositives { len: 5 })));
+        assert!(matches!(r.finish(1), Err(AnalysisError::ConstantLabels { len: 5 })));
     }
 
     #[test]
     fn features_parse_with_clear_errors() {
-        assert_eq!(
-            "depth".parse::<Feature>().expect("concept").to_string(),
-            "paren-depth"
-        );
+        assert_eq!("depth".parse::<Feature>().expect("concept").to_string(), "paren-depth");
         let re = "regex:\\bint\\b".parse::<Feature>().expect("regex");
         assert_eq!(re.to_string(), "regex:\\bint\\b");
         assert_eq!(re.metric(), "auc");
         let err = "strung".parse::<Feature>().expect_err("unknown");
         assert!(err.to_string().contains("`strung`") && err.to_string().contains("regex:RE"));
-        let err = "regex:("
-            .parse::<Feature>()
-            .expect_err("bad regex")
-            .to_string();
+        let err = "regex:(".parse::<Feature>().expect_err("bad regex").to_string();
         assert_eq!(err, "bad regex `(`: unclosed group");
         let chars: Vec<char> = "int x; /* int */".chars().collect();
         let labels = labels_for(&[re, Feature::Concept(Concept::Comment)], &chars);
-        assert_eq!(
-            labels[0],
-            Labels::Binary(
-                (0..chars.len())
-                    .map(|i| i < 3 || (10..13).contains(&i))
-                    .collect()
-            )
-        );
-        assert_eq!(
-            labels[1],
-            Labels::Binary((0..chars.len()).map(|i| i >= 7).collect())
-        );
+        assert_eq!(labels[0], Labels::Binary((0..chars.len()).map(|i| i < 3 || (10..13).contains(&i)).collect()));
+        assert_eq!(labels[1], Labels::Binary((0..chars.len()).map(|i| i >= 7).collect()));
     }
 }

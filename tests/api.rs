@@ -31,7 +31,11 @@ async fn post_json(app: Router, uri: &str, body: impl Into<Body>) -> (StatusCode
     let req = Request::post(uri).header("content-type", "application/json").body(body.into()).unwrap();
     let (status, bytes, headers) = send(app, req).await;
     let ct = headers.get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "{uri} answered {status} with content-type {ct:?}: {}", String::from_utf8_lossy(&bytes));
+    assert!(
+        ct.starts_with("application/json"),
+        "{uri} answered {status} with content-type {ct:?}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
     (status, serde_json::from_slice(&bytes).unwrap())
 }
 
@@ -205,7 +209,8 @@ async fn view_is_one_layer_of_int8_with_a_json_header() {
 #[tokio::test]
 async fn rank_finds_cells_for_concepts_regexes_and_spans() {
     let text = "x = \"ab\"; y = 1; s = \"cd ef\"; if (z) { w = 2; }\n".repeat(4);
-    let (s, v) = post_json(app(), "/api/cells/rank", json!({"text": text, "feature": "string", "top_k": 5}).to_string()).await;
+    let (s, v) =
+        post_json(app(), "/api/cells/rank", json!({"text": text, "feature": "string", "top_k": 5}).to_string()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["metric"], "auc");
     let cells = v["cells"].as_array().unwrap();
@@ -213,13 +218,16 @@ async fn rank_finds_cells_for_concepts_regexes_and_spans() {
     let scores: Vec<f64> = cells.iter().map(|c| c["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted best first: {scores:?}");
     assert!(scores[0] >= 0.5 && scores[0] <= 1.0);
-    let (s, v) = post_json(app(), "/api/cells/rank", json!({"text": text, "feature": "column", "kinds": ["c"]}).to_string()).await;
+    let (s, v) =
+        post_json(app(), "/api/cells/rank", json!({"text": text, "feature": "column", "kinds": ["c"]}).to_string())
+            .await;
     assert_eq!(s, 200);
     assert_eq!(v["metric"], "pearson");
     assert!(v["cells"].as_array().unwrap().iter().all(|c| c["kind"] == "c"));
     let (s, v) = post_json(app(), "/api/cells/rank", json!({"text": text, "regex": "if"}).to_string()).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = post_json(app(), "/api/cells/rank", json!({"text": text, "spans": [[4, 8], [20, 27]]}).to_string()).await;
+    let (s, v) =
+        post_json(app(), "/api/cells/rank", json!({"text": text, "spans": [[4, 8], [20, 27]]}).to_string()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["feature"], "spans");
 }
@@ -232,14 +240,18 @@ async fn pages_render_and_escape_untrusted_text() {
     assert!(page.contains("id=\"initial\""));
     let evil = "</script><script>alert(1)</script>\"'&\u{0}\u{1F600}";
     let form = format!("text={}&layer=1&kind=g&cell=3", urlencode(evil));
-    let req = Request::post("/").header("content-type", "application/x-www-form-urlencoded").body(Body::from(form)).unwrap();
+    let req =
+        Request::post("/").header("content-type", "application/x-www-form-urlencoded").body(Body::from(form)).unwrap();
     let (s, bytes, _) = send(app(), req).await;
     assert_eq!(s, 200);
     let page = String::from_utf8(bytes).unwrap();
     assert!(!page.contains("<script>alert(1)"), "pasted text must be escaped");
     assert!(!page.contains("</script><script>"), "no raw closing tag from user text");
     let textarea = &page[page.find("<textarea").unwrap()..page.find("</textarea>").unwrap()];
-    assert!((textarea.contains("&lt;") || textarea.contains("&#60;")) && textarea.contains("alert(1)"), "the text is kept, escaped: {textarea}");
+    assert!(
+        (textarea.contains("&lt;") || textarea.contains("&#60;")) && textarea.contains("alert(1)"),
+        "the text is kept, escaped: {textarea}"
+    );
     assert!(page.contains("\u{1F600}"));
     assert!(page.contains("layer 1 · candidate g · cell 3"));
     let (s, page) = get(app(), "/cell/1/c/3").await;
@@ -295,7 +307,12 @@ async fn over_a_real_socket() {
     assert_eq!(v["length"], 6);
     // Malformed JSON over the wire is our JSON error too.
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(format!("POST /api/trace HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{{{{x").as_bytes()).await.unwrap();
+    sock.write_all(
+        format!("POST /api/trace HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{{{{x")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut resp = String::new();
     sock.read_to_string(&mut resp).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("malformed_json"), "{resp}");

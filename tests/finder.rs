@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cellscope::analysis::{concept_labels, Concept, GradedMetric, Labels};
-use cellscope::finder::{
-    rank_text, rank_trace, top_contexts, CellScore, Feature, LabelKind, StreamingRanker,
-};
+use cellscope::finder::{rank_text, rank_trace, top_contexts, CellScore, Feature, LabelKind, StreamingRanker};
 use cellscope::model::{Kind, Model};
 
 use crate::common::{fixture, tiny_model};
@@ -23,20 +21,14 @@ fn key(c: &CellScore) -> (usize, Kind, usize) {
 
 /// A longer text: the snippet repeated with small changes, so every concept occurs often.
 fn corpus(copies: usize) -> String {
-    (0..copies)
-        .map(|i| C_TEXT.replace("argc > 1", &format!("argc > {i}")))
-        .collect()
+    (0..copies).map(|i| C_TEXT.replace("argc > 1", &format!("argc > {i}"))).collect()
 }
 
 /// The first `n` characters of the SQLite sample: real C, varied enough that few characters
 /// share a histogram bin.
 fn sample_c(n: usize) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/other_c/sample.c");
-    std::fs::read_to_string(path)
-        .expect("committed sample")
-        .chars()
-        .take(n)
-        .collect()
+    std::fs::read_to_string(path).expect("committed sample").chars().take(n).collect()
 }
 
 #[test]
@@ -45,10 +37,7 @@ fn planted_cell_ranks_first_with_auc_one() {
     // 'Z' and 'é' are outside the vocabulary: they still have activations and labels.
     let text = format!("{}Z é {}", C_TEXT, C_TEXT);
     let trace = m.trace(&text);
-    assert!(
-        !trace.unknown.is_empty(),
-        "fixture should contain unknown characters"
-    );
+    assert!(!trace.unknown.is_empty(), "fixture should contain unknown characters");
     let c = &trace.layers[1].c;
     let cell = (0..c.ncols())
         .find(|&j| {
@@ -57,30 +46,19 @@ fn planted_cell_ranks_first_with_auc_one() {
         })
         .expect("some layer-1 cell changes sign over the text");
     let labels = Labels::Binary(c.column(cell).iter().map(|&v| v > 0.0).collect());
-    let ranked = rank_trace(&trace, &labels, &[0, 1], &Kind::ALL, GradedMetric::Pearson)
-        .expect("both classes present");
+    let ranked = rank_trace(&trace, &labels, &[0, 1], &Kind::ALL, GradedMetric::Pearson).expect("both classes present");
     assert_eq!(ranked.len(), 2 * 6 * 16);
     // h = o·tanh(c) with o > 0 has c's sign, so h ties with c; h sorts first (kind order).
-    let top: Vec<_> = ranked[..2]
-        .iter()
-        .map(|s| (key(s), s.score, s.sign))
-        .collect();
+    let top: Vec<_> = ranked[..2].iter().map(|s| (key(s), s.score, s.sign)).collect();
     assert_eq!(
         top,
-        vec![
-            ((1, Kind::Hidden, cell), 1.0, 1),
-            ((1, Kind::Cell, cell), 1.0, 1)
-        ],
+        vec![((1, Kind::Hidden, cell), 1.0, 1), ((1, Kind::Cell, cell), 1.0, 1)],
         "top of {:?}",
         &ranked[..4]
     );
     assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
-    let c_only =
-        rank_trace(&trace, &labels, &[1], &[Kind::Cell], GradedMetric::Pearson).expect("valid");
-    assert_eq!(
-        (key(&c_only[0]), c_only[0].raw),
-        ((1, Kind::Cell, cell), 1.0)
-    );
+    let c_only = rank_trace(&trace, &labels, &[1], &[Kind::Cell], GradedMetric::Pearson).expect("valid");
+    assert_eq!((key(&c_only[0]), c_only[0].raw), ((1, Kind::Cell, cell), 1.0));
     let json = serde_json::to_value(c_only[0]).expect("serialisable");
     assert_eq!(json["kind"], "c");
 }
@@ -89,14 +67,8 @@ fn planted_cell_ranks_first_with_auc_one() {
 fn rank_trace_reports_bad_labels() {
     let m = tiny_model(None, 21);
     let trace = m.trace("int x;");
-    let err = rank_trace(
-        &trace,
-        &Labels::Binary(vec![false; 6]),
-        &[0],
-        &[Kind::Cell],
-        GradedMetric::Pearson,
-    )
-    .expect_err("no positives");
+    let err = rank_trace(&trace, &Labels::Binary(vec![false; 6]), &[0], &[Kind::Cell], GradedMetric::Pearson)
+        .expect_err("no positives");
     assert!(err.to_string().contains("no positive"), "{err}");
 }
 
@@ -104,36 +76,21 @@ fn rank_trace_reports_bad_labels() {
 /// ranking: AUC within the per-cell bound, r to rounding.
 fn assert_streaming_matches_exact(m: &Model, text: &str, concepts: &[Concept]) {
     let trace = m.trace(text);
-    let labels: Vec<Labels> = concepts
-        .iter()
-        .map(|&c| concept_labels(&trace.chars, c))
-        .collect();
+    let labels: Vec<Labels> = concepts.iter().map(|&c| concept_labels(&trace.chars, c)).collect();
     let targets: Vec<LabelKind> = labels.iter().map(LabelKind::of).collect();
     let mut ranker = StreamingRanker::new(m.hidden_size(), &[0, 1], &Kind::ALL, &targets);
     ranker.feed(&trace, &labels).expect("shapes match");
     for (i, (concept, l)) in concepts.iter().zip(&labels).enumerate() {
-        let exact = rank_trace(&trace, l, &[0, 1], &Kind::ALL, GradedMetric::Pearson)
-            .expect("valid labels");
+        let exact = rank_trace(&trace, l, &[0, 1], &Kind::ALL, GradedMetric::Pearson).expect("valid labels");
         let streamed = ranker.finish(i).expect("valid labels");
         assert_eq!(streamed.len(), exact.len());
         let mut worst = 0f64;
         for e in &exact {
-            let s = streamed
-                .iter()
-                .find(|s| key(s) == key(e))
-                .expect("every cell ranked");
-            let bound = ranker
-                .auc_error_bound(i, e.layer, e.kind, e.cell)
-                .unwrap_or(1e-9);
+            let s = streamed.iter().find(|s| key(s) == key(e)).expect("every cell ranked");
+            let bound = ranker.auc_error_bound(i, e.layer, e.kind, e.cell).unwrap_or(1e-9);
             let diff = (s.raw - e.raw).abs();
             worst = worst.max(diff);
-            assert!(
-                diff <= bound + 1e-9,
-                "{concept} {:?}: streamed {} exact {} bound {bound}",
-                key(e),
-                s.raw,
-                e.raw
-            );
+            assert!(diff <= bound + 1e-9, "{concept} {:?}: streamed {} exact {} bound {bound}", key(e), s.raw, e.raw);
         }
         // The winners agree, up to cells the bound cannot separate.
         let best = streamed[0];
@@ -154,13 +111,7 @@ fn streaming_ranker_equals_exact_ranking_within_bound() {
     assert_streaming_matches_exact(
         &m,
         &sample_c(20_000),
-        &[
-            Concept::String,
-            Concept::Comment,
-            Concept::If,
-            Concept::ParenDepth,
-            Concept::Column,
-        ],
+        &[Concept::String, Concept::Comment, Concept::If, Concept::ParenDepth, Concept::Column],
     );
 }
 
@@ -170,29 +121,12 @@ fn chunked_rank_text_equals_one_shot() {
     let text = sample_c(6000);
     let feature: Feature = "if".parse().expect("concept");
     let mut calls = Vec::new();
-    let chunked = rank_text(
-        &m,
-        &text,
-        &feature,
-        &[0, 1],
-        &[Kind::Hidden, Kind::Cell],
-        97,
-        |d, t| calls.push((d, t)),
-    )
-    .expect("valid");
+    let chunked = rank_text(&m, &text, &feature, &[0, 1], &[Kind::Hidden, Kind::Cell], 97, |d, t| calls.push((d, t)))
+        .expect("valid");
     let n = text.chars().count();
     assert_eq!(calls.len(), n.div_ceil(97));
     assert_eq!(calls.last(), Some(&(n, n)));
-    let whole = rank_text(
-        &m,
-        &text,
-        &feature,
-        &[0, 1],
-        &[Kind::Hidden, Kind::Cell],
-        n,
-        |_, _| {},
-    )
-    .expect("valid");
+    let whole = rank_text(&m, &text, &feature, &[0, 1], &[Kind::Hidden, Kind::Cell], n, |_, _| {}).expect("valid");
     let exact = rank_trace(
         &m.trace(&text),
         &concept_labels(&text.chars().collect::<Vec<_>>(), Concept::If),
@@ -204,13 +138,7 @@ fn chunked_rank_text_equals_one_shot() {
     for e in &exact {
         for (name, list) in [("chunked", &chunked), ("one-shot", &whole)] {
             let s = list.iter().find(|s| key(s) == key(e)).expect("ranked");
-            assert!(
-                (s.raw - e.raw).abs() < 2e-3,
-                "{name} {:?}: {} vs {}",
-                key(e),
-                s.raw,
-                e.raw
-            );
+            assert!((s.raw - e.raw).abs() < 2e-3, "{name} {:?}: {} vs {}", key(e), s.raw, e.raw);
         }
     }
     // Graded: Pearson from running sums is exact up to rounding, chunked or not.
@@ -219,13 +147,7 @@ fn chunked_rank_text_equals_one_shot() {
     let b = rank_text(&m, &text, &column, &[1], &[Kind::Cell], n, |_, _| {}).expect("valid");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(key(x), key(y));
-        assert!(
-            (x.raw - y.raw).abs() < 1e-5,
-            "{:?}: {} vs {}",
-            key(x),
-            x.raw,
-            y.raw
-        );
+        assert!((x.raw - y.raw).abs() < 1e-5, "{:?}: {} vs {}", key(x), x.raw, y.raw);
     }
 }
 
@@ -281,11 +203,7 @@ fn cli_ranks_cells_of_a_file_and_a_corpus() {
     let path = file.0.to_str().expect("utf-8 temp path");
     let out = find_cells(&["--file", path, "--feature", "string", "--top", "5"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 6, "header and 5 cells:\n{stdout}");
     assert!(lines[0].starts_with("rank") && lines[1].trim_start().starts_with('1'));
@@ -306,44 +224,22 @@ fn cli_ranks_cells_of_a_file_and_a_corpus() {
         "1",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
-    assert_eq!(
-        json["chars"],
-        corpus(3).chars().count() + C_TEXT.chars().count()
-    );
+    assert_eq!(json["chars"], corpus(3).chars().count() + C_TEXT.chars().count());
     let f = &json["features"][0];
-    assert_eq!(
-        (f["feature"].as_str(), f["metric"].as_str()),
-        (Some("paren-depth"), Some("pearson"))
-    );
+    assert_eq!((f["feature"].as_str(), f["metric"].as_str()), (Some("paren-depth"), Some("pearson")));
     let cells = f["cells"].as_array().expect("cells");
     assert_eq!(cells.len(), 10);
-    assert!(cells
-        .iter()
-        .all(|c| c["layer"] == 1 && (c["kind"] == "c" || c["kind"] == "f")));
+    assert!(cells.iter().all(|c| c["layer"] == 1 && (c["kind"] == "c" || c["kind"] == "f")));
 }
 
 #[test]
 fn cli_all_concepts_prints_a_row_per_concept() {
     let file = TempFile::new("all.c", &corpus(2));
-    let out = find_cells(&[
-        "--file",
-        file.0.to_str().expect("utf-8"),
-        "--all-concepts",
-        "--kinds",
-        "all",
-    ]);
+    let out = find_cells(&["--file", file.0.to_str().expect("utf-8"), "--all-concepts", "--kinds", "all"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     for concept in cellscope::analysis::CONCEPTS {
         let row = stdout
             .lines()
@@ -358,35 +254,17 @@ fn cli_bad_input_fails_with_one_line() {
     let file = TempFile::new("bad.c", "int x;\n");
     let path = file.0.to_str().expect("utf-8");
     let cases: [(&[&str], &str); 5] = [
-        (
-            &["--file", path, "--feature", "strung"],
-            "unknown feature `strung`",
-        ),
-        (
-            &["--file", path, "--feature", "regex:(a"],
-            "bad regex `(a`: unclosed group",
-        ),
-        (
-            &["--file", "/nonexistent/x.c", "--feature", "string"],
-            "/nonexistent/x.c",
-        ),
-        (
-            &["--file", path, "--feature", "string"],
-            "feature `string` never holds",
-        ),
-        (
-            &["--file", path, "--feature", "if", "--kinds", "h,q"],
-            "unknown kind \"q\"",
-        ),
+        (&["--file", path, "--feature", "strung"], "unknown feature `strung`"),
+        (&["--file", path, "--feature", "regex:(a"], "bad regex `(a`: unclosed group"),
+        (&["--file", "/nonexistent/x.c", "--feature", "string"], "/nonexistent/x.c"),
+        (&["--file", path, "--feature", "string"], "feature `string` never holds"),
+        (&["--file", path, "--feature", "if", "--kinds", "h,q"], "unknown kind \"q\""),
     ];
     for (args, expected) in cases {
         let out = find_cells(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.starts_with("tracing"))
-            .collect();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("tracing")).collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line expected:\n{stderr}");
         assert!(lines[0].contains(expected), "{args:?}: {stderr}");
     }

@@ -1,8 +1,8 @@
 //! One integration-test binary (a 2-core machine links one binary, not ten).
 
+mod api;
 mod common;
 mod finder;
-mod api;
 mod model_load;
 mod trace;
 mod train;

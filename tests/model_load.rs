@@ -128,7 +128,11 @@ fn a_missing_tensor_is_named_with_its_expected_shape() {
     let bytes = edit(&good, |t, _| {
         t.remove("decoder.weight");
     });
-    assert!(load_err(&bytes).starts_with("model file lacks decoder.weight (expected [60, 16])"), "{}", load_err(&bytes));
+    assert!(
+        load_err(&bytes).starts_with("model file lacks decoder.weight (expected [60, 16])"),
+        "{}",
+        load_err(&bytes)
+    );
 }
 
 #[test]

@@ -174,7 +174,15 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let pb = cellscope::model::safetensors::parse(&b).unwrap();
     assert_eq!(pa.tensors, pb.tensors, "weights, moments and carried state must match exactly");
     // Starting again without --resume must refuse to overwrite the checkpoint.
-    let opts = RunOptions { out: dir.join("whole.safetensors"), resume: false, max_seconds: None, max_steps: Some(1), verbose: false, test: None };
-    let err = train(config.clone(), &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false)).unwrap_err();
+    let opts = RunOptions {
+        out: dir.join("whole.safetensors"),
+        resume: false,
+        max_seconds: None,
+        max_steps: Some(1),
+        verbose: false,
+        test: None,
+    };
+    let err = train(config.clone(), &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false))
+        .unwrap_err();
     assert!(err.to_string().contains("pass --resume"), "{err}");
 }

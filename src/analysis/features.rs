@@ -211,13 +211,9 @@ impl<'a> Lexer<'a> {
         let c = self.text[i];
         self.out.column[i] = self.column;
 
-        let starts_directive =
-            self.mode == Mode::Code && self.line_start && c == '#' && self.directive.is_none();
+        let starts_directive = self.mode == Mode::Code && self.line_start && c == '#' && self.directive.is_none();
         if starts_directive {
-            self.directive = Some(Floor {
-                parens: self.parens.len(),
-                braces: self.braces,
-            });
+            self.directive = Some(Floor { parens: self.parens.len(), braces: self.braces });
         }
         if !is_blank(c) && c != '\n' {
             self.line_start = false;
@@ -329,16 +325,12 @@ impl<'a> Lexer<'a> {
             }
             '(' => {
                 let is_if = self.if_keyword_end.take().is_some();
-                self.parens.push(OpenParen {
-                    braces: self.braces,
-                    is_if,
-                });
+                self.parens.push(OpenParen { braces: self.braces, is_if });
                 self.if_parens += usize::from(is_if);
             }
             ')' => {
                 let floor = self.directive.map_or(0, |f| f.parens);
-                let closes = self.parens.len() > floor
-                    && self.parens.last().is_some_and(|p| p.braces == self.braces);
+                let closes = self.parens.len() > floor && self.parens.last().is_some_and(|p| p.braces == self.braces);
                 if closes {
                     self.truncate_parens(self.parens.len() - 1);
                 }
@@ -348,20 +340,14 @@ impl<'a> Lexer<'a> {
                 let floor = self.directive.map_or(0, |f| f.braces);
                 if self.braces > floor {
                     // Parentheses opened in this block and never closed end with it.
-                    let keep = self
-                        .parens
-                        .iter()
-                        .rposition(|p| p.braces < self.braces)
-                        .map_or(0, |k| k + 1);
+                    let keep = self.parens.iter().rposition(|p| p.braces < self.braces).map_or(0, |k| k + 1);
                     let paren_floor = self.directive.map_or(0, |f| f.parens);
                     self.truncate_parens(keep.max(paren_floor));
                     self.braces -= 1;
                 }
             }
             _ if is_ident(c) && (i == 0 || !is_ident(self.text[i - 1])) => {
-                let end = (i..self.text.len())
-                    .find(|&j| !is_ident(self.text[j]))
-                    .unwrap_or(self.text.len());
+                let end = (i..self.text.len()).find(|&j| !is_ident(self.text[j])).unwrap_or(self.text.len());
                 if !directive_name && self.text[i..end] == ['i', 'f'] {
                     self.if_keyword_end = Some(end);
                 }
@@ -371,11 +357,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn quoted(&mut self, i: usize, c: char, quote: char) {
-        let mark = if quote == '"' {
-            &mut self.out.string
-        } else {
-            &mut self.out.char_literal
-        };
+        let mark = if quote == '"' { &mut self.out.string } else { &mut self.out.char_literal };
         if self.escaped {
             mark[i] = true;
             // A backslash before `\r\n` escapes the whole line break.
@@ -402,11 +384,7 @@ impl<'a> Lexer<'a> {
 
     /// The line break at `i` is preceded by a backslash, so the next line continues this one.
     fn continues(&self, i: usize) -> bool {
-        let start = if self.text[i] == '\n' && i > 0 && self.text[i - 1] == '\r' {
-            i - 1
-        } else {
-            i
-        };
+        let start = if self.text[i] == '\n' && i > 0 && self.text[i - 1] == '\r' { i - 1 } else { i };
         start > 0 && self.text[start - 1] == '\\'
     }
 
@@ -513,10 +491,7 @@ mod tests {
         let feats = f(src);
         assert!(feats.string.iter().all(|&b| !b));
         assert!(feats.char_literal.iter().all(|&b| !b));
-        assert_eq!(
-            runs(src, &feats.comment),
-            vec!["/* it's \"quoted\" */", "// don't"]
-        );
+        assert_eq!(runs(src, &feats.comment), vec!["/* it's \"quoted\" */", "// don't"]);
     }
 
     #[test]
@@ -608,10 +583,7 @@ mod tests {
         let src = "#if (A > 1)\n# if (B)\n#elif (C)\nif (d) x;\n#endif";
         let feats = f(src);
         assert_eq!(runs(src, &feats.if_condition), vec!["(d)"]);
-        assert_eq!(
-            runs(src, &feats.preprocessor),
-            vec!["#if (A > 1)", "# if (B)", "#elif (C)", "#endif"]
-        );
+        assert_eq!(runs(src, &feats.preprocessor), vec!["#if (A > 1)", "# if (B)", "#elif (C)", "#endif"]);
     }
 
     #[test]
@@ -619,10 +591,7 @@ mod tests {
         let src = "#define CHECK(x) do { if (!(x)) bug(); } while (0)\nint y;";
         let feats = f(src);
         assert_eq!(runs(src, &feats.if_condition), vec!["(!(x))"]);
-        assert_eq!(
-            runs(src, &feats.preprocessor),
-            vec!["#define CHECK(x) do { if (!(x)) bug(); } while (0)"]
-        );
+        assert_eq!(runs(src, &feats.preprocessor), vec!["#define CHECK(x) do { if (!(x)) bug(); } while (0)"]);
     }
 
     #[test]
@@ -679,13 +648,7 @@ mod tests {
         let src = ") } ) f(x) }";
         let feats = f(src);
         assert!(feats.brace_depth.iter().all(|&d| d == 0));
-        assert_eq!(
-            runs(
-                src,
-                &feats.paren_depth.iter().map(|&d| d > 0).collect::<Vec<_>>()
-            ),
-            vec!["(x)"]
-        );
+        assert_eq!(runs(src, &feats.paren_depth.iter().map(|&d| d > 0).collect::<Vec<_>>()), vec!["(x)"]);
     }
 
     #[test]
@@ -726,10 +689,7 @@ mod tests {
     fn preprocessor_continued_by_backslash() {
         let src = "  #define M(x) \\\n    ((x) + 1)\nint y;\n";
         let feats = f(src);
-        assert_eq!(
-            runs(src, &feats.preprocessor),
-            vec!["#define M(x) \\\n    ((x) + 1)"]
-        );
+        assert_eq!(runs(src, &feats.preprocessor), vec!["#define M(x) \\\n    ((x) + 1)"]);
     }
 
     #[test]
@@ -743,10 +703,7 @@ mod tests {
     #[test]
     fn preprocessor_continued_through_block_comment() {
         let src = "#define A 1 /* spans\n lines */\nint b;";
-        assert_eq!(
-            runs(src, &f(src).preprocessor),
-            vec!["#define A 1 /* spans\n lines */"]
-        );
+        assert_eq!(runs(src, &f(src).preprocessor), vec!["#define A 1 /* spans\n lines */"]);
     }
 
     #[test]
@@ -783,10 +740,7 @@ mod tests {
     #[test]
     fn labels_pick_the_matching_feature() {
         let feats = f("if (a) { \"s\"; }");
-        assert_eq!(
-            feats.labels(Concept::String),
-            Labels::Binary(feats.string.clone())
-        );
+        assert_eq!(feats.labels(Concept::String), Labels::Binary(feats.string.clone()));
         match feats.labels(Concept::BraceDepth) {
             Labels::Graded(v) => assert_eq!(v[7], 1.0),
             other => panic!("brace depth should be graded, got {other:?}"),
@@ -818,18 +772,8 @@ mod tests {
 
     #[test]
     fn span_mask_rejects_bad_spans() {
-        assert!(matches!(
-            span_mask(4, &[(0, 1), (3, 2)]),
-            Err(AnalysisError::SpanReversed { index: 1, .. })
-        ));
-        assert!(matches!(
-            span_mask(4, &[(2, 5)]),
-            Err(AnalysisError::SpanOutOfBounds {
-                index: 0,
-                end: 5,
-                len: 4
-            })
-        ));
+        assert!(matches!(span_mask(4, &[(0, 1), (3, 2)]), Err(AnalysisError::SpanReversed { index: 1, .. })));
+        assert!(matches!(span_mask(4, &[(2, 5)]), Err(AnalysisError::SpanOutOfBounds { index: 0, end: 5, len: 4 })));
         assert!(span_mask(0, &[(0, 0)]).is_ok());
     }
 }

@@ -52,9 +52,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use features::{c_features, regex_mask, span_mask, CFeatures};
-pub use rank::{
-    auc, metric_name, pearson, rank_columns, spearman, ColumnScore, GradedMetric, Labels,
-};
+pub use rank::{auc, metric_name, pearson, rank_columns, spearman, ColumnScore, GradedMetric, Labels};
 pub use stats::{histogram, saturation, top_windows, Window};
 
 /// What can go wrong in analysis: all of it is bad input from the caller.
@@ -105,9 +103,7 @@ pub enum AnalysisError {
         index: usize,
     },
     /// A span that ends before it starts.
-    #[error(
-        "span {index} starts at {start} but ends at {end}; spans are start..end with start <= end"
-    )]
+    #[error("span {index} starts at {start} but ends at {end}; spans are start..end with start <= end")]
     SpanReversed {
         /// Position of the span in the list.
         index: usize,
@@ -189,10 +185,7 @@ impl Concept {
     /// True for concepts with a value per character (scored by correlation), false for those
     /// that hold or not (scored by AUC).
     pub fn is_graded(self) -> bool {
-        matches!(
-            self,
-            Concept::ParenDepth | Concept::BraceDepth | Concept::Column
-        )
+        matches!(self, Concept::ParenDepth | Concept::BraceDepth | Concept::Column)
     }
 
     /// A one-line description for a UI.
@@ -223,11 +216,7 @@ impl FromStr for Concept {
         if s == "depth" {
             return Ok(Concept::ParenDepth);
         }
-        CONCEPTS
-            .iter()
-            .copied()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| AnalysisError::UnknownConcept(s.to_owned()))
+        CONCEPTS.iter().copied().find(|c| c.name() == s).ok_or_else(|| AnalysisError::UnknownConcept(s.to_owned()))
     }
 }
 
@@ -256,9 +245,7 @@ mod tests {
     #[test]
     fn concept_kinds_match_labels() {
         let text: Vec<char> =
-            "#include <x.h>\nint f(int a) { if (a) return 'c'; /* s */ return \"s\"; }\n"
-                .chars()
-                .collect();
+            "#include <x.h>\nint f(int a) { if (a) return 'c'; /* s */ return \"s\"; }\n".chars().collect();
         let feats = c_features(&text);
         for &c in CONCEPTS {
             let labels = concept_labels(&text, c);
@@ -277,18 +264,8 @@ mod tests {
         let Labels::Binary(inside) = concept_labels(&text, Concept::String) else {
             panic!("string is binary");
         };
-        let m = ndarray::Array2::from_shape_fn((text.len(), 2), |(i, j)| {
-            if j == 1 && inside[i] {
-                0.9
-            } else {
-                -0.1
-            }
-        });
-        let ranked = rank_columns(m.view(), &Labels::Binary(inside), GradedMetric::Pearson)
-            .expect("valid labels");
-        assert_eq!(
-            (ranked[0].column, ranked[0].score, ranked[0].sign),
-            (1, 1.0, 1)
-        );
+        let m = ndarray::Array2::from_shape_fn((text.len(), 2), |(i, j)| if j == 1 && inside[i] { 0.9 } else { -0.1 });
+        let ranked = rank_columns(m.view(), &Labels::Binary(inside), GradedMetric::Pearson).expect("valid labels");
+        assert_eq!((ranked[0].column, ranked[0].score, ranked[0].sign), (1, 1.0, 1));
     }
 }

@@ -123,11 +123,8 @@ pub fn auc(scores: &[f32], labels: &[bool]) -> Option<f64> {
     }
     // One integer per character, the 32-bit order key above the label bit, so that a radix
     // sort applies: this runs once per cell and dominates ranking time.
-    let mut packed: Vec<u64> = scores
-        .iter()
-        .zip(labels)
-        .map(|(&s, &l)| u64::from(sort_key(s)) << 1 | u64::from(l))
-        .collect();
+    let mut packed: Vec<u64> =
+        scores.iter().zip(labels).map(|(&s, &l)| u64::from(sort_key(s)) << 1 | u64::from(l)).collect();
     radix_sort_by_key(&mut packed, 33, |&p| p);
     let mut rank_sum = 0.0f64;
     for_each_tie_group(
@@ -176,10 +173,7 @@ pub fn rank_columns(
 ) -> Result<Vec<ColumnScore>, AnalysisError> {
     let rows = m.nrows();
     if labels.len() != rows {
-        return Err(AnalysisError::LabelLength {
-            labels: labels.len(),
-            rows,
-        });
+        return Err(AnalysisError::LabelLength { labels: labels.len(), rows });
     }
     let mut scores = match labels {
         Labels::Binary(l) => rank_binary(m, l)?,
@@ -200,25 +194,12 @@ fn rank_binary(m: ArrayView2<f32>, labels: &[bool]) -> Result<Vec<ColumnScore>, 
     Ok(map_columns(m, |column, cells| {
         // Both classes are non-empty and the lengths match, so `auc` always answers; NaN
         // activations are no evidence either way.
-        let raw = if cells.iter().any(|v| v.is_nan()) {
-            0.5
-        } else {
-            auc(cells, labels).unwrap_or(0.5)
-        };
-        ColumnScore {
-            column,
-            score: raw.max(1.0 - raw),
-            sign: sign_around(raw, 0.5),
-            raw,
-        }
+        let raw = if cells.iter().any(|v| v.is_nan()) { 0.5 } else { auc(cells, labels).unwrap_or(0.5) };
+        ColumnScore { column, score: raw.max(1.0 - raw), sign: sign_around(raw, 0.5), raw }
     }))
 }
 
-fn rank_graded(
-    m: ArrayView2<f32>,
-    labels: &[f32],
-    metric: GradedMetric,
-) -> Result<Vec<ColumnScore>, AnalysisError> {
+fn rank_graded(m: ArrayView2<f32>, labels: &[f32], metric: GradedMetric) -> Result<Vec<ColumnScore>, AnalysisError> {
     if let Some(index) = labels.iter().position(|v| !v.is_finite()) {
         return Err(AnalysisError::NonFiniteLabel { index });
     }
@@ -240,12 +221,7 @@ fn rank_graded(
             }
         };
         let raw = r.unwrap_or(0.0);
-        ColumnScore {
-            column,
-            score: raw.abs(),
-            sign: sign_around(raw, 0.0),
-            raw,
-        }
+        ColumnScore { column, score: raw.abs(), sign: sign_around(raw, 0.0), raw }
     }))
 }
 
@@ -392,18 +368,11 @@ fn radix_sort_by_key<T: Copy>(items: &mut Vec<T>, bits: u32, key: impl Fn(&T) ->
 
 /// Calls `f(group, midrank)` for each run of equal keys in `sorted`, where `midrank` is the
 /// mean of the 1-based ranks the run occupies.
-fn for_each_tie_group<T, K: PartialEq>(
-    sorted: &[T],
-    key: impl Fn(&T) -> K,
-    mut f: impl FnMut(&[T], f64),
-) {
+fn for_each_tie_group<T, K: PartialEq>(sorted: &[T], key: impl Fn(&T) -> K, mut f: impl FnMut(&[T], f64)) {
     let mut start = 0;
     while start < sorted.len() {
         let k = key(&sorted[start]);
-        let end = sorted[start..]
-            .iter()
-            .position(|p| key(p) != k)
-            .map_or(sorted.len(), |len| start + len);
+        let end = sorted[start..].iter().position(|p| key(p) != k).map_or(sorted.len(), |len| start + len);
         // Ranks start+1 ..= end; their mean is the midpoint.
         let midrank = (start + 1 + end) as f64 / 2.0;
         f(&sorted[start..end], midrank);
@@ -468,10 +437,7 @@ mod tests {
 
     #[test]
     fn auc_with_nan_does_not_panic() {
-        let got = auc(
-            &[f32::NAN, 1.0, -f32::NAN, 0.0],
-            &[true, false, true, false],
-        );
+        let got = auc(&[f32::NAN, 1.0, -f32::NAN, 0.0], &[true, false, true, false]);
         assert!(got.is_some_and(|a| (0.0..=1.0).contains(&a)));
     }
 
@@ -537,11 +503,8 @@ mod tests {
 
     #[test]
     fn radix_sort_matches_comparison_sort() {
-        let keys: Vec<u32> = noise(5000, 17)
-            .iter()
-            .zip(noise(5000, 18))
-            .map(|(a, b)| sort_key(a - b) ^ u32::from(a > &0.5))
-            .collect();
+        let keys: Vec<u32> =
+            noise(5000, 17).iter().zip(noise(5000, 18)).map(|(a, b)| sort_key(a - b) ^ u32::from(a > &0.5)).collect();
         let mut pairs: Vec<(u32, usize)> = keys.iter().copied().zip(0..).collect();
         let mut expected = pairs.clone();
         expected.sort_by_key(|p| p.0);
@@ -575,8 +538,7 @@ mod tests {
     fn binary_ranking_puts_planted_cells_first() {
         let labels: Vec<bool> = noise(500, 42).iter().map(|&v| v > 0.6).collect();
         let m = planted(&labels);
-        let ranked = rank_columns(m.view(), &Labels::Binary(labels), GradedMetric::Pearson)
-            .expect("valid labels");
+        let ranked = rank_columns(m.view(), &Labels::Binary(labels), GradedMetric::Pearson).expect("valid labels");
         let order: Vec<usize> = ranked.iter().map(|s| s.column).collect();
         assert_eq!(&order[..2], &[1, 3], "ranking {ranked:?}");
         assert_eq!(ranked[0].score, 1.0);
@@ -584,19 +546,11 @@ mod tests {
         assert_eq!(ranked[0].raw, 0.0);
         assert_eq!(ranked[1].score, 1.0);
         assert_eq!(ranked[1].sign, 1);
-        let constant = ranked
-            .iter()
-            .find(|s| s.column == 2)
-            .expect("all columns scored");
+        let constant = ranked.iter().find(|s| s.column == 2).expect("all columns scored");
         assert_eq!((constant.score, constant.sign, constant.raw), (0.5, 0, 0.5));
         assert_eq!(order.last(), Some(&2), "constant column should rank last");
         for s in ranked.iter().filter(|s| s.column == 0 || s.column == 4) {
-            assert!(
-                s.score < 0.6,
-                "noise column {} scored {}",
-                s.column,
-                s.score
-            );
+            assert!(s.score < 0.6, "noise column {} scored {}", s.column, s.score);
         }
     }
 
@@ -604,8 +558,7 @@ mod tests {
     fn equal_scores_keep_column_order() {
         let labels = vec![true, false, true, false];
         let m = Array2::from_shape_fn((4, 3), |(i, _)| f32::from(u8::from(labels[i])));
-        let ranked = rank_columns(m.view(), &Labels::Binary(labels), GradedMetric::Pearson)
-            .expect("valid labels");
+        let ranked = rank_columns(m.view(), &Labels::Binary(labels), GradedMetric::Pearson).expect("valid labels");
         let order: Vec<usize> = ranked.iter().map(|s| s.column).collect();
         assert_eq!(order, vec![0, 1, 2]);
     }
@@ -623,59 +576,34 @@ mod tests {
         let pearson = rank_columns(m.view(), &labels, GradedMetric::Pearson).expect("valid");
         assert_eq!(pearson[0].column, 1);
         // tanh(0.7·d) saturates: Pearson ≈ 0.89, clearly below a linear cell's 1.
-        assert!(
-            pearson[0].score > 0.85 && pearson[0].score < 0.95,
-            "r {}",
-            pearson[0].score
-        );
+        assert!(pearson[0].score > 0.85 && pearson[0].score < 0.95, "r {}", pearson[0].score);
         let spearman = rank_columns(m.view(), &labels, GradedMetric::Spearman).expect("valid");
         assert_eq!(spearman[0].column, 1);
         assert!(close(spearman[0].score, 1.0), "rho {}", spearman[0].score);
         assert_eq!(spearman[0].sign, 1);
-        let constant = spearman
-            .iter()
-            .find(|s| s.column == 2)
-            .expect("all columns scored");
+        let constant = spearman.iter().find(|s| s.column == 2).expect("all columns scored");
         assert_eq!((constant.score, constant.sign), (0.0, 0));
     }
 
     #[test]
     fn nan_column_gets_neutral_score() {
         let m = Array2::from_shape_vec((3, 1), vec![f32::NAN, 1.0, 0.0]).expect("shape");
-        let b = rank_columns(
-            m.view(),
-            &Labels::Binary(vec![true, false, true]),
-            GradedMetric::Pearson,
-        )
-        .expect("valid");
+        let b = rank_columns(m.view(), &Labels::Binary(vec![true, false, true]), GradedMetric::Pearson).expect("valid");
         assert_eq!((b[0].score, b[0].sign), (0.5, 0));
-        let g = rank_columns(
-            m.view(),
-            &Labels::Graded(vec![1.0, 2.0, 3.0]),
-            GradedMetric::Spearman,
-        )
-        .expect("valid");
+        let g = rank_columns(m.view(), &Labels::Graded(vec![1.0, 2.0, 3.0]), GradedMetric::Spearman).expect("valid");
         assert_eq!((g[0].score, g[0].sign), (0.0, 0));
     }
 
     #[test]
     fn rank_columns_reports_bad_labels() {
         let m = Array2::<f32>::zeros((3, 2));
-        let err = |labels: Labels| {
-            rank_columns(m.view(), &labels, GradedMetric::Pearson).expect_err("should fail")
-        };
-        assert!(matches!(
-            err(Labels::Binary(vec![true, false])),
-            AnalysisError::LabelLength { labels: 2, rows: 3 }
-        ));
+        let err = |labels: Labels| rank_columns(m.view(), &labels, GradedMetric::Pearson).expect_err("should fail");
+        assert!(matches!(err(Labels::Binary(vec![true, false])), AnalysisError::LabelLength { labels: 2, rows: 3 }));
         let no_pos = err(Labels::Binary(vec![false; 3]));
         assert!(no_pos.to_string().contains("no positive"), "{no_pos}");
         let no_neg = err(Labels::Binary(vec![true; 3]));
         assert!(no_neg.to_string().contains("no negative"), "{no_neg}");
-        assert!(matches!(
-            err(Labels::Graded(vec![2.0; 3])),
-            AnalysisError::ConstantLabels { len: 3 }
-        ));
+        assert!(matches!(err(Labels::Graded(vec![2.0; 3])), AnalysisError::ConstantLabels { len: 3 }));
         assert!(matches!(
             err(Labels::Graded(vec![1.0, f32::INFINITY, 0.0])),
             AnalysisError::NonFiniteLabel { index: 1 }
@@ -685,29 +613,16 @@ mod tests {
     #[test]
     fn zero_columns_rank_to_nothing() {
         let m = Array2::<f32>::zeros((2, 0));
-        let ranked = rank_columns(
-            m.view(),
-            &Labels::Binary(vec![true, false]),
-            GradedMetric::Pearson,
-        )
-        .expect("valid labels");
+        let ranked =
+            rank_columns(m.view(), &Labels::Binary(vec![true, false]), GradedMetric::Pearson).expect("valid labels");
         assert!(ranked.is_empty());
     }
 
     #[test]
     fn metric_names() {
-        assert_eq!(
-            metric_name(&Labels::Binary(vec![]), GradedMetric::Spearman),
-            "auc"
-        );
-        assert_eq!(
-            metric_name(&Labels::Graded(vec![]), GradedMetric::Spearman),
-            "spearman"
-        );
-        assert_eq!(
-            "pearson".parse::<GradedMetric>().ok(),
-            Some(GradedMetric::Pearson)
-        );
+        assert_eq!(metric_name(&Labels::Binary(vec![]), GradedMetric::Spearman), "auc");
+        assert_eq!(metric_name(&Labels::Graded(vec![]), GradedMetric::Spearman), "spearman");
+        assert_eq!("pearson".parse::<GradedMetric>().ok(), Some(GradedMetric::Pearson));
         assert!("kendall".parse::<GradedMetric>().is_err());
     }
 }

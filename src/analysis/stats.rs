@@ -38,21 +38,14 @@ pub fn top_windows(values: &[f32], k: usize, radius: usize, highest: bool) -> Ve
     let mut order: Vec<usize> = (0..values.len()).filter(|&i| !values[i].is_nan()).collect();
     order.sort_by(|&a, &b| {
         let by_value = values[a].total_cmp(&values[b]);
-        let by_value = if highest {
-            by_value.reverse()
-        } else {
-            by_value
-        };
+        let by_value = if highest { by_value.reverse() } else { by_value };
         by_value.then(a.cmp(&b))
     });
     let gap = radius.saturating_mul(2);
     let mut taken = BTreeSet::new();
     let mut windows = Vec::with_capacity(k.min(order.len()));
     for center in order {
-        let clash = taken
-            .range(center.saturating_sub(gap)..=center.saturating_add(gap))
-            .next()
-            .is_some();
+        let clash = taken.range(center.saturating_sub(gap)..=center.saturating_add(gap)).next().is_some();
         if clash {
             continue;
         }
@@ -60,10 +53,7 @@ pub fn top_windows(values: &[f32], k: usize, radius: usize, highest: bool) -> Ve
         windows.push(Window {
             center,
             start: center.saturating_sub(radius),
-            end: center
-                .saturating_add(radius)
-                .saturating_add(1)
-                .min(values.len()),
+            end: center.saturating_add(radius).saturating_add(1).min(values.len()),
             value: values[center],
         });
         if windows.len() == k {
@@ -115,11 +105,7 @@ pub fn saturation(gate: ArrayView2<f32>, left: f32, right: f32) -> Vec<(f32, f32
         }
     }
     let rows = gate.nrows().max(1) as f64;
-    above
-        .into_iter()
-        .zip(below)
-        .map(|(a, b)| ((a as f64 / rows) as f32, (b as f64 / rows) as f32))
-        .collect()
+    above.into_iter().zip(below).map(|(a, b)| ((a as f64 / rows) as f32, (b as f64 / rows) as f32)).collect()
 }
 
 #[cfg(test)]
@@ -139,9 +125,7 @@ mod tests {
         // [6, 8] to miss [2, 4]; 0.2 and 0.1 are within 2 of the peak, so 0 comes third.
         assert_eq!(centers(&w), vec![3, 7, 0]);
         assert_eq!((w[0].start, w[0].end, w[0].value), (2, 5, 1.0));
-        assert!(w
-            .windows(2)
-            .all(|p| p[0].end <= p[1].start || p[1].end <= p[0].start));
+        assert!(w.windows(2).all(|p| p[0].end <= p[1].start || p[1].end <= p[0].start));
     }
 
     #[test]
@@ -178,12 +162,7 @@ mod tests {
 
     #[test]
     fn histogram_bins_and_clamps() {
-        let h = histogram(
-            &[0.0, 0.1, 0.5, 0.99, 1.0, -5.0, 7.0, f32::NAN],
-            4,
-            0.0,
-            1.0,
-        );
+        let h = histogram(&[0.0, 0.1, 0.5, 0.99, 1.0, -5.0, 7.0, f32::NAN], 4, 0.0, 1.0);
         assert_eq!(h, vec![3, 0, 1, 3]);
         assert_eq!(h.iter().sum::<u32>(), 7, "NaN skipped");
     }
@@ -193,10 +172,7 @@ mod tests {
         assert!(histogram(&[1.0], 0, 0.0, 1.0).is_empty());
         assert_eq!(histogram(&[1.0, 2.0], 3, 1.0, 1.0), vec![2, 0, 0]);
         assert_eq!(histogram(&[1.0], 2, f32::NAN, 1.0), vec![1, 0]);
-        assert_eq!(
-            histogram(&[f32::INFINITY, f32::NEG_INFINITY], 2, -1.0, 1.0),
-            vec![1, 1]
-        );
+        assert_eq!(histogram(&[f32::INFINITY, f32::NEG_INFINITY], 2, -1.0, 1.0), vec![1, 1]);
     }
 
     #[test]

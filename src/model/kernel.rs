@@ -124,11 +124,7 @@ pub struct PackedHh {
 
 impl std::fmt::Debug for PackedHh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "PackedHh {{ hidden: {}, lanes: {} }}",
-            self.hidden, self.lanes
-        )
+        write!(f, "PackedHh {{ hidden: {}, lanes: {} }}", self.hidden, self.lanes)
     }
 }
 
@@ -154,18 +150,13 @@ impl PackedHh {
                     for l in 0..lanes {
                         let unit = b * lanes + l;
                         if unit < n {
-                            flat[((b * n + c) * 4 + q) * lanes + l] =
-                                weight_hh[(q * n + unit) * n + c];
+                            flat[((b * n + c) * 4 + q) * lanes + l] = weight_hh[(q * n + unit) * n + c];
                         }
                     }
                 }
             }
         }
-        Self {
-            hidden,
-            lanes,
-            data,
-        }
+        Self { hidden, lanes, data }
     }
 
     fn as_ptr(&self) -> *const f32 {
@@ -189,25 +180,11 @@ impl LayerOut {
     /// appends without reallocating.
     pub fn with_capacity(steps: usize, hidden: usize) -> Self {
         let v = || fresh_buffer(steps * hidden);
-        Self {
-            h: v(),
-            c: v(),
-            i: v(),
-            f: v(),
-            g: v(),
-            o: v(),
-        }
+        Self { h: v(), c: v(), i: v(), f: v(), g: v(), o: v() }
     }
 
     fn all_mut(&mut self) -> [&mut Vec<f32>; 6] {
-        [
-            &mut self.h,
-            &mut self.c,
-            &mut self.i,
-            &mut self.f,
-            &mut self.g,
-            &mut self.o,
-        ]
+        [&mut self.h, &mut self.c, &mut self.i, &mut self.f, &mut self.g, &mut self.o]
     }
 }
 
@@ -282,12 +259,7 @@ impl Raw {
             (self.h0, self.c0)
         } else {
             // SAFETY: row t−1 lies inside the `steps × H` outputs.
-            unsafe {
-                (
-                    self.h.add((t - 1) * self.hidden),
-                    self.c.add((t - 1) * self.hidden),
-                )
-            }
+            unsafe { (self.h.add((t - 1) * self.hidden), self.c.add((t - 1) * self.hidden)) }
         }
     }
 }
@@ -303,25 +275,11 @@ impl Raw {
 /// each; adding the bias here spares a pass over the projections). The first
 /// step continues from the last row of `out`, or from `h0`, `c0` when `out` is
 /// empty, so a text can be fed in pieces (e.g. as its input projection is computed).
-pub fn lstm_layer(
-    weight_hh: &PackedHh,
-    x_rows: &[&[f32]],
-    bias: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    out: &mut LayerOut,
-) {
+pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f32], c0: &[f32], out: &mut LayerOut) {
     let n = weight_hh.hidden;
     let steps = x_rows.len();
-    assert!(
-        h0.len() == n && c0.len() == n,
-        "state must hold H = {n} values per layer"
-    );
-    assert!(
-        x_rows.iter().all(|r| r.len() == 4 * n),
-        "every input projection must be 4H = {} long",
-        4 * n
-    );
+    assert!(h0.len() == n && c0.len() == n, "state must hold H = {n} values per layer");
+    assert!(x_rows.iter().all(|r| r.len() == 4 * n), "every input projection must be 4H = {} long", 4 * n);
     assert_eq!(bias.len(), 4 * n, "bias must be 4H long");
     let done = out.h.len();
     assert!(
@@ -455,13 +413,11 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
-            _mm512_set1_ps(88.0),
-        );
-        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
         let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_HI), x);
         let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_set1_ps(C6);
@@ -476,10 +432,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     fn sigmoid16(x: __m512) -> __m512 {
         let one = _mm512_set1_ps(1.0);
-        _mm512_div_ps(
-            one,
-            _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))),
-        )
+        _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))))
     }
 
     /// tanh(x) = 2 / (1 + e^(−2x)) − 1.
@@ -488,10 +441,7 @@ mod x86 {
     fn tanh16(x: __m512) -> __m512 {
         let one = _mm512_set1_ps(1.0);
         let e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-2.0)));
-        _mm512_sub_ps(
-            _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(one, e)),
-            one,
-        )
+        _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(one, e)), one)
     }
 
     /// # Safety
@@ -513,10 +463,7 @@ mod x86 {
                     let m: __mmask16 = if width == L { !0 } else { (1u16 << width) - 1 };
                     let start = |q: usize| {
                         let at = q * n + j0;
-                        _mm512_add_ps(
-                            _mm512_maskz_loadu_ps(m, x.add(at)),
-                            _mm512_maskz_loadu_ps(m, raw.bias.add(at)),
-                        )
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m, x.add(at)), _mm512_maskz_loadu_ps(m, raw.bias.add(at)))
                     };
                     let mut even = [start(0), start(1), start(2), start(3)];
                     let mut odd = [_mm512_setzero_ps(); 4];
@@ -529,8 +476,7 @@ mod x86 {
                             even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
                         }
                         for q in 0..4 {
-                            odd[q] =
-                                _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), h1, odd[q]);
+                            odd[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), h1, odd[q]);
                         }
                         p = p.add(8 * L);
                         c += 2;
@@ -564,13 +510,11 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
-            _mm256_set1_ps(88.0),
-        );
-        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        );
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
         let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
         let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
         let mut p = _mm256_set1_ps(C6);
@@ -578,10 +522,7 @@ mod x86 {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coef));
         }
         // |x| ≤ 88 keeps k + 127 in 1..=254, a normal exponent.
-        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(k),
-            _mm256_set1_epi32(127),
-        ));
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)));
         _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
     }
 
@@ -589,10 +530,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn sigmoid8(x: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
-        _mm256_div_ps(
-            one,
-            _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))),
-        )
+        _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))))
     }
 
     #[inline]
@@ -600,10 +538,7 @@ mod x86 {
     fn tanh8(x: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
         let e = exp8(_mm256_mul_ps(x, _mm256_set1_ps(-2.0)));
-        _mm256_sub_ps(
-            _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)),
-            one,
-        )
+        _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)), one)
     }
 
     /// # Safety
@@ -622,16 +557,10 @@ mod x86 {
                 for b in block_order(t, n.div_ceil(L)) {
                     let j0 = b * L;
                     let width = (L.min(n - j0)) as i32;
-                    let m = _mm256_cmpgt_epi32(
-                        _mm256_set1_epi32(width),
-                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                    );
+                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
                     let start = |q: usize| {
                         let at = q * n + j0;
-                        _mm256_add_ps(
-                            _mm256_maskload_ps(x.add(at), m),
-                            _mm256_maskload_ps(raw.bias.add(at), m),
-                        )
+                        _mm256_add_ps(_mm256_maskload_ps(x.add(at), m), _mm256_maskload_ps(raw.bias.add(at), m))
                     };
                     let mut even = [start(0), start(1), start(2), start(3)];
                     let mut odd = [_mm256_setzero_ps(); 4];
@@ -645,8 +574,7 @@ mod x86 {
                             even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), h0, even[q]);
                         }
                         for q in 0..4 {
-                            odd[q] =
-                                _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), h1, odd[q]);
+                            odd[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), h1, odd[q]);
                         }
                         p = p.add(8 * L);
                         c += 2;
@@ -693,10 +621,7 @@ pub fn softmax_rows(rows: &mut [f32], width: usize) {
                     acc[l] = op(acc[l], chunk[l]);
                 }
             }
-            chunks
-                .remainder()
-                .iter()
-                .fold(acc.into_iter().fold(init, &op), |a, &b| op(a, b))
+            chunks.remainder().iter().fold(acc.into_iter().fold(init, &op), |a, &b| op(a, b))
         }
         for row in rows.chunks_exact_mut(width) {
             let max = lanes(row, f32::NEG_INFINITY, f32::max);
@@ -712,11 +637,7 @@ pub fn softmax_rows(rows: &mut [f32], width: usize) {
     if width == 0 {
         return;
     }
-    assert_eq!(
-        rows.len() % width,
-        0,
-        "softmax_rows: length is not a multiple of the row width"
-    );
+    assert_eq!(rows.len() % width, 0, "softmax_rows: length is not a multiple of the row width");
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
@@ -758,10 +679,7 @@ pub fn gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "gemm: buffers too small"
-    );
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: buffers too small");
     if m == 0 || n == 0 {
         return;
     }
@@ -820,25 +738,12 @@ mod tests {
         let n = h0.len();
         let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
         let (mut h, mut c) = (h0.to_vec(), c0.to_vec());
-        let mut out = LayerOut {
-            h: vec![],
-            c: vec![],
-            i: vec![],
-            f: vec![],
-            g: vec![],
-            o: vec![],
-        };
+        let mut out = LayerOut { h: vec![], c: vec![], i: vec![], f: vec![], g: vec![], o: vec![] };
         for xt in x {
-            let pre: Vec<f32> = (0..4 * n)
-                .map(|r| xt[r] + bias[r] + (0..n).map(|k| w[r * n + k] * h[k]).sum::<f32>())
-                .collect();
+            let pre: Vec<f32> =
+                (0..4 * n).map(|r| xt[r] + bias[r] + (0..n).map(|k| w[r * n + k] * h[k]).sum::<f32>()).collect();
             for j in 0..n {
-                let (i, f, g, o) = (
-                    sig(pre[j]),
-                    sig(pre[n + j]),
-                    pre[2 * n + j].tanh(),
-                    sig(pre[3 * n + j]),
-                );
+                let (i, f, g, o) = (sig(pre[j]), sig(pre[n + j]), pre[2 * n + j].tanh(), sig(pre[3 * n + j]));
                 c[j] = f * c[j] + i * g;
                 h[j] = o * c[j].tanh();
                 out.i.push(i);
@@ -853,20 +758,9 @@ mod tests {
     }
 
     /// Runs one kernel directly, whatever `simd()` says.
-    fn run(
-        kernel: &str,
-        w: &[f32],
-        x: &[Vec<f32>],
-        bias: &[f32],
-        h0: &[f32],
-        c0: &[f32],
-    ) -> LayerOut {
+    fn run(kernel: &str, w: &[f32], x: &[Vec<f32>], bias: &[f32], h0: &[f32], c0: &[f32]) -> LayerOut {
         let n = h0.len();
-        let lanes = if kernel.ends_with("16") || kernel == "avx512" {
-            16
-        } else {
-            8
-        };
+        let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
         let packed = PackedHh::with_lanes(w, n, lanes);
         let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
         let steps = x.len();
@@ -930,9 +824,7 @@ mod tests {
         for n in [1, 3, 8, 13, 16, 21, 40, 64] {
             let scale = 2.0 / (n as f32).sqrt();
             let w: Vec<f32> = (0..4 * n * n).map(|_| rng.range(-scale, scale)).collect();
-            let x: Vec<Vec<f32>> = (0..6)
-                .map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect())
-                .collect();
+            let x: Vec<Vec<f32>> = (0..6).map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect()).collect();
             let h0: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0)).collect();
             let c0: Vec<f32> = (0..n).map(|_| rng.range(-3.0, 3.0)).collect();
             let bias: Vec<f32> = (0..4 * n).map(|_| rng.range(-1.0, 1.0)).collect();
@@ -947,15 +839,8 @@ mod tests {
                     ("g", &got.g, &want.g),
                     ("o", &got.o, &want.o),
                 ] {
-                    let diff = a
-                        .iter()
-                        .zip(b)
-                        .map(|(p, q)| (p - q).abs())
-                        .fold(0.0, f32::max);
-                    assert!(
-                        diff < 2e-6,
-                        "{kernel}, H = {n}: {name} differs from the equations by {diff}"
-                    );
+                    let diff = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+                    assert!(diff < 2e-6, "{kernel}, H = {n}: {name} differs from the equations by {diff}");
                 }
             }
         }
@@ -965,14 +850,7 @@ mod tests {
     fn lstm_layer_handles_an_empty_text() {
         let w = vec![0.5; 4 * 3 * 3];
         let mut out = LayerOut::default();
-        lstm_layer(
-            &PackedHh::new(&w, 3),
-            &[],
-            &[0.0; 12],
-            &[0.0; 3],
-            &[0.0; 3],
-            &mut out,
-        );
+        lstm_layer(&PackedHh::new(&w, 3), &[], &[0.0; 12], &[0.0; 3], &[0.0; 3], &mut out);
         assert!(out.h.is_empty() && out.o.is_empty());
     }
 
@@ -981,9 +859,7 @@ mod tests {
         let mut rng = crate::rng::Rng::new(5);
         let n = 21;
         let w: Vec<f32> = (0..4 * n * n).map(|_| rng.range(-0.4, 0.4)).collect();
-        let x: Vec<Vec<f32>> = (0..9)
-            .map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect())
-            .collect();
+        let x: Vec<Vec<f32>> = (0..9).map(|_| (0..4 * n).map(|_| rng.range(-2.0, 2.0)).collect()).collect();
         let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
         let (h0, c0, bias) = (vec![0.1; n], vec![-0.2; n], vec![0.3; 4 * n]);
         let packed = PackedHh::new(&w, n);

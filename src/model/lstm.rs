@@ -69,15 +69,9 @@ impl Weights {
 
     /// Number of scalar parameters.
     pub fn param_count(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| l.weight_ih.len() + l.weight_hh.len() + l.bias_ih.len() + l.bias_hh.len())
-            .sum();
-        layers
-            + self.embedding.as_ref().map_or(0, |e| e.len())
-            + self.decoder_weight.len()
-            + self.decoder_bias.len()
+        let layers: usize =
+            self.layers.iter().map(|l| l.weight_ih.len() + l.weight_hh.len() + l.bias_ih.len() + l.bias_hh.len()).sum();
+        layers + self.embedding.as_ref().map_or(0, |e| e.len()) + self.decoder_weight.len() + self.decoder_bias.len()
     }
 
     /// Every tensor by its PyTorch `state_dict` name.
@@ -195,8 +189,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Hidden, Kind::Cell, Kind::Input, Kind::Forget, Kind::Candidate, Kind::Output];
+    pub const ALL: [Kind; 6] = [Kind::Hidden, Kind::Cell, Kind::Input, Kind::Forget, Kind::Candidate, Kind::Output];
 
     /// The one-letter name used in URLs, the API and the CLI.
     pub fn letter(self) -> &'static str {
@@ -286,21 +279,12 @@ fn tensor_shape_str(shape: &[usize]) -> String {
     format!("{shape:?}")
 }
 
-fn take(
-    tensors: &mut BTreeMap<String, Tensor>,
-    name: &str,
-    expected: &[usize],
-) -> Result<Vec<f32>, LoadError> {
-    let t = tensors.remove(name).ok_or_else(|| LoadError::MissingTensor {
-        name: name.to_string(),
-        expected: tensor_shape_str(expected),
-    })?;
+fn take(tensors: &mut BTreeMap<String, Tensor>, name: &str, expected: &[usize]) -> Result<Vec<f32>, LoadError> {
+    let t = tensors
+        .remove(name)
+        .ok_or_else(|| LoadError::MissingTensor { name: name.to_string(), expected: tensor_shape_str(expected) })?;
     if t.shape != expected {
-        return Err(LoadError::WrongShape {
-            name: name.to_string(),
-            found: t.shape,
-            expected: expected.to_vec(),
-        });
+        return Err(LoadError::WrongShape { name: name.to_string(), found: t.shape, expected: expected.to_vec() });
     }
     if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(LoadError::NonFinite { name: name.to_string(), index, value });
@@ -358,8 +342,7 @@ impl Model {
 
     /// Loads a model file (DESIGN §3).
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
         let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
         Self::from_bytes(&bytes, name)
     }
@@ -372,14 +355,12 @@ impl Model {
         if arch != "lstm" {
             return Err(LoadError::UnknownArch(arch.clone()));
         }
-        let vocab = Vocab::from_json(
-            meta.get("cellscope.vocab").ok_or(LoadError::MissingMetadata("cellscope.vocab"))?,
-        )?;
+        let vocab =
+            Vocab::from_json(meta.get("cellscope.vocab").ok_or(LoadError::MissingMetadata("cellscope.vocab"))?)?;
         let train = match meta.get("cellscope.train") {
             None => serde_json::json!({}),
             Some(s) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(s).map_err(|e| LoadError::TrainMeta(e.to_string()))?;
+                let v: serde_json::Value = serde_json::from_str(s).map_err(|e| LoadError::TrainMeta(e.to_string()))?;
                 if !v.is_object() {
                     return Err(LoadError::TrainMeta("found a non-object value".into()));
                 }
@@ -398,10 +379,7 @@ impl Model {
         }
         let hidden = match tensors.get("rnn.weight_hh_l0") {
             None => {
-                return Err(LoadError::MissingTensor {
-                    name: "rnn.weight_hh_l0".into(),
-                    expected: "[4H, H]".into(),
-                })
+                return Err(LoadError::MissingTensor { name: "rnn.weight_hh_l0".into(), expected: "[4H, H]".into() })
             }
             Some(t) if t.shape.len() == 2 && t.shape[1] > 0 && t.shape[0] == GATES * t.shape[1] => t.shape[1],
             Some(t) => {
@@ -454,8 +432,7 @@ impl Model {
     /// Serialises the model in the DESIGN §3 format.
     pub fn to_bytes(&self) -> Vec<u8> {
         let named = self.weights.named_tensors();
-        let tensors: BTreeMap<String, (Vec<usize>, &[f32])> =
-            named.into_iter().map(|(n, s, d)| (n, (s, d))).collect();
+        let tensors: BTreeMap<String, (Vec<usize>, &[f32])> = named.into_iter().map(|(n, s, d)| (n, (s, d))).collect();
         let mut meta = BTreeMap::new();
         meta.insert("cellscope.arch".to_string(), self.arch.name().to_string());
         meta.insert("cellscope.vocab".to_string(), self.vocab.to_json());

@@ -7,8 +7,8 @@ pub mod safetensors;
 mod vocab;
 
 pub use lstm::{
-    softmax_in_place, write_atomic, Arch, Kind, LayerTrace, LayerWeights, LoadError, Model, State, Trace,
-    Weights, GATES,
+    softmax_in_place, write_atomic, Arch, Kind, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights,
+    GATES,
 };
 pub use vocab::{Encoded, Vocab, VocabError};
 

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 pub enum FormatError {
     #[error("file is {0} bytes, too short to be a safetensors file (needs an 8-byte header length)")]
     TooShort(usize),
-    #[error("header length {header} exceeds the file's remaining {available} bytes (truncated or not a safetensors file)")]
+    #[error(
+        "header length {header} exceeds the file's remaining {available} bytes (truncated or not a safetensors file)"
+    )]
     HeaderTooLong { header: u64, available: usize },
     #[error("header is not valid JSON ({0}); is this a safetensors file?")]
     BadHeader(String),
@@ -75,28 +77,22 @@ pub fn parse(bytes: &[u8]) -> Result<TensorFile, FormatError> {
     let (header, data) = rest.split_at(header_len as usize);
     let header: serde_json::Value =
         serde_json::from_slice(header).map_err(|e| FormatError::BadHeader(e.to_string()))?;
-    let entries = header
-        .as_object()
-        .ok_or_else(|| FormatError::BadHeader("the header is not a JSON object".into()))?;
+    let entries = header.as_object().ok_or_else(|| FormatError::BadHeader("the header is not a JSON object".into()))?;
 
     let mut file = TensorFile::default();
     for (name, entry) in entries {
         if name == "__metadata__" {
-            let meta = entry
-                .as_object()
-                .ok_or_else(|| FormatError::BadHeader("__metadata__ is not an object".into()))?;
+            let meta =
+                entry.as_object().ok_or_else(|| FormatError::BadHeader("__metadata__ is not an object".into()))?;
             for (k, v) in meta {
-                let v = v.as_str().ok_or_else(|| {
-                    FormatError::BadHeader(format!("metadata value of {k} is not a string"))
-                })?;
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| FormatError::BadHeader(format!("metadata value of {k} is not a string")))?;
                 file.metadata.insert(k.clone(), v.to_string());
             }
             continue;
         }
-        let dtype = entry
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| bad(name, "lacks a dtype string"))?;
+        let dtype = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(name, "lacks a dtype string"))?;
         let shape: Vec<usize> = entry
             .get("shape")
             .and_then(|s| s.as_array())
@@ -115,17 +111,10 @@ pub fn parse(bytes: &[u8]) -> Result<TensorFile, FormatError> {
             "F32" => 4,
             "F16" | "BF16" => 2,
             "F64" => 8,
-            other => {
-                return Err(FormatError::UnsupportedDtype {
-                    name: name.clone(),
-                    dtype: other.to_string(),
-                })
-            }
+            other => return Err(FormatError::UnsupportedDtype { name: name.clone(), dtype: other.to_string() }),
         };
-        let count = shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| bad(name, "shape overflows"))?;
+        let count =
+            shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(name, "shape overflows"))?;
         let (begin, end) = offsets;
         if begin > end || end > data.len() as u64 {
             return Err(bad(
@@ -143,29 +132,19 @@ pub fn parse(bytes: &[u8]) -> Result<TensorFile, FormatError> {
         let values: Vec<f32> = match dtype {
             "F32" => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             "F16" => raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-            "BF16" => raw
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .collect(),
-            _ => raw
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                .collect(),
+            "BF16" => {
+                raw.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+            }
+            _ => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
         };
-        file.tensors.insert(
-            name.clone(),
-            Tensor { shape, data: values, stored_dtype: dtype.to_string() },
-        );
+        file.tensors.insert(name.clone(), Tensor { shape, data: values, stored_dtype: dtype.to_string() });
     }
     Ok(file)
 }
 
 /// Serialises f32 tensors and string metadata. Tensors are written in name order,
 /// which is what `safetensors.torch.save_file` does too.
-pub fn serialize(
-    tensors: &BTreeMap<String, (Vec<usize>, &[f32])>,
-    metadata: &BTreeMap<String, String>,
-) -> Vec<u8> {
+pub fn serialize(tensors: &BTreeMap<String, (Vec<usize>, &[f32])>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings"));
@@ -173,10 +152,7 @@ pub fn serialize(
     let mut offset = 0usize;
     for (name, (shape, data)) in tensors {
         let end = offset + data.len() * 4;
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
-        );
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
         offset = end;
     }
     let mut header = serde_json::to_vec(&header).expect("json");

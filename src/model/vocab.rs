@@ -50,8 +50,7 @@ impl Vocab {
 
     /// Parses the `cellscope.vocab` metadata value.
     pub fn from_json(json: &str) -> Result<Self, VocabError> {
-        let entries: Vec<String> =
-            serde_json::from_str(json).map_err(|e| VocabError::NotJson(e.to_string()))?;
+        let entries: Vec<String> = serde_json::from_str(json).map_err(|e| VocabError::NotJson(e.to_string()))?;
         let mut chars = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             let mut it = entry.chars();
@@ -133,10 +132,7 @@ mod tests {
 
     #[test]
     fn bad_vocabularies_say_why() {
-        assert_eq!(
-            Vocab::from_json(r#"["a","b","a"]"#),
-            Err(VocabError::Duplicate { ch: 'a', first: 0, second: 2 })
-        );
+        assert_eq!(Vocab::from_json(r#"["a","b","a"]"#), Err(VocabError::Duplicate { ch: 'a', first: 0, second: 2 }));
         assert!(matches!(Vocab::from_json(r#"["ab"]"#), Err(VocabError::NotOneChar { index: 0, .. })));
         assert!(matches!(Vocab::from_json(r#"[""]"#), Err(VocabError::NotOneChar { .. })));
         assert_eq!(Vocab::from_json("[]"), Err(VocabError::Empty));

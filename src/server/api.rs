@@ -282,7 +282,10 @@ pub fn request_labels(
 }
 
 /// `POST /api/cells/rank`
-pub async fn rank_cells(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
+pub async fn rank_cells(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
     let body = body.map_err(|r| body_rejection(r, state.limits.max_body_bytes))?;
     let req: RankRequest = parse_json(&body)?;
     check_text(&state, &req.text)?;
@@ -290,16 +293,20 @@ pub async fn rank_cells(State(state): State<AppState>, body: Result<Bytes, Bytes
     let kinds = parse_kinds(req.kinds.as_deref(), &Kind::ALL)?;
     let metric: GradedMetric = match req.metric.as_deref() {
         None => GradedMetric::default(),
-        Some(m) => m.parse().map_err(|_| AppError::invalid("bad_metric", format!("unknown metric {m:?}; use pearson or spearman")))?,
+        Some(m) => m
+            .parse()
+            .map_err(|_| AppError::invalid("bad_metric", format!("unknown metric {m:?}; use pearson or spearman")))?,
     };
     let top_k = req.top_k.unwrap_or(20);
-    let (feature, labels) = request_labels(&req.text, req.feature.as_deref(), req.regex.as_deref(), req.spans.as_deref())?;
+    let (feature, labels) =
+        request_labels(&req.text, req.feature.as_deref(), req.regex.as_deref(), req.spans.as_deref())?;
     let metric_name = crate::analysis::metric_name(&labels, metric);
     let trace = run_trace(&state, req.text).await?;
-    let ranked = tokio::task::spawn_blocking(move || crate::finder::rank_trace(&trace, &labels, &layers, &kinds, metric))
-        .await
-        .map_err(|e| AppError::internal(format!("ranking failed: {e}")))?
-        .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;
+    let ranked =
+        tokio::task::spawn_blocking(move || crate::finder::rank_trace(&trace, &labels, &layers, &kinds, metric))
+            .await
+            .map_err(|e| AppError::internal(format!("ranking failed: {e}")))?
+            .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;
     let cells: Vec<_> = ranked.into_iter().take(top_k).collect();
     Ok(Json(json!({"feature": feature, "metric": metric_name, "cells": cells})).into_response())
 }

@@ -70,7 +70,11 @@ impl IntoResponse for AppError {
 /// line/column message.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
     if bytes.is_empty() {
-        return Err(AppError::new(StatusCode::BAD_REQUEST, "malformed_json", "request body is empty; send a JSON object"));
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;

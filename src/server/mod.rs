@@ -130,7 +130,10 @@ pub struct ServeArgs {
 
 /// Loads the reference text: the flag, else `<model stem>.reference.txt` beside
 /// the model, else the built-in sample.
-pub fn load_reference(model_path: &std::path::Path, flag: Option<&std::path::Path>) -> anyhow::Result<(String, String)> {
+pub fn load_reference(
+    model_path: &std::path::Path,
+    flag: Option<&std::path::Path>,
+) -> anyhow::Result<(String, String)> {
     if let Some(p) = flag {
         let text = std::fs::read_to_string(p).with_context(|| format!("reading --reference {}", p.display()))?;
         return Ok((text, p.display().to_string()));

@@ -125,10 +125,7 @@ struct KindOption {
 }
 
 fn kind_options(selected: Kind) -> Vec<KindOption> {
-    Kind::ALL
-        .iter()
-        .map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected })
-        .collect()
+    Kind::ALL.iter().map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected }).collect()
 }
 
 #[derive(Template)]
@@ -179,7 +176,8 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
     let model = state.model.clone();
     let sample = q.sample.as_deref().and_then(|id| SAMPLES.iter().find(|s| s.id == id)).unwrap_or(&SAMPLES[0]);
     // Forms send textarea newlines as CRLF; the model (and the script path) use LF.
-    let text = q.text.as_deref().map_or_else(|| sample.text.to_string(), |t| t.replace("\r\n", "\n").replace('\r', "\n"));
+    let text =
+        q.text.as_deref().map_or_else(|| sample.text.to_string(), |t| t.replace("\r\n", "\n").replace('\r', "\n"));
     let layer = q.layer.unwrap_or(0).min(model.layers() - 1);
     let kind = q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell);
     let cell = q.cell.unwrap_or(0).min(model.hidden_size() - 1);
@@ -244,7 +242,10 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
 }
 
 /// `GET /` (optionally `?sample=prose&layer=1&kind=c&cell=42`).
-pub async fn index(State(state): State<AppState>, q: Result<Query<ViewQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+pub async fn index(
+    State(state): State<AppState>,
+    q: Result<Query<ViewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     match q {
         Ok(Query(q)) => render_index(state, q).await,
         Err(e) => html_error(StatusCode::BAD_REQUEST, "Bad query string", &e.body_text()),
@@ -394,7 +395,10 @@ fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
     let (w, h) = (480.0, 140.0);
     let max = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
     let bw = w / counts.len() as f32;
-    let mut s = format!("<svg class=\"hist\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"activation histogram\">", h + 20.0);
+    let mut s = format!(
+        "<svg class=\"hist\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"activation histogram\">",
+        h + 20.0
+    );
     for (i, &c) in counts.iter().enumerate() {
         let bh = h * c as f32 / max;
         let u = -1.0 + 2.0 * (i as f32 + 0.5) / counts.len() as f32;
@@ -534,8 +538,18 @@ fn curve_svg(train: &serde_json::Value) -> String {
         h - pad,
         w - pad
     );
-    let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{max_step} steps</text>", w - pad, h - 8.0);
-    let _ = write!(s, "<text x=\"4\" y=\"{}\" font-size=\"11\">{y_hi}</text><text x=\"4\" y=\"{}\" font-size=\"11\">{y_lo}</text>", pad, h - pad);
+    let _ = write!(
+        s,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{max_step} steps</text>",
+        w - pad,
+        h - 8.0
+    );
+    let _ = write!(
+        s,
+        "<text x=\"4\" y=\"{}\" font-size=\"11\">{y_hi}</text><text x=\"4\" y=\"{}\" font-size=\"11\">{y_lo}</text>",
+        pad,
+        h - pad
+    );
     s.push_str("<text x=\"60\" y=\"20\" font-size=\"12\" fill=\"#999\">train loss</text><text x=\"150\" y=\"20\" font-size=\"12\" fill=\"#b2182b\">validation loss (nats/char)</text></svg>");
     s
 }
@@ -548,9 +562,21 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
     let pad = 24.0;
     let mut s = String::from("<div class=\"sat\">");
     for (gi, gate) in [Kind::Input, Kind::Forget, Kind::Output].iter().enumerate() {
-        let _ = write!(s, "<figure><svg viewBox=\"0 0 {0} {0}\" role=\"img\" aria-label=\"{1} saturation\">", size + 2.0 * pad, gate.describe());
-        let _ = write!(s, "<rect x=\"{pad}\" y=\"{pad}\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#333\"/>");
-        let _ = write!(s, "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{0}\" y2=\"{0}\" stroke=\"#ccc\" transform=\"translate(0,0)\"/>", pad + size);
+        let _ = write!(
+            s,
+            "<figure><svg viewBox=\"0 0 {0} {0}\" role=\"img\" aria-label=\"{1} saturation\">",
+            size + 2.0 * pad,
+            gate.describe()
+        );
+        let _ = write!(
+            s,
+            "<rect x=\"{pad}\" y=\"{pad}\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#333\"/>"
+        );
+        let _ = write!(
+            s,
+            "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{0}\" y2=\"{0}\" stroke=\"#ccc\" transform=\"translate(0,0)\"/>",
+            pad + size
+        );
         for (layer, gates) in rt.saturation.iter().enumerate() {
             for &(right, left) in &gates[gi].1 {
                 let _ = write!(
@@ -563,7 +589,12 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
             }
         }
         let _ = write!(s, "<text x=\"{pad}\" y=\"14\" font-size=\"12\">{}</text>", gate.describe());
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">right-saturated →</text>", pad + size, size + 2.0 * pad - 4.0);
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">right-saturated →</text>",
+            pad + size,
+            size + 2.0 * pad - 4.0
+        );
         s.push_str("</svg></figure>");
     }
     s.push_str("<p class=\"muted\">Colour = layer: ");
@@ -591,7 +622,10 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
         ("Best validation loss (nats/char)".into(), num("best_val_loss")),
         ("Test loss (nats/char)".into(), num("test_loss")),
         ("Training steps".into(), t.get("steps").map_or("—".into(), |v| v.to_string())),
-        ("Training time".into(), t.get("train_seconds").and_then(|v| v.as_f64()).map_or("—".into(), |s| format!("{:.1} h", s / 3600.0))),
+        (
+            "Training time".into(),
+            t.get("train_seconds").and_then(|v| v.as_f64()).map_or("—".into(), |s| format!("{:.1} h", s / 3600.0)),
+        ),
         ("Corpus".into(), t.get("corpus").and_then(|v| v.as_str()).unwrap_or("—").to_string()),
     ];
     let tensors = model.weights.named_tensors().into_iter().map(|(n, s, _)| (n, format!("{s:?}"))).collect();

@@ -37,10 +37,7 @@ pub struct StreamState {
 
 impl StreamState {
     pub fn zeros(layers: usize, batch: usize, hidden: usize) -> Self {
-        Self {
-            h: vec![vec![0.0; batch * hidden]; layers],
-            c: vec![vec![0.0; batch * hidden]; layers],
-        }
+        Self { h: vec![vec![0.0; batch * hidden]; layers], c: vec![vec![0.0; batch * hidden]; layers] }
     }
 }
 
@@ -108,18 +105,9 @@ fn gates_forward_body(
         let (af, rest) = rest.split_at(n);
         let (ag, ao) = rest.split_at(n);
         let r = b * n..(b + 1) * n;
-        let (cp, cn, hn) = (
-            &c_prev[r.clone()],
-            &mut c_next[r.clone()],
-            &mut h_next[r.clone()],
-        );
-        let (is, fs, gs, os, tc) = (
-            &mut is[r.clone()],
-            &mut fs[r.clone()],
-            &mut gs[r.clone()],
-            &mut os[r.clone()],
-            &mut tc[r],
-        );
+        let (cp, cn, hn) = (&c_prev[r.clone()], &mut c_next[r.clone()], &mut h_next[r.clone()]);
+        let (is, fs, gs, os, tc) =
+            (&mut is[r.clone()], &mut fs[r.clone()], &mut gs[r.clone()], &mut os[r.clone()], &mut tc[r]);
         for j in 0..n {
             let i = sigmoid(ai[j]);
             let f = sigmoid(af[j]);
@@ -175,8 +163,7 @@ fn gates_forward(
     n: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx512 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    {
+    if simd() == Simd::Avx512 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: `simd()` reports AVX-512 only when the CPU has AVX-512F, and AVX2
         // and FMA were just checked.
         return unsafe { gates_forward_avx512(a, c_prev, c_next, h_next, is, fs, gs, os, tc, n) };
@@ -206,19 +193,9 @@ fn gates_backward(
         let (af, rest) = rest.split_at_mut(n);
         let (ag, ao) = rest.split_at_mut(n);
         let r = b * n..(b + 1) * n;
-        let (cp, dha, dhn, dcn) = (
-            &c_prev[r.clone()],
-            &dh_above[r.clone()],
-            &dh_next[r.clone()],
-            &mut dc_next[r.clone()],
-        );
-        let (is, fs, gs, os, tc) = (
-            &is[r.clone()],
-            &fs[r.clone()],
-            &gs[r.clone()],
-            &os[r.clone()],
-            &tc[r],
-        );
+        let (cp, dha, dhn, dcn) =
+            (&c_prev[r.clone()], &dh_above[r.clone()], &dh_next[r.clone()], &mut dc_next[r.clone()]);
+        let (is, fs, gs, os, tc) = (&is[r.clone()], &fs[r.clone()], &gs[r.clone()], &os[r.clone()], &tc[r]);
         for j in 0..n {
             let dh = dha[j] + dhn[j];
             let (i, f, gg, o, tcv) = (is[j], fs[j], gs[j], os[j], tc[j]);
@@ -274,26 +251,14 @@ pub fn loss_and_grad(
         let (below, rest) = ws.layers.split_at_mut(k);
         let lb = &mut rest[0];
         reuse(&mut lb.a, rows * g4);
-        for buf in [
-            &mut lb.i,
-            &mut lb.f,
-            &mut lb.g,
-            &mut lb.o,
-            &mut lb.tanh_c,
-            &mut lb.out,
-        ] {
+        for buf in [&mut lb.i, &mut lb.f, &mut lb.g, &mut lb.o, &mut lb.tanh_c, &mut lb.out] {
             reuse(buf, rows * n);
         }
         reuse(&mut lb.h, (steps + 1) * batch * n);
         reuse(&mut lb.c, (steps + 1) * batch * n);
         lb.h[..batch * n].copy_from_slice(&state.h[k]);
         lb.c[..batch * n].copy_from_slice(&state.c[k]);
-        let bias: Vec<f32> = lw
-            .bias_ih
-            .iter()
-            .zip(lw.bias_hh.iter())
-            .map(|(a, b)| a + b)
-            .collect();
+        let bias: Vec<f32> = lw.bias_ih.iter().zip(lw.bias_hh.iter()).map(|(a, b)| a + b).collect();
         for row in lb.a.chunks_exact_mut(g4) {
             row.copy_from_slice(&bias);
         }
@@ -306,26 +271,10 @@ pub fn loss_and_grad(
             }
         } else {
             let x = &below[k - 1].out;
-            gemm(
-                rows,
-                n,
-                g4,
-                1.0,
-                x,
-                Trans::N,
-                lw.weight_ih.as_slice().unwrap(),
-                Trans::T,
-                1.0,
-                &mut lb.a,
-            );
+            gemm(rows, n, g4, 1.0, x, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::T, 1.0, &mut lb.a);
         }
         // W_hhᵀ (H × 4H) from W_hh (4H × H).
-        let w_hh_t = PackedB::new(
-            lw.weight_hh.as_slice().expect("standard layout"),
-            n,
-            g4,
-            true,
-        );
+        let w_hh_t = PackedB::new(lw.weight_hh.as_slice().expect("standard layout"), n, g4, true);
         for t in 0..steps {
             let bn = batch * n;
             let a = &mut lb.a[t * batch * g4..(t + 1) * batch * g4];
@@ -365,18 +314,7 @@ pub fn loss_and_grad(
     for row in ws.logits.chunks_exact_mut(v) {
         row.copy_from_slice(w.decoder_bias.as_slice().unwrap());
     }
-    gemm(
-        rows,
-        n,
-        v,
-        1.0,
-        top,
-        Trans::N,
-        w.decoder_weight.as_slice().unwrap(),
-        Trans::T,
-        1.0,
-        &mut ws.logits,
-    );
+    gemm(rows, n, v, 1.0, top, Trans::N, w.decoder_weight.as_slice().unwrap(), Trans::T, 1.0, &mut ws.logits);
     let mut loss = 0f64;
     for (row, &target) in ws.logits.chunks_exact_mut(v).zip(targets) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -398,18 +336,7 @@ pub fn loss_and_grad(
 
     // Backward: decoder.
     let dlogits = &ws.logits;
-    gemm(
-        v,
-        rows,
-        n,
-        1.0,
-        dlogits,
-        Trans::T,
-        top,
-        Trans::N,
-        1.0,
-        grads.decoder_weight.as_slice_mut().unwrap(),
-    );
+    gemm(v, rows, n, 1.0, dlogits, Trans::T, top, Trans::N, 1.0, grads.decoder_weight.as_slice_mut().unwrap());
     let db = grads.decoder_bias.as_slice_mut().unwrap();
     for row in dlogits.chunks_exact(v) {
         for (d, x) in db.iter_mut().zip(row) {
@@ -417,18 +344,7 @@ pub fn loss_and_grad(
         }
     }
     reuse(&mut ws.d_above, rows * n);
-    gemm(
-        rows,
-        v,
-        n,
-        1.0,
-        dlogits,
-        Trans::N,
-        w.decoder_weight.as_slice().unwrap(),
-        Trans::N,
-        0.0,
-        &mut ws.d_above,
-    );
+    gemm(rows, v, n, 1.0, dlogits, Trans::N, w.decoder_weight.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_above);
 
     for k in (0..n_layers).rev() {
         let lw = &w.layers[k];
@@ -447,44 +363,16 @@ pub fn loss_and_grad(
         let w_hh = PackedB::new(lw.weight_hh.as_slice().unwrap(), g4, n, false);
         for t in (0..steps).rev() {
             let r = t * bn..(t + 1) * bn;
-            let (is, fs, gs, os, tc) = (
-                &lb.i[r.clone()],
-                &lb.f[r.clone()],
-                &lb.g[r.clone()],
-                &lb.o[r.clone()],
-                &lb.tanh_c[r.clone()],
-            );
+            let (is, fs, gs, os, tc) =
+                (&lb.i[r.clone()], &lb.f[r.clone()], &lb.g[r.clone()], &lb.o[r.clone()], &lb.tanh_c[r.clone()]);
             let c_prev = &lb.c[t * bn..(t + 1) * bn];
             let dh_above = &ws.d_above[r];
             let a = &mut lb.a[t * batch * g4..(t + 1) * batch * g4];
-            gates_backward(
-                a,
-                c_prev,
-                dh_above,
-                &ws.dh_next,
-                &mut ws.dc_next,
-                is,
-                fs,
-                gs,
-                os,
-                tc,
-                n,
-            );
+            gates_backward(a, c_prev, dh_above, &ws.dh_next, &mut ws.dc_next, is, fs, gs, os, tc, n);
             gemm_packed(batch, g4, n, a, &w_hh, 0.0, &mut ws.dh_next);
         }
         let da = &lb.a;
-        gemm(
-            g4,
-            rows,
-            n,
-            1.0,
-            da,
-            Trans::T,
-            &lb.h[..rows * n],
-            Trans::N,
-            1.0,
-            lg.weight_hh.as_slice_mut().unwrap(),
-        );
+        gemm(g4, rows, n, 1.0, da, Trans::T, &lb.h[..rows * n], Trans::N, 1.0, lg.weight_hh.as_slice_mut().unwrap());
         let dbi = lg.bias_ih.as_slice_mut().unwrap();
         for row in da.chunks_exact(g4) {
             for (d, x) in dbi.iter_mut().zip(row) {
@@ -495,31 +383,9 @@ pub fn loss_and_grad(
         dbh.copy_from_slice(dbi);
         if k > 0 {
             let x = &below[k - 1].out;
-            gemm(
-                g4,
-                rows,
-                n,
-                1.0,
-                da,
-                Trans::T,
-                x,
-                Trans::N,
-                1.0,
-                lg.weight_ih.as_slice_mut().unwrap(),
-            );
+            gemm(g4, rows, n, 1.0, da, Trans::T, x, Trans::N, 1.0, lg.weight_ih.as_slice_mut().unwrap());
             reuse(&mut ws.d_below, rows * n);
-            gemm(
-                rows,
-                g4,
-                n,
-                1.0,
-                da,
-                Trans::N,
-                lw.weight_ih.as_slice().unwrap(),
-                Trans::N,
-                0.0,
-                &mut ws.d_below,
-            );
+            gemm(rows, g4, n, 1.0, da, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_below);
             std::mem::swap(&mut ws.d_above, &mut ws.d_below);
         } else {
             resize(&mut ws.d_table, v * g4);

@@ -41,21 +41,10 @@ impl PackedB {
     /// n × k holding Bᵀ (so `PackedB::new(w, h, 4 * h, true)` packs W_hhᵀ from
     /// PyTorch's 4H × H W_hh).
     pub fn new(b: &[f32], k: usize, n: usize, transposed: bool) -> Self {
-        assert!(
-            b.len() >= k * n,
-            "PackedB: b holds {} floats, expected {k} × {n}",
-            b.len()
-        );
+        assert!(b.len() >= k * n, "PackedB: b holds {} floats, expected {k} × {n}", b.len());
         let b = &b[..k * n];
         if !use_kernel(n) {
-            return Self {
-                k,
-                n,
-                layout: Layout::Plain {
-                    b: b.to_vec(),
-                    transposed,
-                },
-            };
+            return Self { k, n, layout: Layout::Plain { b: b.to_vec(), transposed } };
         }
         let (row_stride, col_stride) = if transposed { (1, k) } else { (n, 1) };
         let mut data = Vec::with_capacity(k * n);
@@ -64,11 +53,7 @@ impl PackedB {
                 data.extend((0..PANEL).map(|l| b[kk * row_stride + (p * PANEL + l) * col_stride]));
             }
         }
-        Self {
-            k,
-            n,
-            layout: Layout::Panels(data),
-        }
+        Self { k, n, layout: Layout::Panels(data) }
     }
 }
 
@@ -89,16 +74,8 @@ fn use_kernel(n: usize) -> bool {
 /// [`PackedB::new`] with the same k and n. When β = 0, C is only written, so it
 /// need not be initialised.
 pub fn gemm_packed(m: usize, k: usize, n: usize, a: &[f32], b: &PackedB, beta: f32, c: &mut [f32]) {
-    assert!(
-        b.k == k && b.n == n,
-        "gemm_packed: B was packed as {} × {}, called with {k} × {n}",
-        b.k,
-        b.n
-    );
-    assert!(
-        a.len() >= m * k && c.len() >= m * n,
-        "gemm_packed: buffers too small"
-    );
+    assert!(b.k == k && b.n == n, "gemm_packed: B was packed as {} × {}, called with {k} × {n}", b.k, b.n);
+    assert!(a.len() >= m * k && c.len() >= m * n, "gemm_packed: buffers too small");
     match &b.layout {
         Layout::Plain { b, transposed } => {
             let tb = if *transposed { Trans::T } else { Trans::N };
@@ -112,8 +89,7 @@ pub fn gemm_packed(m: usize, k: usize, n: usize, a: &[f32], b: &PackedB, beta: f
                 while r0 < m {
                     let rows = (m - r0).min(TILE_M);
                     let a = &a[r0 * k..(r0 + rows) * k];
-                    let c =
-                        &mut c[r0 * n + group * TILE_N..(r0 + rows - 1) * n + (group + 1) * TILE_N];
+                    let c = &mut c[r0 * n + group * TILE_N..(r0 + rows - 1) * n + (group + 1) * TILE_N];
                     // SAFETY: `Panels` is only built when `use_kernel` saw AVX-512.
                     // `a` holds `rows` rows of k, `panels` four panels of k × 16,
                     // and `c` reaches 64 floats into row `rows − 1` at stride n:
@@ -158,11 +134,7 @@ mod x86 {
         ldc: usize,
         beta: f32,
     ) {
-        debug_assert!(
-            a.len() >= R * k
-                && panels.len() >= 4 * k * PANEL
-                && c.len() >= (R - 1) * ldc + 4 * PANEL
-        );
+        debug_assert!(a.len() >= R * k && panels.len() >= 4 * k * PANEL && c.len() >= (R - 1) * ldc + 4 * PANEL);
         let (a, bp, cp) = (a.as_ptr(), panels.as_ptr(), c.as_mut_ptr());
         let pk = k * PANEL;
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
@@ -183,11 +155,8 @@ mod x86 {
                 for p in 0..4 {
                     let out = cp.add(r * ldc + p * PANEL);
                     // β = 0 must not read C: it may be uninitialised (or NaN).
-                    let sum = if beta == 0.0 {
-                        acc[r][p]
-                    } else {
-                        _mm512_fmadd_ps(bv, _mm512_loadu_ps(out), acc[r][p])
-                    };
+                    let sum =
+                        if beta == 0.0 { acc[r][p] } else { _mm512_fmadd_ps(bv, _mm512_loadu_ps(out), acc[r][p]) };
                     _mm512_storeu_ps(out, sum);
                 }
             }
@@ -205,26 +174,13 @@ mod tests {
     }
 
     /// C = β·C + A·B, B given as k × n (or n × k when `transposed`), in f64.
-    fn naive(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        b: &[f32],
-        transposed: bool,
-        beta: f32,
-        c: &[f32],
-    ) -> Vec<f32> {
+    fn naive(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], transposed: bool, beta: f32, c: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
                 let mut s = beta as f64 * c[i * n + j] as f64;
                 for kk in 0..k {
-                    let bv = if transposed {
-                        b[j * k + kk]
-                    } else {
-                        b[kk * n + j]
-                    };
+                    let bv = if transposed { b[j * k + kk] } else { b[kk * n + j] };
                     s += a[i * k + kk] as f64 * bv as f64;
                 }
                 out[i * n + j] = s as f32;
@@ -258,20 +214,8 @@ mod tests {
                     let c0 = random(&mut rng, m * n);
                     let want = naive(m, k, n, &a, &b, transposed, beta, &c0);
                     // With β = 0 the old C must be ignored, even NaN.
-                    let mut c = if beta == 0.0 {
-                        vec![f32::NAN; m * n]
-                    } else {
-                        c0.clone()
-                    };
-                    gemm_packed(
-                        m,
-                        k,
-                        n,
-                        &a,
-                        &PackedB::new(&b, k, n, transposed),
-                        beta,
-                        &mut c,
-                    );
+                    let mut c = if beta == 0.0 { vec![f32::NAN; m * n] } else { c0.clone() };
+                    gemm_packed(m, k, n, &a, &PackedB::new(&b, k, n, transposed), beta, &mut c);
                     let tol = 1e-5 * (k as f32).sqrt() + 1e-6;
                     for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
                         assert!(

@@ -16,8 +16,8 @@
 //! - `model.log.jsonl`: one JSON object per logged step (loss, val loss, chars/s).
 
 pub mod backprop;
-pub mod optim;
 mod gemm;
+pub mod optim;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -172,7 +172,9 @@ pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize
                                 targets[t * bs + b] = ids[at + 1];
                             }
                         }
-                        total += loss_and_grad(weights, &inputs, &targets, bs, &mut state, 0.0, &mut rng, 1.0, None, &mut ws);
+                        total += loss_and_grad(
+                            weights, &inputs, &targets, bs, &mut state, 0.0, &mut rng, 1.0, None, &mut ws,
+                        );
                         count += steps * bs;
                         pos += steps;
                     }
@@ -290,8 +292,7 @@ fn load_checkpoint(path: &Path, fresh: &Run) -> Result<Run, TrainError> {
         train_meta,
     };
     run.opt.t = t;
-    let names: Vec<(String, usize)> =
-        fresh.weights.named_tensors().into_iter().map(|(n, _, d)| (n, d.len())).collect();
+    let names: Vec<(String, usize)> = fresh.weights.named_tensors().into_iter().map(|(n, _, d)| (n, d.len())).collect();
     for (prefix, target) in [("w.", &mut run.weights), ("m.", &mut run.opt.m), ("v.", &mut run.opt.v)] {
         for ((name, len), slot) in names.iter().zip(target.tensors_mut()) {
             let key = format!("{prefix}{name}");
@@ -437,7 +438,13 @@ pub fn train(
         }
         let r = load_checkpoint(&ckpt_path, &fresh)?;
         if opts.verbose {
-            eprintln!("resuming {} at step {} (epoch {}, batch {})", ckpt_path.display(), r.progress.step, r.progress.epoch, r.progress.batch_in_epoch);
+            eprintln!(
+                "resuming {} at step {} (epoch {}, batch {})",
+                ckpt_path.display(),
+                r.progress.step,
+                r.progress.epoch,
+                r.progress.batch_in_epoch
+            );
         }
         r
     } else {
@@ -563,8 +570,13 @@ pub fn train(
             "lr": run.progress.lr, "chars_per_s": cps, "elapsed_s": run.progress.elapsed_s,
         });
         if step % config.eval_every == 0 || step == total_steps {
-            let model = Model::new(opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()), run.vocab.clone(), run.weights.clone(), serde_json::Value::Null)
-                .map_err(|e| TrainError::Config(e.to_string()))?;
+            let model = Model::new(
+                opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+                run.vocab.clone(),
+                run.weights.clone(),
+                serde_json::Value::Null,
+            )
+            .map_err(|e| TrainError::Config(e.to_string()))?;
             let val = evaluate_batched(&run.weights, &val_ids, config.batch, config.seq, config.threads);
             record["val_loss"] = serde_json::json!(val);
             if run.progress.best_val.is_none_or(|b| val < b) {
@@ -579,11 +591,13 @@ pub fn train(
                 meta["curve"] = serde_json::json!(curve_from_log(&log_path, 100));
                 let mut best = model;
                 best.train = meta;
-                best.save(&opts.out).map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
+                best.save(&opts.out)
+                    .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
             }
             save_checkpoint(&run, &ckpt_path)?;
         }
-        writeln!(log, "{record}").map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+        writeln!(log, "{record}")
+            .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
         if opts.verbose && (step % 10 == 0 || record.get("val_loss").is_some()) {
             let eta = (total_steps - step) as f64 * chars_per_step as f64 / cps.max(1.0);
             let val = run.progress.best_val.map_or("-".into(), |v| format!("{v:.4}"));
@@ -610,7 +624,8 @@ pub fn train(
                 let (loss, _) = evaluate(&best, &text, |_, _| {});
                 best.train["test_loss"] = serde_json::json!(loss);
                 best.train["test_sha256"] = serde_json::json!(sha256_hex(text.as_bytes()));
-                best.save(&opts.out).map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
+                best.save(&opts.out)
+                    .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
                 test_loss = Some(loss);
             }
         }
