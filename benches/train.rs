@@ -113,14 +113,7 @@ fn ours(dir: &Path, hidden: usize, threads: usize, steps: usize) -> f64 {
         threads,
         ..TrainConfig::default()
     };
-    let opts = RunOptions {
-        out: out.clone(),
-        resume: false,
-        max_seconds: None,
-        max_steps: Some((WARMUP + steps) as u64),
-        verbose: false,
-        test: None,
-    };
+    let opts = RunOptions { max_steps: Some((WARMUP + steps) as u64), ..RunOptions::quiet(out.clone()) };
     let report = train(config, &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false))
         .unwrap_or_else(|e| panic!("training failed: {e}"));
     assert_eq!(report.steps, (WARMUP + steps) as u64, "the run stopped early");

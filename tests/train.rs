@@ -106,14 +106,7 @@ fn training_learns_to_close_the_right_bracket_20_plus_characters_later() {
         lr_decay: 1.0,
         ..TrainConfig::default()
     };
-    let opts = RunOptions {
-        out: dir.join("m.safetensors"),
-        resume: false,
-        max_seconds: None,
-        max_steps: None,
-        verbose: false,
-        test: None,
-    };
+    let opts = RunOptions::quiet(dir.join("m.safetensors"));
     let report = train(config, &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false)).unwrap();
     assert!(report.finished);
     let model = Model::load(&opts.out).unwrap();
@@ -155,14 +148,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         ..TrainConfig::default()
     };
     let run = |name: &str, steps: u64, resume: bool| {
-        let opts = RunOptions {
-            out: dir.join(name),
-            resume,
-            max_seconds: None,
-            max_steps: Some(steps),
-            verbose: false,
-            test: None,
-        };
+        let opts = RunOptions { resume, max_steps: Some(steps), ..RunOptions::quiet(dir.join(name)) };
         train(config.clone(), &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false)).unwrap()
     };
     run("whole.safetensors", 10, false);
@@ -174,14 +160,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let pb = cellscope::model::safetensors::parse(&b).unwrap();
     assert_eq!(pa.tensors, pb.tensors, "weights, moments and carried state must match exactly");
     // Starting again without --resume must refuse to overwrite the checkpoint.
-    let opts = RunOptions {
-        out: dir.join("whole.safetensors"),
-        resume: false,
-        max_seconds: None,
-        max_steps: Some(1),
-        verbose: false,
-        test: None,
-    };
+    let opts = RunOptions { max_steps: Some(1), ..RunOptions::quiet(dir.join("whole.safetensors")) };
     let err = train(config.clone(), &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false))
         .unwrap_err();
     assert!(err.to_string().contains("pass --resume"), "{err}");

@@ -216,6 +216,13 @@ pub struct RunOptions {
     pub test: Option<PathBuf>,
 }
 
+impl RunOptions {
+    /// A fresh, silent run writing beside `out`, with no time or step limit.
+    pub fn quiet(out: PathBuf) -> Self {
+        Self { out, resume: false, max_seconds: None, max_steps: None, verbose: false, test: None }
+    }
+}
+
 /// Paths of the files a run writes beside `out`.
 pub fn sidecar(out: &Path, suffix: &str) -> PathBuf {
     let stem = out.with_extension("");
