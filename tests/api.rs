@@ -112,6 +112,7 @@ async fn trace_subsets_and_unknown_characters() {
 #[tokio::test]
 async fn trace_as_npy() {
     let req = Request::post("/api/trace?format=npy")
+        .header("content-type", "application/json")
         .body(Body::from(json!({"text": "abc", "kinds": ["h", "c", "g"], "layers": [0, 1]}).to_string()))
         .unwrap();
     let (s, bytes, headers) = send(app(), req).await;
@@ -125,6 +126,7 @@ async fn trace_as_npy() {
     assert_eq!(bytes.len(), 10 + hlen + 2 * 3 * 3 * 16 * 4);
     // Accept: application/octet-stream does the same.
     let req = Request::post("/api/trace")
+        .header("content-type", "application/json")
         .header("accept", "application/octet-stream")
         .body(Body::from(json!({"text": "ab"}).to_string()))
         .unwrap();
@@ -160,17 +162,30 @@ async fn every_bad_request_gets_a_json_error() {
 
 #[tokio::test]
 async fn limits_answer_413_and_503_without_doing_the_work() {
-    let small = Limits { max_body_bytes: 2000, max_text_chars: 50, max_concurrent: 1 };
+    let small =
+        Limits { max_body_bytes: 2000, max_text_chars: 50, max_concurrent: 1, max_queue: 0, ..Limits::default() };
     let state = state_with(small);
     let (s, v) = post_json(router(state.clone()), "/api/trace", json!({"text": "x".repeat(51)}).to_string()).await;
     assert_error(s, &v, 413, "text_too_long");
     let (s, v) = post_json(router(state.clone()), "/api/trace", json!({"text": "x".repeat(5000)}).to_string()).await;
     assert_error(s, &v, 413, "body_too_large");
-    // Take the only trace slot: the next request is refused at once.
-    let held = state.permits.clone().try_acquire_owned().unwrap();
-    let (s, v) = post_json(router(state.clone()), "/api/trace", json!({"text": "abc"}).to_string()).await;
-    assert_error(s, &v, 503, "busy");
-    drop(held);
+    // Take the only model slot (and leave no room to wait): the next request is
+    // refused at once, with a Retry-After.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let queue = state.queue.clone();
+    let holder = tokio::spawn(async move { queue.run(move || held.recv().unwrap()).await });
+    while state.queue.free_slots() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let req = Request::post("/api/trace")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"text": "abc"}).to_string()))
+        .unwrap();
+    let (s, bytes, headers) = send(router(state.clone()), req).await;
+    assert_error(s, &serde_json::from_slice(&bytes).unwrap(), 503, "busy");
+    assert_eq!(headers["retry-after"], "2");
+    release.send(()).unwrap();
+    holder.await.unwrap().unwrap();
     let (s, _) = post_json(router(state), "/api/trace", json!({"text": "abc"}).to_string()).await;
     assert_eq!(s, 200);
 }
@@ -190,7 +205,10 @@ async fn unknown_routes_and_methods_are_json_under_api() {
 
 #[tokio::test]
 async fn view_is_one_layer_of_int8_with_a_json_header() {
-    let req = Request::post("/api/view").body(Body::from(json!({"text": "ab(c)", "layer": 1}).to_string())).unwrap();
+    let req = Request::post("/api/view")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"text": "ab(c)", "layer": 1}).to_string()))
+        .unwrap();
     let (s, bytes, _) = send(app(), req).await;
     assert_eq!(s, 200);
     let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
@@ -308,7 +326,7 @@ async fn over_a_real_socket() {
     // Malformed JSON over the wire is our JSON error too.
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     sock.write_all(
-        format!("POST /api/trace HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{{{{x")
+        format!("POST /api/trace HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{{{{x")
             .as_bytes(),
     )
     .await

@@ -3,6 +3,7 @@
 mod api;
 mod common;
 mod finder;
+mod hardening;
 mod model_load;
 mod trace;
 mod train;

@@ -1,8 +1,6 @@
 //! JSON API handlers (DESIGN §5). Each one validates its request completely before
 //! doing any work, then runs the model off the async runtime.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,11 +8,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{body_rejection, parse_json, AppError};
-use super::json::{trace_json, trace_npy, view_bytes};
+use super::error::{AppError, JsonBody};
+use super::json::{trace_json, trace_json_size, trace_npy, view_bytes};
 use super::AppState;
 use crate::analysis::{concept_labels, regex_mask, span_mask, Concept, GradedMetric, Labels};
-use crate::model::{Kind, Trace};
+use crate::model::{Kind, Model, Trace};
 
 /// `GET /api/model`
 pub async fn model_info(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -86,17 +84,18 @@ pub fn parse_layers(state: &AppState, layers: Option<&[usize]>) -> Result<Vec<us
     let n = state.model.layers();
     match layers {
         None => Ok((0..n).collect()),
-        Some([]) => Err(AppError::invalid("bad_layer", "layers is empty")),
+        Some([]) => Err(AppError::invalid(
+            "bad_layer",
+            format!("layers is empty; list some of 0..={} or leave it out for all", n - 1),
+        )),
         Some(ls) => {
-            for &l in ls {
-                if l >= n {
-                    return Err(AppError::invalid(
-                        "bad_layer",
-                        format!("layer {l} does not exist; the model has layers 0..={}", n - 1),
-                    ));
-                }
+            if let Some(&l) = ls.iter().find(|&&l| l >= n) {
+                return Err(AppError::invalid(
+                    "bad_layer",
+                    format!("layer {l} does not exist; the model has layers 0..={}", n - 1),
+                ));
             }
-            Ok(ls.to_vec())
+            Ok(dedup(ls))
         }
     }
 }
@@ -105,7 +104,10 @@ fn parse_cells(state: &AppState, cells: Option<&[usize]>) -> Result<Option<Vec<u
     let h = state.model.hidden_size();
     match cells {
         None => Ok(None),
-        Some([]) => Err(AppError::invalid("bad_cell", "cells is empty")),
+        Some([]) => Err(AppError::invalid(
+            "bad_cell",
+            format!("cells is empty; list some of 0..={} or leave it out for all", h - 1),
+        )),
         Some(cs) => {
             if let Some(&c) = cs.iter().find(|&&c| c >= h) {
                 return Err(AppError::invalid(
@@ -113,9 +115,34 @@ fn parse_cells(state: &AppState, cells: Option<&[usize]>) -> Result<Option<Vec<u
                     format!("cell {c} does not exist; layers have cells 0..={}", h - 1),
                 ));
             }
-            Ok(Some(cs.to_vec()))
+            Ok(Some(dedup(cs)))
         }
     }
+}
+
+/// The distinct values in first-seen order: a repeated layer or cell would only
+/// multiply the answer's size, never add information.
+fn dedup(xs: &[usize]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::with_capacity(xs.len());
+    xs.iter().copied().filter(|x| seen.insert(*x)).collect()
+}
+
+/// Refuses an answer larger than `--max-response-bytes` before any work is done,
+/// saying how to ask for less.
+fn check_answer_size(state: &AppState, bytes: u128, what: &str, how_to_shrink: &str) -> Result<(), AppError> {
+    let limit = state.limits.max_response_bytes as u128;
+    if bytes > limit {
+        return Err(AppError::too_large(
+            "answer_too_large",
+            format!(
+                "{what} would take about {} MB, over this server's {} MB limit (server flag --max-response-bytes); \
+                 {how_to_shrink}",
+                bytes.div_ceil(1_000_000),
+                limit / 1_000_000
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_top_k(state: &AppState, top_k: Option<usize>, default: usize) -> Result<usize, AppError> {
@@ -127,26 +154,15 @@ fn parse_top_k(state: &AppState, top_k: Option<usize>, default: usize) -> Result
     Ok(k)
 }
 
-/// Traces `text` on the blocking pool, holding one of the limited trace permits.
-/// With every permit taken it answers 503 at once instead of queueing.
-pub async fn run_trace(state: &AppState, text: String) -> Result<Trace, AppError> {
-    let permit = state.permits.clone().try_acquire_owned().map_err(|_| {
-        AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            format!(
-                "all {} trace slots are busy; retry shortly (server flag --max-concurrent)",
-                state.limits.max_concurrent
-            ),
-        )
-    })?;
+/// Traces `text` in a model slot and turns the trace into an answer there too,
+/// so the trace (the biggest allocation a request makes) never outlives its slot.
+pub async fn with_trace<R: Send + 'static>(
+    state: &AppState,
+    text: String,
+    answer: impl FnOnce(&Model, Trace) -> R + Send + 'static,
+) -> Result<R, AppError> {
     let model = state.model.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        model.trace(&text)
-    })
-    .await
-    .map_err(|e| AppError::internal(format!("trace task failed: {e}")))
+    state.queue.run(move || answer(&model, model.trace(&text))).await
 }
 
 fn wants_npy(query: &FormatQuery, headers: &HeaderMap) -> Result<bool, AppError> {
@@ -167,21 +183,39 @@ pub async fn trace(
     State(state): State<AppState>,
     Query(query): Query<FormatQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<TraceRequest>,
 ) -> Result<Response, AppError> {
-    let body = body.map_err(|r| body_rejection(r, state.limits.max_body_bytes))?;
-    let req: TraceRequest = parse_json(&body)?;
     let npy = wants_npy(&query, &headers)?;
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
     let kinds = parse_kinds(req.kinds.as_deref(), &[Kind::Hidden, Kind::Cell])?;
     let cells = parse_cells(&state, req.cells.as_deref())?;
     let top_k = parse_top_k(&state, req.top_k, 5)?;
-    let trace = run_trace(&state, req.text).await?;
+    let t_len = req.text.chars().count();
+    let per_char = layers.len() * kinds.len() * cells.as_ref().map_or(state.model.hidden_size(), Vec::len);
+    let shrink = "ask for fewer layers, kinds or cells";
     if npy {
-        let kinds_hdr = kinds.iter().map(|k| k.letter()).collect::<Vec<_>>().join(",");
-        let layers_hdr = layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
-        let bytes = trace_npy(&trace, &layers, &kinds, cells.as_deref());
+        check_answer_size(&state, t_len as u128 * per_char as u128 * 4, "this .npy answer", shrink)?;
+    } else {
+        check_answer_size(
+            &state,
+            trace_json_size(t_len, per_char, top_k),
+            "this JSON answer",
+            &format!("{shrink}, a smaller top_k, or ?format=npy (4 bytes a value)"),
+        )?;
+    }
+    let kinds_hdr = kinds.iter().map(|k| k.letter()).collect::<Vec<_>>().join(",");
+    let layers_hdr = layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
+    let body = with_trace(&state, req.text, move |model, trace| {
+        if npy {
+            Ok(trace_npy(&trace, &layers, &kinds, cells.as_deref()))
+        } else {
+            serde_json::to_vec(&trace_json(model, &trace, Some(&layers), &kinds, cells.as_deref(), top_k))
+                .map_err(|e| AppError::internal(format!("serialising the trace: {e}")))
+        }
+    })
+    .await??;
+    if npy {
         return Ok((
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -189,16 +223,11 @@ pub async fn trace(
                 (header::HeaderName::from_static("x-cellscope-layers"), layers_hdr),
                 (header::HeaderName::from_static("x-cellscope-kinds"), kinds_hdr),
             ],
-            bytes,
+            body,
         )
             .into_response());
     }
-    let json = tokio::task::spawn_blocking(move || {
-        trace_json(&state.model, &trace, Some(&layers), &kinds, cells.as_deref(), top_k)
-    })
-    .await
-    .map_err(|e| AppError::internal(format!("serialising failed: {e}")))?;
-    Ok(Json(json).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -212,17 +241,16 @@ pub struct ViewRequest {
 
 /// `POST /api/view`: one layer in the page's compact int8 format (see
 /// `json::view_bytes`), so a long text's cells arrive in one response.
-pub async fn view(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
-    let body = body.map_err(|r| body_rejection(r, state.limits.max_body_bytes))?;
-    let req: ViewRequest = parse_json(&body)?;
+pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewRequest>) -> Result<Response, AppError> {
     check_text(&state, &req.text)?;
     let layer = parse_layers(&state, Some(&[req.layer.unwrap_or(0)]))?[0];
     let kinds = parse_kinds(req.kinds.as_deref(), &Kind::ALL)?;
     let top_k = parse_top_k(&state, req.top_k, 5)?;
-    let trace = run_trace(&state, req.text).await?;
-    let bytes = tokio::task::spawn_blocking(move || view_bytes(&state.model, &trace, layer, &kinds, top_k))
-        .await
-        .map_err(|e| AppError::internal(format!("encoding failed: {e}")))?;
+    let t_len = req.text.chars().count() as u128;
+    let size = t_len * (kinds.len() * state.model.hidden_size()) as u128 + trace_json_size(t_len as usize, 0, top_k);
+    check_answer_size(&state, size, "this view", "ask for fewer kinds or a shorter text")?;
+    let bytes =
+        with_trace(&state, req.text, move |model, trace| view_bytes(model, &trace, layer, &kinds, top_k)).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -284,10 +312,8 @@ pub fn request_labels(
 /// `POST /api/cells/rank`
 pub async fn rank_cells(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<RankRequest>,
 ) -> Result<Response, AppError> {
-    let body = body.map_err(|r| body_rejection(r, state.limits.max_body_bytes))?;
-    let req: RankRequest = parse_json(&body)?;
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
     let kinds = parse_kinds(req.kinds.as_deref(), &Kind::ALL)?;
@@ -301,12 +327,11 @@ pub async fn rank_cells(
     let (feature, labels) =
         request_labels(&req.text, req.feature.as_deref(), req.regex.as_deref(), req.spans.as_deref())?;
     let metric_name = crate::analysis::metric_name(&labels, metric);
-    let trace = run_trace(&state, req.text).await?;
-    let ranked =
-        tokio::task::spawn_blocking(move || crate::finder::rank_trace(&trace, &labels, &layers, &kinds, metric))
-            .await
-            .map_err(|e| AppError::internal(format!("ranking failed: {e}")))?
-            .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;
+    let ranked = with_trace(&state, req.text, move |_, trace| {
+        crate::finder::rank_trace(&trace, &labels, &layers, &kinds, metric)
+    })
+    .await?
+    .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;
     let cells: Vec<_> = ranked.into_iter().take(top_k).collect();
     Ok(Json(json!({"feature": feature, "metric": metric_name, "cells": cells})).into_response())
 }

@@ -2,10 +2,12 @@
 //!
 //! Policy: every failure a client can cause is a 4xx with
 //! `{"error": {"code": "...", "message": "..."}}`; the message says what was
-//! wrong and how to fix it. Overload is 503 `busy` (retry later). Internal
+//! wrong and how to fix it. Overload is 503 `busy` with a `Retry-After`
+//! header, logged once at warn level (it is the queue working, not a fault). Internal
 //! failures are 500 `internal` and are logged here, in one place; their details
 //! stay in the log. Rejections from axum's extractors never reach the client
-//! as plain text: handlers take raw bytes and parse them through [`parse_json`].
+//! as plain text: handlers take their body as [`JsonBody`], which parses it
+//! through [`parse_json`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,11 +19,23 @@ pub struct AppError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (503 only).
+    pub retry_after: Option<u32>,
 }
 
 impl AppError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 413 with a code naming what was too large.
+    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
 
     /// 422 with a code naming the offending field.
@@ -36,10 +50,6 @@ impl AppError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}})
-    }
 }
 
 impl std::fmt::Display for AppError {
@@ -50,7 +60,9 @@ impl std::fmt::Display for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(code = self.code, "{}", self.message);
+        } else if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         } else {
             tracing::debug!(code = self.code, "{}", self.message);
@@ -61,7 +73,11 @@ impl IntoResponse for AppError {
             self.message.clone()
         };
         let body = serde_json::json!({"error": {"code": self.code, "message": message}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -87,15 +103,23 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, App
     })
 }
 
-/// Maps a body-reading rejection (e.g. over the size limit) to our JSON error.
-pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> AppError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body exceeds {limit} bytes (server flag --max-body-bytes)"),
-        )
-    } else {
-        AppError::new(StatusCode::BAD_REQUEST, "bad_body", format!("could not read the request body: {rejection}"))
+/// A JSON request body parsed into `T` through [`parse_json`], so every handler
+/// reads and parses its body the same way and every failure is our JSON error.
+/// (The body has already been size-checked and read under a deadline by
+/// `guard::guard`.)
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::too_large("body_too_large", "request body is over this server's limit (--max-body-bytes)")
+            } else {
+                AppError::new(StatusCode::BAD_REQUEST, "bad_body", format!("could not read the request body: {r}"))
+            }
+        })?;
+        Ok(JsonBody(parse_json(&bytes)?))
     }
 }

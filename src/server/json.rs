@@ -1,13 +1,30 @@
 //! Turning traces into the API's wire formats: JSON (DESIGN §5), `.npy`, and the
 //! compact int8 "view" format the page uses.
 
-use serde_json::{json, Value};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::json;
 
 use crate::model::{Kind, Model, Trace};
 
-/// The top-k next-character guesses after position t, and the probability given
-/// to the character that actually follows (null at the end or if it is unknown).
-pub fn predictions(model: &Model, trace: &Trace, top_k: usize) -> Vec<Value> {
+/// One guess for the next character.
+#[derive(Debug, Serialize)]
+pub struct Guess {
+    pub char: String,
+    pub p: f32,
+}
+
+/// The model's top-k guesses after one position, and the probability it gave the
+/// character that actually follows (`None` at the end or if that one is unknown).
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    pub top: Vec<Guess>,
+    pub next: Option<String>,
+    pub p_next: Option<f32>,
+}
+
+/// The top-k next-character guesses after every position.
+pub fn predictions(model: &Model, trace: &Trace, top_k: usize) -> Vec<Prediction> {
     let v = model.vocab.len();
     let k = top_k.min(v);
     let mut order: Vec<usize> = (0..v).collect();
@@ -15,60 +32,124 @@ pub fn predictions(model: &Model, trace: &Trace, top_k: usize) -> Vec<Value> {
         .map(|t| {
             let row = trace.probs.row(t);
             order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let top: Vec<Value> =
-                order[..k].iter().map(|&i| json!({"char": model.vocab.chars()[i].to_string(), "p": row[i]})).collect();
+            let top =
+                order[..k].iter().map(|&i| Guess { char: model.vocab.chars()[i].to_string(), p: row[i] }).collect();
             let next = trace.chars.get(t + 1);
             let p_next = next.and_then(|&c| model.vocab.id(c)).map(|id| row[id as usize]);
-            json!({"top": top, "next": next.map(|c| c.to_string()), "p_next": p_next})
+            Prediction { top, next: next.map(|c| c.to_string()), p_next }
         })
         .collect()
 }
 
-/// The trace as DESIGN §5's JSON: `{length, chars, unknown, layers: [{layer, h?, c?,
-/// ...}], predictions?}`, each kind a T × n array (n = cells requested, default all).
-pub fn trace_json(
-    model: &Model,
-    trace: &Trace,
-    layers: Option<&[usize]>,
-    kinds: &[Kind],
-    cells: Option<&[usize]>,
-    top_k: usize,
-) -> Value {
-    let all_layers: Vec<usize> = (0..trace.layers.len()).collect();
-    let layers = layers.unwrap_or(&all_layers);
-    let layer_values: Vec<Value> = layers
-        .iter()
-        .map(|&k| {
-            let mut obj = serde_json::Map::new();
-            obj.insert("layer".into(), json!(k));
-            for &kind in kinds {
-                let m = trace.layers[k].get(kind);
-                let rows: Vec<Vec<f32>> = m
-                    .rows()
-                    .into_iter()
-                    .map(|r| match cells {
-                        Some(cs) => cs.iter().map(|&c| r[c]).collect(),
-                        None => r.to_vec(),
-                    })
-                    .collect();
-                obj.insert(kind.letter().into(), json!(rows));
+/// One recorded matrix as rows (one per character) of the chosen cells,
+/// serialised straight from the trace: no intermediate JSON tree, so an answer
+/// costs its own size in memory and nothing more.
+struct Rows<'a> {
+    matrix: &'a ndarray::Array2<f32>,
+    cells: Option<&'a [usize]>,
+}
+
+struct Row<'a> {
+    row: ndarray::ArrayView1<'a, f32>,
+    cells: Option<&'a [usize]>,
+}
+
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.cells {
+            Some(cs) => {
+                let mut seq = s.serialize_seq(Some(cs.len()))?;
+                for &c in cs {
+                    seq.serialize_element(&self.row[c])?;
+                }
+                seq.end()
             }
-            Value::Object(obj)
-        })
-        .collect();
-    let mut out = json!({
-        "length": trace.len(),
-        "chars": trace.chars.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        "unknown": trace.unknown,
-        "layers": layer_values,
-    });
-    if let Some(cs) = cells {
-        out["cells"] = json!(cs);
+            None => {
+                let mut seq = s.serialize_seq(Some(self.row.len()))?;
+                for v in self.row.iter() {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+        }
     }
-    if top_k > 0 {
-        out["predictions"] = json!(predictions(model, trace, top_k));
+}
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.matrix.nrows()))?;
+        for row in self.matrix.rows() {
+            seq.serialize_element(&Row { row, cells: self.cells })?;
+        }
+        seq.end()
     }
-    out
+}
+
+/// One layer of a trace answer: `{"layer": k, "h": [[...]], "c": [[...]], ...}`.
+pub struct LayerAnswer<'a> {
+    layer: usize,
+    trace: &'a Trace,
+    kinds: &'a [Kind],
+    cells: Option<&'a [usize]>,
+}
+
+impl Serialize for LayerAnswer<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1 + self.kinds.len()))?;
+        map.serialize_entry("layer", &self.layer)?;
+        for &kind in self.kinds {
+            map.serialize_entry(
+                kind.letter(),
+                &Rows { matrix: self.trace.layers[self.layer].get(kind), cells: self.cells },
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// `POST /api/trace`'s JSON answer (DESIGN §5): `{length, chars, unknown, layers:
+/// [{layer, h?, c?, ...}], cells?, predictions?}`, each kind a T × n array (n =
+/// cells requested, default all).
+#[derive(Serialize)]
+pub struct TraceAnswer<'a> {
+    pub length: usize,
+    pub chars: Vec<String>,
+    pub unknown: &'a [usize],
+    pub layers: Vec<LayerAnswer<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cells: Option<&'a [usize]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<Vec<Prediction>>,
+}
+
+/// The requested part of a trace as a [`TraceAnswer`] (serialise it with serde).
+pub fn trace_json<'a>(
+    model: &Model,
+    trace: &'a Trace,
+    layers: Option<&[usize]>,
+    kinds: &'a [Kind],
+    cells: Option<&'a [usize]>,
+    top_k: usize,
+) -> TraceAnswer<'a> {
+    let all: Vec<usize> = (0..trace.layers.len()).collect();
+    let layers = layers.unwrap_or(&all);
+    TraceAnswer {
+        length: trace.len(),
+        chars: trace.chars.iter().map(|c| c.to_string()).collect(),
+        unknown: &trace.unknown,
+        layers: layers.iter().map(|&layer| LayerAnswer { layer, trace, kinds, cells }).collect(),
+        cells,
+        predictions: (top_k > 0).then(|| predictions(model, trace, top_k)),
+    }
+}
+
+/// Bytes a JSON trace answer takes, estimated before any work so an oversized
+/// request is refused up front: a float is at most ~12 bytes with its comma
+/// (`-0.123456789,`), a character ~8 (`"\u1234",`), a guess ~32
+/// (`{"char":"x","p":0.12345678},`) and each position's prediction wrapper ~56.
+pub fn trace_json_size(t_len: usize, values_per_char: usize, top_k: usize) -> u128 {
+    let predictions = if top_k > 0 { 56 + top_k as u128 * 32 } else { 0 };
+    t_len as u128 * (values_per_char as u128 * 12 + 8 + predictions)
 }
 
 /// A `.npy` (format 1.0) file holding a little-endian f32 array of `shape`.
@@ -111,7 +192,7 @@ pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<
 
 /// How the page turns a stored byte back into the displayed value u ∈ [−1, 1]
 /// (its colour) and the value shown on hover.
-pub fn view_decode(kind: Kind) -> Value {
+pub fn view_decode(kind: Kind) -> serde_json::Value {
     match kind {
         Kind::Hidden | Kind::Candidate => json!({"shows": kind.letter(), "value": "q/127"}),
         Kind::Cell => json!({"shows": "tanh(c)", "value": "q/127"}),

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::rejection::FormRejection;
@@ -172,6 +173,26 @@ fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
     (status, Html(body)).into_response()
 }
 
+/// The trace the home page shows: a built-in sample's is computed once and kept
+/// (the first screen never waits behind API work); pasted text waits its turn.
+async fn index_trace(state: &AppState, q: &ViewQuery, sample: &Sample, text: &str) -> Result<Arc<Trace>, AppError> {
+    if q.text.is_none() {
+        let i = SAMPLES.iter().position(|s| std::ptr::eq(s, sample)).expect("sample listed");
+        let model = state.model.clone();
+        let text = sample.text;
+        return state.sample_traces[i]
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || Arc::new(model.trace(text)))
+                    .await
+                    .map_err(|e| AppError::internal(format!("sample trace failed: {e}")))
+            })
+            .await
+            .cloned();
+    }
+    super::api::check_text(state, text)?;
+    super::api::with_trace(state, text.to_string(), |_, trace| Arc::new(trace)).await
+}
+
 async fn render_index(state: AppState, q: ViewQuery) -> Response {
     let model = state.model.clone();
     let sample = q.sample.as_deref().and_then(|id| SAMPLES.iter().find(|s| s.id == id)).unwrap_or(&SAMPLES[0]);
@@ -183,20 +204,13 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
     let cell = q.cell.unwrap_or(0).min(model.hidden_size() - 1);
     let mut error = None;
     let mut status = StatusCode::OK;
-    let trace: Option<Trace> = match super::api::check_text(&state, &text) {
+    let trace: Option<Arc<Trace>> = match index_trace(&state, &q, sample, &text).await {
+        Ok(t) => Some(t),
         Err(e) => {
             status = e.status;
             error = Some(e.message);
             None
         }
-        Ok(()) => match super::api::run_trace(&state, text.clone()).await {
-            Ok(t) => Some(t),
-            Err(e) => {
-                status = e.status;
-                error = Some(e.message);
-                None
-            }
-        },
     };
     let (colored, unknown_count) = match &trace {
         Some(tr) => {

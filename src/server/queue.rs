@@ -1,0 +1,124 @@
+//! The model's work queue: at most `slots` model runs at once, at most `queue`
+//! more waiting in arrival order; beyond that a request is refused at once with
+//! 503 `busy` and a `Retry-After`.
+//!
+//! Everything that costs memory in proportion to the text — the trace and the
+//! answer built from it — happens inside [`WorkQueue::run`], so the number of
+//! slots bounds the server's memory, not only its CPU.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use tokio::sync::Semaphore;
+
+use super::error::AppError;
+
+/// Seconds a refused client is told to wait before retrying.
+const RETRY_AFTER_SECS: u32 = 2;
+
+/// A fair (FIFO) queue in front of a fixed number of model slots.
+#[derive(Debug)]
+pub struct WorkQueue {
+    slots: usize,
+    queue: usize,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// Decrements the waiting count however the wait ends (served, cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WorkQueue {
+    pub fn new(slots: usize, queue: usize) -> Self {
+        let slots = slots.max(1);
+        Self { slots, queue, permits: Arc::new(Semaphore::new(slots)), waiting: AtomicUsize::new(0) }
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Slots free now.
+    pub fn free_slots(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    fn busy(&self) -> AppError {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "all {} model slots are busy and {} requests are already waiting; retry in {RETRY_AFTER_SECS} s \
+                 (server flags --max-concurrent, --max-queue)",
+                self.slots, self.queue
+            ),
+        )
+        .with_retry_after(RETRY_AFTER_SECS)
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free (waiting in line if
+    /// the queue has room, else 503 at once). A client that disconnects while
+    /// waiting leaves the line without costing a slot.
+    pub async fn run<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> Result<R, AppError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+                let _waiting = Waiting(&self.waiting);
+                if ahead >= self.queue {
+                    return Err(self.busy());
+                }
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| AppError::internal("the work queue was closed"))?
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("model task failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn waits_in_line_then_refuses_beyond_the_queue() {
+        let q = Arc::new(WorkQueue::new(1, 1));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // Occupy the only slot until we say so.
+        let q1 = q.clone();
+        let first = tokio::spawn(async move { q1.run(move || rx.recv().unwrap()).await });
+        while q.free_slots() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let q2 = q.clone();
+        let second = tokio::spawn(async move { q2.run(|| 2).await });
+        while q.waiting() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let third = q.run(|| 3).await.unwrap_err();
+        assert_eq!(third.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(third.retry_after, Some(RETRY_AFTER_SECS));
+        tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(second.await.unwrap().unwrap(), 2, "the waiting request is served");
+        assert_eq!(q.waiting(), 0);
+        assert_eq!(q.free_slots(), 1);
+    }
+}
