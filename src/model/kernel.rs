@@ -286,7 +286,16 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f
         done.is_multiple_of(n) && out.all_mut().iter().all(|v| v.len() == done),
         "LayerOut vectors must all hold the same whole number of H = {n} rows"
     );
-    let rows: Vec<*const f32> = x_rows.iter().map(|r| r.as_ptr()).collect();
+    // One step (sampling, clamped steps) needs no heap allocation.
+    let one: [*const f32; 1];
+    let many: Vec<*const f32>;
+    let rows: &[*const f32] = if steps == 1 {
+        one = [x_rows[0].as_ptr()];
+        &one
+    } else {
+        many = x_rows.iter().map(|r| r.as_ptr()).collect();
+        &many
+    };
     for v in out.all_mut() {
         v.reserve(steps * n);
     }

@@ -150,11 +150,11 @@ pub struct Model {
     /// Layer 0's input projection for each character id: (V + 1, 4H), row v =
     /// W_ih x(v), and a last row of zeros for characters outside the vocabulary.
     /// Derived from `weights`; see [`Model::refresh`].
-    input_table: Array2<f32>,
+    pub(super) input_table: Array2<f32>,
     /// Per layer, b_ih + b_hh (4H).
-    bias: Vec<Vec<f32>>,
+    pub(super) bias: Vec<Vec<f32>>,
     /// Per layer, W_hh in the order the step kernel streams it.
-    packed_hh: Vec<PackedHh>,
+    pub(super) packed_hh: Vec<PackedHh>,
 }
 
 /// Hidden and cell state of every layer, carried between calls to trace a text in pieces.
@@ -474,6 +474,14 @@ impl Model {
 
     /// Runs already-encoded text.
     pub fn trace_encoded(&self, enc: Encoded, state: &State) -> Trace {
+        self.trace_clamped(enc, state, &[])
+    }
+
+    /// Runs already-encoded text with some state components overwritten (see
+    /// [`Clamp`]; check them first with [`Model::check_clamps`]). Steps a clamp
+    /// covers run one at a time so the overwritten value is what the next step
+    /// and the layer above see; the rest runs at full speed.
+    pub fn trace_clamped(&self, enc: Encoded, state: &State, clamps: &[Clamp]) -> Trace {
         let Encoded { chars, ids, unknown } = enc;
         let t_len = ids.len();
         let n = self.hidden_size();
@@ -494,7 +502,7 @@ impl Model {
                         self.input_table.row(v).to_slice().expect("standard layout")
                     })
                     .collect();
-                kernel::lstm_layer(&self.packed_hh[k], &rows, &self.bias[k], h0, c0, &mut out);
+                self.run_layer(k, &rows, 0, (h0, c0), &mut out, clamps);
             } else {
                 // X W_ihᵀ by GEMM, a block of steps at a time, into one reused buffer
                 // (see PROJ_BLOCK_FLOATS); the kernel adds the bias.
@@ -507,7 +515,7 @@ impl Model {
                     let proj = &mut proj[..m * g];
                     gemm(m, n, g, 1.0, &below[start * n..(start + m) * n], Trans::N, w_ih, Trans::T, 0.0, proj);
                     let rows: Vec<&[f32]> = proj.chunks_exact(g).collect();
-                    kernel::lstm_layer(&self.packed_hh[k], &rows, &self.bias[k], h0, c0, &mut out);
+                    self.run_layer(k, &rows, start, (h0, c0), &mut out, clamps);
                 }
             }
             layers.push(LayerTrace::from_kernel(out, t_len, n));
@@ -522,6 +530,65 @@ impl Model {
         };
         let probs = self.next_char_probs(layers.last().expect("at least one layer").h.view());
         Trace { chars, ids, unknown, layers, probs, final_state }
+    }
+
+    /// Layer `k` over `rows` (input projections of steps `t0..t0 + rows.len()`),
+    /// appended to `out`, with the clamps of this layer applied after each step
+    /// they cover.
+    fn run_layer(
+        &self,
+        k: usize,
+        rows: &[&[f32]],
+        t0: usize,
+        (h0, c0): (&[f32], &[f32]),
+        out: &mut LayerOut,
+        clamps: &[Clamp],
+    ) {
+        let mine: Vec<&Clamp> = clamps.iter().filter(|c| c.layer == k && c.to > t0 && c.from < t0 + rows.len()).collect();
+        let run = |rows: &[&[f32]], out: &mut LayerOut| {
+            kernel::lstm_layer(&self.packed_hh[k], rows, &self.bias[k], h0, c0, out);
+        };
+        if mine.is_empty() {
+            return run(rows, out);
+        }
+        let mut i = 0;
+        while i < rows.len() {
+            let t = t0 + i;
+            if mine.iter().any(|c| c.covers(t)) {
+                run(&rows[i..i + 1], out);
+                apply_clamps(out, self.hidden_size(), t, &mine);
+                i += 1;
+            } else {
+                // Up to the next clamp's start at full speed.
+                let next = mine.iter().filter(|c| c.from > t).map(|c| c.from - t0).min().unwrap_or(rows.len());
+                let end = next.min(rows.len());
+                run(&rows[i..end], out);
+                i = end;
+            }
+        }
+    }
+
+    /// Checks clamps against this model: layer, kind (h or c), cell, a finite
+    /// value, and `from ≤ to ≤ len` for a text of `len` characters.
+    pub fn check_clamps(&self, clamps: &[Clamp], len: usize) -> Result<(), ClampError> {
+        for c in clamps {
+            if c.layer >= self.layers() {
+                return Err(ClampError::Layer { layer: c.layer, layers: self.layers() });
+            }
+            if !matches!(c.kind, Kind::Hidden | Kind::Cell) {
+                return Err(ClampError::Kind(c.kind.letter()));
+            }
+            if c.cell >= self.hidden_size() {
+                return Err(ClampError::Cell { cell: c.cell, hidden: self.hidden_size() });
+            }
+            if !c.value.is_finite() {
+                return Err(ClampError::Value(c.value));
+            }
+            if c.from > c.to || c.to > len {
+                return Err(ClampError::Range { from: c.from, to: c.to, len });
+            }
+        }
+        Ok(())
     }
 
     /// softmax(H W_decᵀ + b) for a (T, H) matrix of top-layer hidden states.
@@ -548,6 +615,62 @@ impl Model {
         );
         kernel::softmax_rows(&mut logits, v);
         Array2::from_shape_vec((t_len, v), logits).expect("T × V logits")
+    }
+}
+
+/// One overwritten component of the recurrent state: right after layer `layer`
+/// computes step `s`, for every `s` in `from..to`,
+/// - `kind: Cell`: `c_s[cell] = value`, then `h_s[cell] = o_s[cell] · tanh(value)`;
+/// - `kind: Hidden`: `h_s[cell] = value` (c untouched).
+///
+/// The overwritten state is what step `s + 1` and the layer above see. `value: 0`
+/// ablates the component. The gates recorded at `s` are those computed before the
+/// overwrite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    pub layer: usize,
+    pub kind: Kind,
+    pub cell: usize,
+    pub value: f32,
+    pub from: usize,
+    pub to: usize,
+}
+
+impl Clamp {
+    fn covers(&self, t: usize) -> bool {
+        self.from <= t && t < self.to
+    }
+}
+
+/// Why a clamp does not fit a model or a text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClampError {
+    #[error("clamp layer {layer} does not exist; the model has layers 0..={}", layers - 1)]
+    Layer { layer: usize, layers: usize },
+    #[error("clamps overwrite h or c, not {0:?}")]
+    Kind(&'static str),
+    #[error("clamp cell {cell} does not exist; layers have cells 0..={}", hidden - 1)]
+    Cell { cell: usize, hidden: usize },
+    #[error("clamp value {0} is not a finite number")]
+    Value(f32),
+    #[error("clamp range from {from} to {to} does not fit a text of {len} characters (need from ≤ to ≤ {len})")]
+    Range { from: usize, to: usize, len: usize },
+}
+
+/// Overwrites, in the last recorded row of `out` (step `t`), the components the
+/// clamps covering `t` name: c clamps first (they also set h), then h clamps.
+pub(crate) fn apply_clamps(out: &mut LayerOut, hidden: usize, t: usize, clamps: &[&Clamp]) {
+    let row = out.h.len() / hidden - 1;
+    for kind in [Kind::Cell, Kind::Hidden] {
+        for c in clamps.iter().filter(|c| c.kind == kind && c.covers(t)) {
+            let j = row * hidden + c.cell;
+            if kind == Kind::Cell {
+                out.c[j] = c.value;
+                out.h[j] = out.o[j] * kernel::tanh(c.value);
+            } else {
+                out.h[j] = c.value;
+            }
+        }
     }
 }
 

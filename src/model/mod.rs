@@ -4,12 +4,14 @@
 pub mod kernel;
 mod lstm;
 pub mod safetensors;
+mod step;
 mod vocab;
 
 pub use lstm::{
-    softmax_in_place, write_atomic, Arch, Kind, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights,
-    GATES,
+    softmax_in_place, write_atomic, Arch, Clamp, ClampError, Kind, LayerTrace, LayerWeights, LoadError, Model, State,
+    Trace, Weights, GATES,
 };
+pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};
 
 use crate::rng::Rng;

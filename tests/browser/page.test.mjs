@@ -6,14 +6,18 @@
 // `--model $CELLSCOPE_MODEL` when set), drives the system Chromium through
 // playwright-core, and exits non-zero with a message on the first failed check.
 // Also checks the cell pages, the model card and a bad cell URL, and writes
-// the README images docs/screenshot.png, docs/quote-cell.png and docs/if-cell.png
-// when the served model is the shipped default (not a fixture given by
-// CELLSCOPE_MODEL; set CELLSCOPE_SCREENSHOT=0 to skip them anyway).
-// Environment: CHROMIUM (default /usr/bin/chromium), CELLSCOPE_BIN, CELLSCOPE_MODEL.
+// the README images screenshot.png, quote-cell.png and if-cell.png when the
+// served model is the shipped default (not a fixture given by CELLSCOPE_MODEL;
+// set CELLSCOPE_SCREENSHOT=0 to skip them anyway) into $CELLSCOPE_FIGURES —
+// a temporary folder unless set: running the tests never modifies tracked files.
+// `scripts/figures.sh` sets it to docs/ to regenerate the README's images.
+// Environment: CHROMIUM (default /usr/bin/chromium), CELLSCOPE_BIN, CELLSCOPE_MODEL,
+// CELLSCOPE_FIGURES.
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, statSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -23,6 +27,7 @@ const BIN = process.env.CELLSCOPE_BIN || path.join(ROOT, 'target/release/cellsco
 const MODEL = process.env.CELLSCOPE_MODEL || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.CELLSCOPE_SCREENSHOT !== '0';
+const FIGURES = path.resolve(process.env.CELLSCOPE_FIGURES || path.join(os.tmpdir(), `cellscope-figures-${process.pid}`));
 const TRACE_TIMEOUT = 180_000; // a 20k-character trace on a busy 2-core machine
 const DEFAULT_MODEL = path.join(ROOT, 'models/linux-lstm.safetensors');
 // The README figures only mean something for the shipped model, not a test fixture.
@@ -788,24 +793,25 @@ async function withBrowser(server) {
         });
         await page.hover(`#colored .ch[data-t="${t}"]`);
         await page.waitForSelector('#tooltip:not([hidden])');
-        mkdirSync(path.join(ROOT, 'docs'), { recursive: true });
-        await page.screenshot({ path: path.join(ROOT, 'docs/screenshot.png') });
+        mkdirSync(FIGURES, { recursive: true });
+        await page.screenshot({ path: path.join(FIGURES, 'screenshot.png') });
+        console.log(`# wrote ${path.join(FIGURES, 'screenshot.png')}`);
       });
       const fctx = await browser.newContext({ viewport: { width: 1000, height: 900 }, deviceScaleFactor: 1.25 });
       const fp = await watchedPage(fctx, pageErrors);
       try {
         for (const fig of [
-          { name: 'quote', file: 'docs/quote-cell.png', concept: 'string', text: QUOTE_SNIPPET },
-          { name: 'if', file: 'docs/if-cell.png', concept: 'if', text: IF_SNIPPET },
+          { name: 'quote', file: 'quote-cell.png', concept: 'string', text: QUOTE_SNIPPET },
+          { name: 'if', file: 'if-cell.png', concept: 'if', text: IF_SNIPPET },
         ]) {
           await step(`figure ${fig.file}: best "${fig.concept}" cell on C text`, async () => {
             const best = await colourByBestCell(fp, server.base, fig.text, fig.concept);
-            await shootView(fp, path.join(ROOT, fig.file));
+            await shootView(fp, path.join(FIGURES, fig.file));
             const score = best.text.match(/— (\S+) (\d\.\d{3}) \(([+−±])\)$/);
             ok(score, `finder result reads ${JSON.stringify(best.text)}`);
             if (Number(score[2]) < 0.8) console.log(`# warning: the best "${fig.concept}" cell scores only ${score[2]}; ${fig.file} may not show it clearly`);
             console.log(`# ${fig.name} cell: layer ${best.layer} ${best.kind} ${best.cell}, ${score[1]} ${score[2]} (${score[3]}) ` +
-              `for "${fig.concept}" over ${codePoints(fig.text)} characters -> ${fig.file}`);
+              `for "${fig.concept}" over ${codePoints(fig.text)} characters -> ${path.join(FIGURES, fig.file)}`);
           });
         }
       } finally {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Load test of `cellscope serve` with the shipped model (issue 11's goals):
+#   A. 32 connections, POST /api/trace on 2,000 characters (full trace computed,
+#      one cell returned), for DURATION seconds;
+#   B. 8 connections, POST /api/trace?format=npy on 20,000 characters (layer 1,
+#      all 512 c cells: a 41 MB answer each), for DURATION seconds.
+# Prints requests/s, latency p50/p99, errors (non-2xx + socket errors), the
+# server's peak RSS, and its RSS before and after (memory back to baseline?).
+# Needs wrk (Debian package; installed if missing). Usage: scripts/load-test.sh [DURATION]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-20}
+PORT=${PORT:-3917}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+command -v wrk >/dev/null || as_root apt-get install -y --no-install-recommends wrk >/dev/null
+
+cargo build --release --bin cellscope >/dev/null 2>&1
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+
+python3 - "$work" <<'EOF'
+import json, sys
+src = open("tests/data/other_c/sample.c").read()
+text = (src * 20)
+json.dump({"text": text[:2000], "layers": [1], "kinds": ["c"], "cells": [42]}, open(sys.argv[1] + "/a.json", "w"))
+json.dump({"text": text[:20000], "layers": [1], "kinds": ["c"], "top_k": 0}, open(sys.argv[1] + "/b.json", "w"))
+EOF
+cat > "$work/post.lua" <<'EOF'
+local f = io.open(os.getenv("BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT requests=%d rps=%.1f p50_ms=%.0f p99_ms=%.0f errors=%d (non-2xx %d, timeouts %d)\n",
+    summary.requests, summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, errors, summary.errors.status, summary.errors.timeout))
+end
+EOF
+
+target/release/cellscope serve --addr 127.0.0.1:$PORT 2>"$work/server.log" &
+server=$!
+for _ in $(seq 100); do curl -sf localhost:$PORT/healthz >/dev/null && break; sleep 0.2; done
+rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$server/status; }
+hwm() { awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$server/status; }
+
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(nproc) cores)"
+echo "server: --max-concurrent 2 --max-queue 64 (defaults)"
+# Warm up (the home page's sample trace, one request of each kind).
+curl -sf localhost:$PORT/ >/dev/null
+curl -sf -H 'content-type: application/json' -d @"$work/a.json" localhost:$PORT/api/trace >/dev/null
+base=$(rss)
+echo "baseline RSS: ${base} MB"
+
+echo "== A: 32 connections, /api/trace, 2,000 chars, one cell, ${DURATION}s"
+BODY="$work/a.json" wrk -t2 -c32 -d"${DURATION}s" --timeout 30s -s "$work/post.lua" "http://127.0.0.1:$PORT/api/trace" | grep RESULT
+sleep 2
+echo "peak RSS so far: $(hwm) MB; RSS after: $(rss) MB"
+
+echo "== B: 8 connections, /api/trace?format=npy, 20,000 chars, layer 1 c (41 MB answers), ${DURATION}s"
+BODY="$work/b.json" wrk -t2 -c8 -d"${DURATION}s" --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$PORT/api/trace?format=npy" | grep RESULT
+sleep 3
+echo "peak RSS: $(hwm) MB; RSS after: $(rss) MB (baseline ${base} MB)"
+echo "server log: $(grep -c WARN "$work/server.log" || true) warnings, $(grep -c ERROR "$work/server.log" || true) errors"

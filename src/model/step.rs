@@ -1,0 +1,188 @@
+//! One character at a time: [`Stepper`] advances every layer by one step from a
+//! carried state (state in, one character, state out) into buffers it reuses, so
+//! sampling costs what tracing costs and allocates nothing per character.
+//! [`sample`] generates text with it, optionally with clamps held throughout.
+//!
+//! Per step and layer k (the same equations as `lstm.rs`):
+//! ```text
+//! x_proj = W_ih^(k) x          (a table row for layer 0, a matrix-vector product above)
+//! [i f g o], c, h = lstm step(x_proj, h_{t-1}, c_{t-1})     then the clamps of layer k
+//! p = softmax(W_dec h^(top) + b_dec)
+//! ```
+
+use super::kernel::{self, LayerOut};
+use super::lstm::{apply_clamps, Clamp, Model, State, GATES};
+use crate::rng::Rng;
+
+/// Advances a model one character at a time.
+pub struct Stepper<'m> {
+    model: &'m Model,
+    state: State,
+    /// Per layer, the last step's h, c and gates (one row each; capacity reused).
+    outs: Vec<LayerOut>,
+    /// 4H: the input projection of layers ≥ 1.
+    x_proj: Vec<f32>,
+    /// V: the distribution over the next character after the last step.
+    probs: Vec<f32>,
+    /// Steps taken (the time index clamps refer to).
+    t: usize,
+}
+
+impl<'m> Stepper<'m> {
+    /// Starts from `state` (e.g. [`Model::zero_state`] or a trace's final state).
+    pub fn new(model: &'m Model, state: State) -> Self {
+        let n = model.hidden_size();
+        assert!(state.h.len() == model.layers() && state.h.iter().all(|h| h.len() == n), "state does not fit the model");
+        Self {
+            model,
+            state,
+            outs: (0..model.layers()).map(|_| LayerOut::with_capacity(1, n)).collect(),
+            x_proj: vec![0.0; GATES * n],
+            probs: vec![0.0; model.vocab.len()],
+            t: 0,
+        }
+    }
+
+    /// Feeds one character (its vocabulary id; `None` for an unknown character,
+    /// which enters as a zero input) and returns the next-character distribution.
+    /// Clamps are applied with this step's index (the number of steps before it).
+    pub fn step(&mut self, id: Option<u32>, clamps: &[Clamp]) -> &[f32] {
+        let m = self.model;
+        let n = m.hidden_size();
+        let active: Vec<&Clamp> = clamps.iter().filter(|c| c.from <= self.t && self.t < c.to).collect();
+        for k in 0..m.layers() {
+            if k == 0 {
+                let v = id.map_or(m.vocab.len(), |v| v as usize);
+                let row = m.input_table.row(v);
+                self.x_proj.copy_from_slice(row.as_slice().expect("standard layout"));
+            } else {
+                let w_ih = m.weights.layers[k].weight_ih.as_slice().expect("standard layout");
+                matvec(w_ih, &self.state.h[k - 1], &mut self.x_proj);
+            }
+            let out = &mut self.outs[k];
+            for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
+                v.clear();
+            }
+            kernel::lstm_layer(&m.packed_hh[k], &[&self.x_proj], &m.bias[k], &self.state.h[k], &self.state.c[k], out);
+            let mine: Vec<&Clamp> = active.iter().copied().filter(|c| c.layer == k).collect();
+            if !mine.is_empty() {
+                apply_clamps(out, n, self.t, &mine);
+            }
+            self.state.h[k].copy_from_slice(&out.h);
+            self.state.c[k].copy_from_slice(&out.c);
+        }
+        let dec = m.weights.decoder_weight.as_slice().expect("standard layout");
+        matvec(dec, &self.state.h[m.layers() - 1], &mut self.probs);
+        for (p, b) in self.probs.iter_mut().zip(m.weights.decoder_bias.iter()) {
+            *p += b;
+        }
+        kernel::softmax_rows(&mut self.probs, m.vocab.len());
+        self.t += 1;
+        &self.probs
+    }
+
+    /// The distribution after the last step.
+    pub fn probs(&self) -> &[f32] {
+        &self.probs
+    }
+
+    /// The recurrent state after the last step.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// What layer `k` recorded at the last step (h, c, i, f, g, o; one row each).
+    pub fn recorded(&self, k: usize) -> &LayerOut {
+        &self.outs[k]
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.t
+    }
+}
+
+/// y = W x for a row-major W (rows = y.len(), cols = x.len()). Eight partial sums
+/// per row keep the adds independent so the loop vectorises.
+fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
+    let cols = x.len();
+    debug_assert_eq!(w.len(), cols * y.len());
+    for (yr, row) in y.iter_mut().zip(w.chunks_exact(cols)) {
+        let mut acc = [0f32; 8];
+        let mut wc = row.chunks_exact(8);
+        let mut xc = x.chunks_exact(8);
+        for (a, b) in (&mut wc).zip(&mut xc) {
+            for l in 0..8 {
+                acc[l] += a[l] * b[l];
+            }
+        }
+        let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
+        *yr = acc.iter().sum::<f32>() + tail;
+    }
+}
+
+/// How to draw characters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 = always the likeliest character (greedy); otherwise p^(1/T), renormalised.
+    pub temperature: f32,
+    /// Draw among the `top_k` likeliest characters only (0 = all).
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+/// Generates up to `length` characters after `prime` (from the zero state; an
+/// empty prime starts from a newline, or the vocabulary's first character),
+/// calling `on_char(c, stepper)` after each generated character has been fed
+/// back, so a caller can read the state it produced; return `false` to stop.
+/// Clamps hold from the first character of the prime on (their `from`/`to`
+/// count steps from there). The same inputs give the same text.
+pub fn sample(
+    model: &Model,
+    prime: &str,
+    length: usize,
+    how: Sampling,
+    clamps: &[Clamp],
+    mut on_char: impl FnMut(char, &Stepper) -> bool,
+) {
+    let mut rng = Rng::new(how.seed);
+    let mut stepper = Stepper::new(model, model.zero_state());
+    let start: Vec<char> = if prime.is_empty() {
+        vec![if model.vocab.id('\n').is_some() { '\n' } else { model.vocab.chars()[0] }]
+    } else {
+        prime.chars().collect()
+    };
+    for &c in &start {
+        stepper.step(model.vocab.id(c), clamps);
+    }
+    let v = model.vocab.len();
+    let mut weights = vec![0f32; v];
+    let mut order: Vec<usize> = (0..v).collect();
+    for _ in 0..length {
+        let probs = stepper.probs();
+        let id = if how.temperature <= 0.0 {
+            probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map_or(0, |(i, _)| i)
+        } else {
+            let logs = probs.iter().map(|p| p.max(1e-30).ln() / how.temperature);
+            for (w, l) in weights.iter_mut().zip(logs) {
+                *w = l;
+            }
+            if how.top_k > 0 && how.top_k < v {
+                order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+                for &i in &order[how.top_k..] {
+                    weights[i] = f32::NEG_INFINITY;
+                }
+            }
+            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for w in weights.iter_mut() {
+                *w = (*w - max).exp();
+            }
+            rng.categorical(&weights)
+        };
+        let c = model.vocab.chars()[id];
+        stepper.step(Some(id as u32), clamps);
+        if !on_char(c, &stepper) {
+            break;
+        }
+    }
+}
