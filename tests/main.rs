@@ -3,6 +3,8 @@
 mod api;
 mod common;
 mod finder;
+mod fuzz;
+mod loader_corpus;
 mod model_load;
 mod trace;
 mod train;

@@ -8,7 +8,7 @@ mod vocab;
 
 pub use lstm::{
     softmax_in_place, write_atomic, Arch, Kind, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights,
-    GATES,
+    GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
 pub use vocab::{Encoded, Vocab, VocabError};
 
