@@ -3,7 +3,9 @@
 mod api;
 mod common;
 mod finder;
+mod fuzz;
 mod hardening;
+mod loader_corpus;
 mod model_load;
 mod trace;
 mod train;

@@ -17,16 +17,41 @@
 //! inside the sequential loop (`kernel::lstm_layer`).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::kernel::{self, gemm, LayerOut, PackedHh, Trans};
-use super::safetensors::{self, FormatError, Tensor};
+use super::safetensors::{self, FormatError, Tensor, TensorFile};
 use super::vocab::{Encoded, Vocab, VocabError};
 
 /// Number of gates of an LSTM cell (i, f, g, o).
 pub const GATES: usize = 4;
+
+/// Largest model file [`Model::load`] reads (4 GiB). The file is held in memory while
+/// it converts, so a larger one is refused before anything is read.
+pub const MAX_MODEL_BYTES: u64 = 4 << 30;
+
+/// Most layers a model file may have; `rnn.*_l{k}` names run from `_l0` to `_l63`.
+/// Far beyond any model worth tracing, and it bounds what a layer name can ask for.
+pub const MAX_LAYERS: usize = 64;
+
+/// The four tensors of every layer, by their `nn.LSTM` names: `rnn.{param}_l{k}`.
+const LAYER_PARAMS: [&str; 4] = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"];
+
+/// The name of parameter `param` (one of [`LAYER_PARAMS`]) of layer `k`.
+fn layer_tensor(param: &str, k: usize) -> String {
+    format!("rnn.{param}_l{k}")
+}
+
+/// The layer index written in a layer tensor's name (`rnn.weight_ih_l12` → `"12"`): digits
+/// without sign or leading zero, not yet bounded. `None` for any other name.
+fn layer_suffix(name: &str) -> Option<&str> {
+    let (param, k) = name.strip_prefix("rnn.")?.rsplit_once("_l")?;
+    let digits = !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) && (k == "0" || !k.starts_with('0'));
+    (LAYER_PARAMS.contains(&param) && digits).then_some(k)
+}
 
 /// Floats in the input-projection block of layers ≥ 1 (4 MiB: 1024 steps at
 /// H = 256). The GEMM repacks W_ih for every block, so blocks must be long; a
@@ -84,10 +109,11 @@ impl Weights {
             out.push(("embedding.weight".to_string(), e.shape().to_vec(), slice(e)));
         }
         for (k, l) in self.layers.iter().enumerate() {
-            out.push((format!("rnn.weight_ih_l{k}"), l.weight_ih.shape().to_vec(), slice(&l.weight_ih)));
-            out.push((format!("rnn.weight_hh_l{k}"), l.weight_hh.shape().to_vec(), slice(&l.weight_hh)));
-            out.push((format!("rnn.bias_ih_l{k}"), l.bias_ih.shape().to_vec(), slice(&l.bias_ih)));
-            out.push((format!("rnn.bias_hh_l{k}"), l.bias_hh.shape().to_vec(), slice(&l.bias_hh)));
+            let [ih, hh, bih, bhh] = LAYER_PARAMS.map(|p| layer_tensor(p, k));
+            out.push((ih, l.weight_ih.shape().to_vec(), slice(&l.weight_ih)));
+            out.push((hh, l.weight_hh.shape().to_vec(), slice(&l.weight_hh)));
+            out.push((bih, l.bias_ih.shape().to_vec(), slice(&l.bias_ih)));
+            out.push((bhh, l.bias_hh.shape().to_vec(), slice(&l.bias_hh)));
         }
         out.push(("decoder.weight".into(), self.decoder_weight.shape().to_vec(), slice(&self.decoder_weight)));
         out.push(("decoder.bias".into(), self.decoder_bias.shape().to_vec(), slice(&self.decoder_bias)));
@@ -109,18 +135,26 @@ impl Arch {
 
 /// Why a model file could not be loaded. Each message names the tensor or key
 /// and what was expected, so a user can fix the export.
+///
+/// Every message is whole in itself and no variant has a `source()`: callers print
+/// errors with their chain (`{:#}`), where a cause that is both in the message and the
+/// source would be printed twice.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read model file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("cannot read model file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path} is {kind}, not a regular file; give the path of a .safetensors model file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error("{path} is {size} bytes, over the {limit} GiB limit for model files", limit = MAX_MODEL_BYTES >> 30)]
+    TooLarge { path: String, size: u64 },
     #[error("not a valid safetensors file: {0}")]
-    Format(#[from] FormatError),
+    Format(FormatError),
     #[error("model file lacks metadata {0} (see DESIGN §3: cellscope.arch, cellscope.vocab)")]
     MissingMetadata(&'static str),
     #[error("unknown architecture {0:?} in cellscope.arch; this build reads \"lstm\" (GRU and tanh-RNN are planned)")]
     UnknownArch(String),
     #[error("bad cellscope.vocab: {0}")]
-    Vocab(#[from] VocabError),
+    Vocab(VocabError),
     #[error("bad cellscope.train: not a JSON object ({0})")]
     TrainMeta(String),
     #[error("model file lacks {name} (expected {expected})")]
@@ -135,6 +169,25 @@ pub enum LoadError {
     Unexpected(String),
     #[error("model has a hidden size of 0 or no layers")]
     Empty,
+    #[error("rnn.weight_hh_l0 has shape {0:?}, expected [4H, H] with H ≥ 1 (it sets the hidden size)")]
+    HiddenShape(Vec<usize>),
+    #[error(
+        "tensor {name} names layer {index}; cellscope loads at most {MAX_LAYERS} layers (_l0 to _l{last})",
+        last = MAX_LAYERS - 1
+    )]
+    LayerOutOfRange { name: String, index: String },
+}
+
+impl From<FormatError> for LoadError {
+    fn from(e: FormatError) -> Self {
+        Self::Format(e)
+    }
+}
+
+impl From<VocabError> for LoadError {
+    fn from(e: VocabError) -> Self {
+        Self::Vocab(e)
+    }
 }
 
 /// A loaded model, ready to trace text.
@@ -296,6 +349,63 @@ fn matrix(data: Vec<f32>, rows: usize, cols: usize) -> Array2<f32> {
     Array2::from_shape_vec((rows, cols), data).expect("shape checked by take()")
 }
 
+/// Reads a safetensors file from disk in the order that lets each check come before the
+/// work it guards: what the path is and how big (a FIFO would block, `/dev/zero` never
+/// ends, a huge file would be read whole), then the header length against the file's
+/// size, then the header, and only when the header holds together, the data.
+fn read_tensor_file(path: &Path) -> Result<TensorFile, LoadError> {
+    let shown = || path.display().to_string();
+    let io = |error| LoadError::Io { path: shown(), error };
+    // Stat before opening: opening a FIFO waits for a writer.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile { path: shown(), kind: file_kind(&meta.file_type()) });
+    }
+    let size = meta.len();
+    if size > MAX_MODEL_BYTES {
+        return Err(LoadError::TooLarge { path: shown(), size });
+    }
+    // `take` holds every read to the size checked above, even if the file grows.
+    let mut file = std::fs::File::open(path).map_err(io)?.take(size);
+    let mut read = |len: usize| -> Result<Vec<u8>, LoadError> {
+        let mut buf = vec![0; len];
+        file.read_exact(&mut buf).map_err(io)?;
+        Ok(buf)
+    };
+    let prefix = read(size.min(safetensors::PREFIX_BYTES as u64) as usize)?;
+    let header_len = safetensors::header_len(&prefix, size)?;
+    let data_len = usize::try_from(size - (safetensors::PREFIX_BYTES + header_len) as u64)
+        .map_err(|_| LoadError::TooLarge { path: shown(), size })?;
+    let header = safetensors::Header::parse(&read(header_len)?, data_len)?;
+    let data = read(header.data_len())?;
+    Ok(header.read_tensors(&data)?)
+}
+
+/// What a path that is not a regular file is, for [`LoadError::NotAFile`].
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
 impl Model {
     /// Builds a model from weights and a vocabulary, checking that they agree.
     pub fn new(name: String, vocab: Vocab, weights: Weights, train: serde_json::Value) -> Result<Self, LoadError> {
@@ -340,16 +450,20 @@ impl Model {
             .collect();
     }
 
-    /// Loads a model file (DESIGN §3).
+    /// Loads a model file (DESIGN §3). Refuses anything but a regular file of at most
+    /// [`MAX_MODEL_BYTES`], and checks the header before it reads the tensors.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let file = read_tensor_file(path)?;
         let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
-        Self::from_bytes(&bytes, name)
+        Self::from_tensors(file, name)
     }
 
     /// Parses a model from the bytes of a safetensors file.
     pub fn from_bytes(bytes: &[u8], name: String) -> Result<Self, LoadError> {
-        let file = safetensors::parse(bytes)?;
+        Self::from_tensors(safetensors::parse(bytes)?, name)
+    }
+
+    fn from_tensors(file: TensorFile, name: String) -> Result<Self, LoadError> {
         let meta = &file.metadata;
         let arch = meta.get("cellscope.arch").ok_or(LoadError::MissingMetadata("cellscope.arch"))?;
         if arch != "lstm" {
@@ -377,31 +491,26 @@ impl Model {
                 return Err(LoadError::VocabMismatch { vocab: v, decoder: rows });
             }
         }
-        let hidden = match tensors.get("rnn.weight_hh_l0") {
+        // H ≥ 1 makes W_hh hold 4H² values that the file really contains, which bounds H
+        // (an empty tensor may claim any dimensions).
+        let hidden = match tensors.get("rnn.weight_hh_l0").map(|t| &t.shape[..]) {
             None => {
                 return Err(LoadError::MissingTensor { name: "rnn.weight_hh_l0".into(), expected: "[4H, H]".into() })
             }
-            Some(t) if t.shape.len() == 2 && t.shape[1] > 0 && t.shape[0] == GATES * t.shape[1] => t.shape[1],
-            Some(t) => {
-                let h = t.shape.get(1).copied().unwrap_or(0);
-                return Err(LoadError::WrongShape {
-                    name: "rnn.weight_hh_l0".into(),
-                    found: t.shape.clone(),
-                    expected: vec![GATES * h, h],
-                });
-            }
+            Some(&[rows, h]) if h > 0 && h.checked_mul(GATES) == Some(rows) => h,
+            Some(shape) => return Err(LoadError::HiddenShape(shape.to_vec())),
         };
-        // The layer count is the highest `_l{k}` suffix among the rnn tensors, so a
+        // The layer count is the highest `_l{k}` suffix among the layer tensors, so a
         // missing tensor of some layer is reported as missing, not as stray.
-        let n_layers = tensors
-            .keys()
-            .filter_map(|name| {
-                let rest = name.strip_prefix("rnn.")?;
-                let (_, k) = rest.rsplit_once("_l")?;
-                k.parse::<usize>().ok()
-            })
-            .max()
-            .map_or(1, |k| k + 1);
+        let mut n_layers = 1;
+        for name in tensors.keys() {
+            if let Some(k) = layer_suffix(name) {
+                match k.parse::<usize>() {
+                    Ok(k) if k < MAX_LAYERS => n_layers = n_layers.max(k + 1),
+                    _ => return Err(LoadError::LayerOutOfRange { name: name.clone(), index: k.to_string() }),
+                }
+            }
+        }
         let (embedding, input) = if tensors.contains_key("embedding.weight") {
             let e = tensors["embedding.weight"].shape.get(1).copied().unwrap_or(0);
             let data = take(&mut tensors, "embedding.weight", &[v, e])?;
@@ -413,11 +522,12 @@ impl Model {
         let mut layers = Vec::with_capacity(n_layers);
         for k in 0..n_layers {
             let inp = if k == 0 { input } else { hidden };
+            let [ih, hh, bih, bhh] = LAYER_PARAMS.map(|p| layer_tensor(p, k));
             layers.push(LayerWeights {
-                weight_ih: matrix(take(&mut tensors, &format!("rnn.weight_ih_l{k}"), &[g, inp])?, g, inp),
-                weight_hh: matrix(take(&mut tensors, &format!("rnn.weight_hh_l{k}"), &[g, hidden])?, g, hidden),
-                bias_ih: Array1::from(take(&mut tensors, &format!("rnn.bias_ih_l{k}"), &[g])?),
-                bias_hh: Array1::from(take(&mut tensors, &format!("rnn.bias_hh_l{k}"), &[g])?),
+                weight_ih: matrix(take(&mut tensors, &ih, &[g, inp])?, g, inp),
+                weight_hh: matrix(take(&mut tensors, &hh, &[g, hidden])?, g, hidden),
+                bias_ih: Array1::from(take(&mut tensors, &bih, &[g])?),
+                bias_hh: Array1::from(take(&mut tensors, &bhh, &[g])?),
             });
         }
         let decoder_weight = matrix(take(&mut tensors, "decoder.weight", &[v, hidden])?, v, hidden);

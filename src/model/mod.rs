@@ -9,7 +9,7 @@ mod vocab;
 
 pub use lstm::{
     softmax_in_place, write_atomic, Arch, Clamp, ClampError, Kind, LayerTrace, LayerWeights, LoadError, Model, State,
-    Trace, Weights, GATES,
+    Trace, Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};
