@@ -78,7 +78,7 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
     }
     let mut texts = Vec::with_capacity(a.files.len());
     for path in &a.files {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::train::read_text(path)?;
         texts.push(text.chars().collect::<Vec<char>>());
     }
     let model = a.model.load()?;

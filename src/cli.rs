@@ -1,7 +1,12 @@
 //! The command line (DESIGN §4): argument definitions and one function per
 //! command. `main.rs` only parses and calls [`run`].
+//!
+//! Error policy: every bad input (a missing or non-UTF-8 file, a flag out of range,
+//! a text with nothing to score) is an `Err` whose message names the input and what
+//! to do; `main` prints it and exits 2. A closed stdout (`cellscope sample | head`)
+//! is not an error: output stops and the exit status is 0, as Unix tools do.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +15,6 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Kind, Model};
-use crate::rng::Rng;
 use crate::train::{self, RunOptions, TrainConfig};
 
 /// The shipped default model, relative to the crate root.
@@ -39,7 +43,14 @@ pub enum Command {
     Serve(crate::server::ServeArgs),
     /// Train a character-level LSTM on a text file.
     Train(TrainArgs),
-    /// Print a text coloured by one cell (24-bit ANSI), or the whole trace as JSON.
+    /// Show one cell's value at every character of a text (coloured on a terminal,
+    /// a table otherwise), or the trace as JSON.
+    ///
+    /// With colour (--color always, or auto on a terminal): the text with each
+    /// character's background coloured by the value (blue −1, white 0, red +1; gates
+    /// from 0 to 1), then a legend. Without (a pipe, a file, --color never): one line
+    /// per character, tab-separated: position, the character as a Rust char literal
+    /// ('a', '\n'), and the value; lines starting with # are comments.
     Trace(TraceArgs),
     /// Rank cells by how well they track a concept over a file or a corpus.
     FindCells(crate::analysis_cli::FindCellsArgs),
@@ -66,8 +77,10 @@ pub struct TrainArgs {
     /// Continue from OUT's checkpoint (same flags required).
     #[arg(long)]
     pub resume: bool,
+    /// Stacked LSTM layers (1 to 16).
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
+    /// Cells per layer (1 to 4096; the run's estimated memory must also fit 16 GiB).
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
     /// Parallel streams per batch.
@@ -76,6 +89,7 @@ pub struct TrainArgs {
     /// Characters per stream per batch (BPTT length).
     #[arg(long, default_value_t = 100)]
     pub seq: usize,
+    /// Learning rate (> 0).
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f32,
     /// adam or rmsprop.
@@ -84,9 +98,10 @@ pub struct TrainArgs {
     /// Gradient-norm clipping threshold (0 = off).
     #[arg(long, default_value_t = 5.0)]
     pub clip: f32,
-    /// Dropout between layers and before the decoder.
+    /// Dropout between layers and before the decoder, in [0, 1).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
+    /// Multiply the learning rate by this after each epoch past --decay-after, in (0, 1].
     #[arg(long, default_value_t = 0.95)]
     pub lr_decay: f32,
     /// Start decaying the learning rate after this many epochs.
@@ -94,6 +109,7 @@ pub struct TrainArgs {
     pub decay_after: f32,
     #[arg(long, default_value_t = 10.0)]
     pub epochs: f32,
+    /// Score the validation text every this many steps.
     #[arg(long, default_value_t = 500)]
     pub eval_every: u64,
     #[arg(long, default_value_t = 1)]
@@ -123,6 +139,33 @@ impl ModelArg {
     }
 }
 
+/// When `trace` colours its output.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    fn colour_stdout(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::parse(s).ok_or_else(|| format!("unknown kind {s:?} (use h, c, i, f, g or o)"))
+}
+
+/// Arguments of `cellscope trace` (the output forms are described on [`Command::Trace`]).
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     #[command(flatten)]
@@ -130,20 +173,25 @@ pub struct TraceArgs {
     /// The text to trace.
     #[arg(long, conflicts_with = "file")]
     pub text: Option<String>,
-    /// A file to trace.
+    /// A file to trace (UTF-8).
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Layer (0-based).
-    #[arg(long, default_value_t = 0)]
-    pub layer: usize,
-    /// h, c, i, f, g or o.
-    #[arg(long, default_value = "c")]
-    pub kind: String,
-    #[arg(long, default_value_t = 0)]
-    pub cell: usize,
-    /// Print the whole trace as JSON instead.
+    /// Layer (0-based). Default 0; with --json, every layer.
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// h, c, i, f, g or o. Default c; with --json, h and c.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<Kind>,
+    /// Cell (0-based). Default 0; with --json, every cell.
+    #[arg(long)]
+    pub cell: Option<usize>,
+    /// Print the trace as JSON (the shape of POST /api/trace), keeping only the
+    /// --layer, --kind and --cell given.
     #[arg(long)]
     pub json: bool,
+    /// Colour the output: auto (when stdout is a terminal), always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
 }
 
 #[derive(Args, Debug)]
@@ -153,8 +201,11 @@ pub struct SampleArgs {
     /// Text to start from.
     #[arg(long, default_value = "")]
     pub prime: String,
+    /// Sharpness: 0 always takes the likeliest character, 1 samples the model as is,
+    /// higher is wilder.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
+    /// Characters to generate (at most 10,000,000); they are printed as they come.
     #[arg(long, default_value_t = 500)]
     pub length: usize,
     #[arg(long, default_value_t = 1)]
@@ -165,7 +216,7 @@ pub struct SampleArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArg,
-    /// Text file to score.
+    /// Text file to score (UTF-8, at least 2 characters).
     #[arg(long)]
     pub file: PathBuf,
     /// Also store the result in the model file's `cellscope.train` metadata as
@@ -176,14 +227,48 @@ pub struct EvalArgs {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Serve(args) => crate::server::serve_blocking(args),
+    let result = match cli.command {
+        Command::Serve(args) => return crate::server::serve_blocking(args),
         Command::Train(args) => cmd_train(args),
         Command::Trace(args) => cmd_trace(args),
         Command::FindCells(args) => crate::analysis_cli::cmd_find_cells(args),
         Command::Sample(args) => cmd_sample(args),
         Command::Eval(args) => cmd_eval(args),
+    };
+    // The reader of stdout left (`| head`): it has all it wants, so stop quietly.
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        r => r,
     }
+}
+
+/// The one-line message `main` prints: `e` and its causes joined by ": ", leaving
+/// out a cause whose text an outer message already holds (several error types
+/// print their source themselves, and `{:#}` would repeat it).
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+/// Whether writing to a closed pipe caused `e` (directly or through serde_json).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let kind = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| cause.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Sets a flag on Ctrl-C or SIGTERM, so long work can save and stop cleanly.
@@ -235,9 +320,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         lr_decay: a.lr_decay,
         decay_after: a.decay_after,
         epochs: a.epochs,
-        eval_every: a.eval_every.max(1),
+        eval_every: a.eval_every,
         seed: a.seed,
-        threads: a.threads.max(1),
+        threads: a.threads,
         init: 0.08,
     };
     let opts = RunOptions {
@@ -250,7 +335,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let stop = stop_flag();
     let report = train::train(config, &a.train, &a.val, &opts, &stop)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
     if report.interrupted {
         eprintln!("interrupted: checkpoint saved; continue with the same command plus --resume");
     } else if !report.finished {
@@ -273,44 +358,65 @@ pub fn diverging_rgb(v: f32) -> (u8, u8, u8) {
 }
 
 fn cmd_trace(a: TraceArgs) -> Result<()> {
-    let model = a.model.load()?;
     let text = match (&a.text, &a.file) {
         (Some(t), None) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => train::read_text(f)?,
         _ => bail!("give the text with --text STR or --file PATH"),
     };
-    let kind = Kind::parse(&a.kind).with_context(|| format!("unknown --kind {:?} (use h, c, i, f, g or o)", a.kind))?;
-    if a.layer >= model.layers() {
-        bail!("--layer {} is out of range: the model has layers 0..{}", a.layer, model.layers() - 1);
+    let model = a.model.load()?;
+    if let Some(layer) = a.layer.filter(|&l| l >= model.layers()) {
+        bail!("--layer {layer} is out of range: the model has layers 0..={}", model.layers() - 1);
     }
-    if a.cell >= model.hidden_size() {
-        bail!("--cell {} is out of range: layers have cells 0..{}", a.cell, model.hidden_size() - 1);
+    if let Some(cell) = a.cell.filter(|&c| c >= model.hidden_size()) {
+        bail!("--cell {cell} is out of range: layers have cells 0..={}", model.hidden_size() - 1);
     }
     let trace = model.trace(&text);
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if a.json {
-        let json = crate::server::trace_json(&model, &trace, None, &Kind::ALL, None, 5);
+        let layers = a.layer.map(|l| vec![l]);
+        let kinds = a.kind.map_or(vec![Kind::Hidden, Kind::Cell], |k| vec![k]);
+        let cells = a.cell.map(|c| vec![c]);
+        let json = crate::server::trace_json(&model, &trace, layers.as_deref(), &kinds, cells.as_deref(), 5);
         serde_json::to_writer(&mut out, &json)?;
         writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
-    let values = trace.layers[a.layer].get(kind).column(a.cell).to_vec();
+    let (layer, kind, cell) = (a.layer.unwrap_or(0), a.kind.unwrap_or(Kind::Cell), a.cell.unwrap_or(0));
+    let values = trace.layers[layer].get(kind).column(cell).to_vec();
+    let title = format!("layer {layer} {} cell {cell} of {} ({} characters)", kind.describe(), model.name, trace.len());
+    if a.color.colour_stdout() {
+        write_coloured(&mut out, &title, &trace.chars, &values, kind)?;
+    } else {
+        writeln!(out, "# {title}")?;
+        writeln!(out, "# position\tcharacter\tvalue")?;
+        for (t, (c, v)) in trace.chars.iter().zip(&values).enumerate() {
+            writeln!(out, "{t}\t{c:?}\t{v:+.4}")?;
+        }
+    }
+    if !trace.unknown.is_empty() {
+        writeln!(
+            out,
+            "# {} characters are not in the vocabulary (fed as zero input) at {:?}",
+            trace.unknown.len(),
+            &trace.unknown[..trace.unknown.len().min(20)]
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The text with each character's background coloured by its value (24-bit ANSI),
+/// then a legend.
+fn write_coloured(out: &mut impl Write, title: &str, chars: &[char], values: &[f32], kind: Kind) -> Result<()> {
     let (lo, hi) = match kind {
         Kind::Input | Kind::Forget | Kind::Output => (0.0, 1.0),
         _ => (-1.0, 1.0),
     };
-    writeln!(
-        out,
-        "layer {} {} cell {} of {} ({} characters)",
-        a.layer,
-        kind.describe(),
-        a.cell,
-        model.name,
-        trace.len()
-    )?;
-    for (t, &c) in trace.chars.iter().enumerate() {
+    writeln!(out, "{title}")?;
+    for (&c, &value) in chars.iter().zip(values) {
         // Gates live in [0, 1]: map them onto the same diverging scale.
-        let v = if lo == 0.0 { 2.0 * values[t] - 1.0 } else { values[t] };
+        let v = if lo == 0.0 { 2.0 * value - 1.0 } else { value };
         let (r, g, b) = diverging_rgb(v);
         let shown = match c {
             '\n' => "\u{21b5}".to_string(),
@@ -332,86 +438,80 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
         write!(out, "\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m {label:+.2} \x1b[0m")?;
     }
     writeln!(out)?;
-    if !trace.unknown.is_empty() {
-        writeln!(
-            out,
-            "{} characters are not in the vocabulary (fed as zero input) at {:?}",
-            trace.unknown.len(),
-            &trace.unknown[..trace.unknown.len().min(20)]
-        )?;
-    }
     Ok(())
 }
 
-/// Samples `length` characters after `prime` at `temperature`.
-pub fn sample(model: &Model, prime: &str, temperature: f32, length: usize, seed: u64) -> String {
-    let mut rng = Rng::new(seed);
-    let mut state = model.zero_state();
-    let mut out = String::new();
-    let mut probs: Vec<f32>;
-    if prime.is_empty() {
-        // Start from a newline if the vocabulary has one, else from its first char.
-        let start = if model.vocab.id('\n').is_some() { '\n' } else { model.vocab.chars()[0] };
-        let t = model.trace_from(&start.to_string(), &state);
-        probs = t.probs.row(0).to_vec();
-        state = t.final_state;
-    } else {
-        let t = model.trace_from(prime, &state);
-        probs = t.probs.row(t.len() - 1).to_vec();
-        state = t.final_state;
-    }
-    for _ in 0..length {
-        let weights: Vec<f32> = if temperature <= 0.0 {
-            let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-            (0..probs.len()).map(|i| if i == best { 1.0 } else { 0.0 }).collect()
-        } else {
-            let logs: Vec<f32> = probs.iter().map(|p| p.max(1e-30).ln() / temperature).collect();
-            let m = logs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            logs.iter().map(|l| (l - m).exp()).collect()
-        };
-        let id = rng.categorical(&weights);
-        let c = model.vocab.chars()[id];
-        out.push(c);
-        let t = model.trace_from(&c.to_string(), &state);
-        probs = t.probs.row(0).to_vec();
-        state = t.final_state;
-    }
-    out
-}
+/// The most characters `cellscope sample` generates in one call.
+pub const MAX_SAMPLE_LENGTH: usize = 10_000_000;
 
 fn cmd_sample(a: SampleArgs) -> Result<()> {
-    let model = a.model.load()?;
     if !a.temperature.is_finite() || a.temperature < 0.0 {
-        bail!("--temperature must be a number ≥ 0 (0 = always the likeliest character)");
+        bail!("--temperature must be a number ≥ 0 (0 = always the likeliest character), got {}", a.temperature);
     }
+    if a.length > MAX_SAMPLE_LENGTH {
+        bail!("--length {} is above the limit of {MAX_SAMPLE_LENGTH} characters; sample in several calls", a.length);
+    }
+    let model = a.model.load()?;
     let unknown = model.vocab.encode(&a.prime).unknown;
     if !unknown.is_empty() {
         eprintln!("note: {} characters of --prime are not in the vocabulary (fed as zero input)", unknown.len());
     }
-    print!("{}", a.prime);
-    println!("{}", sample(&model, &a.prime, a.temperature, a.length, a.seed));
+    // Each character goes out as it is drawn, so a reader sees text at once and a
+    // closed pipe stops the work at the next character.
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prime)?;
+    out.flush()?;
+    let mut failed = None;
+    let mut buf = [0u8; 4];
+    train::sample::sample_with(&model, &a.prime, a.temperature, a.length, a.seed, |c| {
+        match out.write_all(c.encode_utf8(&mut buf).as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    writeln!(out)?;
     Ok(())
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
+    if let Some(name) = &a.record {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
+            bail!("--record takes a plain name like test or sqlite, got {name:?}");
+        }
+    }
+    let text = train::read_text(&a.file)?;
     let model = a.model.load()?;
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let started = std::time::Instant::now();
     let (loss, count) = train::evaluate(&model, &text, |done, total| {
         eprint!("\rscoring {done}/{total} characters");
     });
     eprintln!();
-    println!(
+    if count == 0 {
+        bail!(
+            "{} has nothing to score ({} characters): it needs at least 2 characters, and characters after the \
+             first that the model's vocabulary knows",
+            a.file.display(),
+            text.chars().count()
+        );
+    }
+    if !loss.is_finite() {
+        bail!("the model scored {} as {loss} nats per character: its weights are not finite", a.file.display());
+    }
+    writeln!(
+        std::io::stdout(),
         "{}",
         serde_json::json!({
             "file": a.file.display().to_string(), "nats_per_char": loss, "bits_per_char": loss / std::f64::consts::LN_2,
             "chars_scored": count, "seconds": started.elapsed().as_secs_f64(),
         })
-    );
+    )?;
     if let Some(name) = &a.record {
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
-            bail!("--record takes a plain name like test or sqlite, got {name:?}");
-        }
         let path = a.model.model.clone().unwrap_or_else(default_model_path);
         let mut model = model;
         if !model.train.is_object() {

@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     match cellscope::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cellscope::cli::error_message(&e));
             std::process::ExitCode::from(2)
         }
     }

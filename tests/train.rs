@@ -6,14 +6,9 @@ use std::sync::atomic::AtomicBool;
 use cellscope::model::{Model, Weights};
 use cellscope::rng::Rng;
 use cellscope::train::backprop::{loss_and_grad, StreamState, Workspace};
-use cellscope::train::{train, RunOptions, TrainConfig};
+use cellscope::train::{train, RunOptions, TrainConfig, MAX_TRAIN_BYTES};
 
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("cellscope-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use crate::common::{bracket_text, temp_dir};
 
 /// Central differences against backprop for every entry of every tensor.
 /// Bound: |numeric − analytic| ≤ 2e-3 + 2e-2·|analytic| (f32 arithmetic, ε = 1e-2,
@@ -70,23 +65,6 @@ fn gradients_match_finite_differences() {
 #[test]
 fn gradients_match_finite_differences_with_dropout() {
     gradcheck(0.3);
-}
-
-/// Segments `(xyz…)` or `[xyz…]` with 20–30 filler characters: the closer can only
-/// be predicted by remembering the opener across the filler.
-fn bracket_text(n_segments: usize, seed: u64) -> String {
-    let mut rng = Rng::new(seed);
-    let mut s = String::new();
-    for _ in 0..n_segments {
-        let square = rng.below(2) == 1;
-        s.push(if square { '[' } else { '(' });
-        for _ in 0..20 + rng.below(11) {
-            s.push(['a', 'b', 'c'][rng.below(3) as usize]);
-        }
-        s.push(if square { ']' } else { ')' });
-        s.push('\n');
-    }
-    s
 }
 
 #[test]
@@ -164,4 +142,27 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let err = train(config.clone(), &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false))
         .unwrap_err();
     assert!(err.to_string().contains("pass --resume"), "{err}");
+}
+
+#[test]
+fn the_default_settings_pass_validation_and_absurd_ones_do_not() {
+    let config = TrainConfig::default();
+    config.validate().unwrap();
+    // The shipped model's run (2 × 512, ~100 characters) fits the memory budget easily.
+    let shipped = TrainConfig { hidden: 512, ..TrainConfig::default() };
+    assert!(shipped.memory_estimate(100) < MAX_TRAIN_BYTES as f64 / 8.0, "{}", shipped.memory_estimate(100));
+    shipped.check_memory(100).unwrap();
+    let huge = TrainConfig { hidden: 4096, batch: 100_000, seq: 100_000, ..TrainConfig::default() };
+    huge.validate().unwrap();
+    let err = huge.check_memory(100).unwrap_err().to_string();
+    assert!(err.contains("of memory") && err.contains("16.0 GiB"), "{err}");
+    for bad in [
+        TrainConfig { lr: f32::NAN, ..TrainConfig::default() },
+        TrainConfig { lr: 0.0, ..TrainConfig::default() },
+        TrainConfig { clip: f32::INFINITY, ..TrainConfig::default() },
+        TrainConfig { init: -1.0, ..TrainConfig::default() },
+        TrainConfig { seq: 0, ..TrainConfig::default() },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?} passed validation");
+    }
 }

@@ -14,10 +14,18 @@
 //! - `model.ckpt.safetensors`: the latest checkpoint (weights, optimiser moments,
 //!   carried state, step, data position, config) for `--resume`;
 //! - `model.log.jsonl`: one JSON object per logged step (loss, val loss, chars/s).
+//!
+//! Nothing breaks late: [`train`] checks every setting ([`TrainConfig::validate`]),
+//! every path, the text sizes and the memory the run would need before the first
+//! step, and stops with [`TrainError::Diverged`] (saving nothing from the bad step)
+//! when the loss or the gradient stops being finite.
+//!
+//! [`sample`] draws text from a model one character at a time.
 
 pub mod backprop;
 mod gemm;
 pub mod optim;
+pub mod sample;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -77,11 +85,122 @@ impl Default for TrainConfig {
     }
 }
 
+/// The largest `--hidden` the trainer accepts (the shipped model uses 512).
+pub const MAX_HIDDEN: usize = 4096;
+/// The most layers the trainer accepts: plain LSTM stacks this deep already train
+/// poorly without residual connections, which this trainer lacks.
+pub const MAX_LAYERS: usize = 16;
+/// The memory a run may be estimated to need ([`TrainConfig::memory_estimate`])
+/// before it is refused rather than left to abort on a failed allocation.
+pub const MAX_TRAIN_BYTES: u64 = 16 << 30;
+
+impl TrainConfig {
+    /// Checks every setting, so that a bad one is refused before any work instead
+    /// of training a NaN model or panicking mid-run. Messages name the CLI flags.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let fail = |msg: String| Err(TrainError::Config(msg));
+        for (flag, value) in [("--batch", self.batch), ("--seq", self.seq), ("--threads", self.threads)] {
+            if value == 0 {
+                return fail(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.eval_every == 0 {
+            return fail("--eval-every must be at least 1".into());
+        }
+        if !(1..=MAX_LAYERS).contains(&self.layers) {
+            return fail(format!("--layers must be between 1 and {MAX_LAYERS}, got {}", self.layers));
+        }
+        if !(1..=MAX_HIDDEN).contains(&self.hidden) {
+            return fail(format!("--hidden must be between 1 and {MAX_HIDDEN}, got {}", self.hidden));
+        }
+        let reals = [
+            ("--lr", self.lr, self.lr > 0.0, "a number above 0 (e.g. 2e-3)"),
+            ("--clip", self.clip, self.clip >= 0.0, "a number ≥ 0 (0 turns clipping off)"),
+            ("--dropout", self.dropout, (0.0..1.0).contains(&self.dropout), "in [0, 1)"),
+            ("--lr-decay", self.lr_decay, self.lr_decay > 0.0 && self.lr_decay <= 1.0, "in (0, 1] (1 = no decay)"),
+            ("--decay-after", self.decay_after, self.decay_after >= 0.0, "a number of epochs ≥ 0"),
+            ("--epochs", self.epochs, self.epochs > 0.0, "a number above 0"),
+            ("init", self.init, self.init >= 0.0, "a number ≥ 0"),
+        ];
+        for (flag, value, ok, want) in reals {
+            if !value.is_finite() || !ok {
+                return fail(format!("{flag} must be {want}, got {value}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Estimated peak memory (bytes) of a run over a vocabulary of `vocab`
+    /// characters: weights, optimiser moments, one gradient per shard and the
+    /// model copies made at validation (P parameters each), plus the training and
+    /// validation workspaces (`backprop::Workspace`: 13 values per cell per layer
+    /// per character of the batch, the logits, and per shard the layer-0 tables).
+    /// Computed in f64 so absurd sizes cannot overflow.
+    pub fn memory_estimate(&self, vocab: usize) -> f64 {
+        let (v, h, l) = (vocab as f64, self.hidden as f64, self.layers as f64);
+        let (b, s) = (self.batch as f64, self.seq as f64);
+        let shards = self.threads.min(self.batch).max(1) as f64;
+        let params = 4.0 * h * (v + h + 2.0) + (l - 1.0) * 4.0 * h * (2.0 * h + 2.0) + v * h + v;
+        let workspace = b * s * (13.0 * l * h + v + 2.0 * h) + shards * 8.0 * v * h;
+        let states = 2.0 * l * b * h;
+        4.0 * ((5.0 + shards) * params + 2.0 * workspace + states)
+    }
+
+    /// Refuses a run whose [`memory_estimate`](Self::memory_estimate) exceeds
+    /// [`MAX_TRAIN_BYTES`].
+    pub fn check_memory(&self, vocab: usize) -> Result<(), TrainError> {
+        let need = self.memory_estimate(vocab);
+        if need > MAX_TRAIN_BYTES as f64 {
+            return Err(TrainError::Config(format!(
+                "this run would need about {} of memory (--hidden {}, --layers {}, --batch {}, --seq {}, {vocab} characters \
+                 in the vocabulary), above the trainer's budget of {}; lower --batch, --seq, --hidden or --layers",
+                fmt_bytes(need),
+                self.hidden,
+                self.layers,
+                self.batch,
+                self.seq,
+                fmt_bytes(MAX_TRAIN_BYTES as f64)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A number as a person would type it: `0.002`, `12`, `1e38`.
+fn fmt_real(x: f32) -> String {
+    if x == 0.0 || (1e-4..1e6).contains(&x.abs()) {
+        x.to_string()
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// `1.5 GiB`, `300.0 MiB`.
+fn fmt_bytes(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 /// Why training could not start or continue.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("{path} is a directory, not a text file")]
+    NotAFile { path: String },
+    #[error(
+        "{path} is not UTF-8 text (first bad byte at offset {offset}); convert it first, e.g. with iconv -t UTF-8"
+    )]
+    NotUtf8 { path: String, offset: usize },
+    /// The loss or the gradient stopped being finite; nothing from that step was saved.
+    #[error("training diverged at step {step}: {detail}")]
+    Diverged { step: u64, detail: String },
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
     #[error("{0}")]
@@ -97,9 +216,16 @@ pub struct Corpus {
     pub ids: Vec<u32>,
 }
 
-/// Reads a UTF-8 text file.
+/// Reads a UTF-8 text file. The error names the file and says what is wrong: it
+/// is missing or unreadable, a directory, or not UTF-8. Every command that reads a
+/// text file reads it with this.
 pub fn read_text(path: &Path) -> Result<String, TrainError> {
-    std::fs::read_to_string(path).map_err(|source| TrainError::Read { path: path.display().to_string(), source })
+    let shown = || path.display().to_string();
+    if path.is_dir() {
+        return Err(TrainError::NotAFile { path: shown() });
+    }
+    let bytes = std::fs::read(path).map_err(|source| TrainError::Read { path: shown(), source })?;
+    String::from_utf8(bytes).map_err(|e| TrainError::NotUtf8 { path: shown(), offset: e.utf8_error().valid_up_to() })
 }
 
 /// Lowercase hex SHA-256 of bytes.
@@ -144,8 +270,15 @@ pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize
 /// a little: on the shipped model's 305k-character validation split it gave 0.8846
 /// against [`evaluate`]'s one-stream 0.8801 nats/char, which is what reported
 /// losses use.
+///
+/// Needs at least 2 ids (one prediction); with fewer there is nothing to score
+/// and the result is NaN. [`train`] asks for `seq + 1` validation characters.
 pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize, threads: usize) -> f64 {
-    let batch = batch.clamp(1, ids.len().max(2) - 1);
+    if ids.len() < 2 {
+        return f64::NAN;
+    }
+    let seq = seq.max(1);
+    let batch = batch.clamp(1, ids.len() - 1);
     let stream_len = (ids.len() - 1) / batch;
     let shards = shard_sizes(batch, threads);
     let results: Vec<(f64, usize)> = std::thread::scope(|scope| {
@@ -220,6 +353,51 @@ impl RunOptions {
     /// A fresh, silent run writing beside `out`, with no time or step limit.
     pub fn quiet(out: PathBuf) -> Self {
         Self { out, resume: false, max_seconds: None, max_steps: None, verbose: false, test: None }
+    }
+
+    /// Checks the limits, and that the run will be able to write its files: `out`
+    /// is not a directory, its directory exists and takes a new file, and the
+    /// checkpoint exists exactly when resuming. Done before any work, so that a
+    /// typo in `--out` costs nothing rather than a whole run.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let fail = |msg: String| Err(TrainError::Config(msg));
+        if let Some(s) = self.max_seconds {
+            if !s.is_finite() || s <= 0.0 {
+                return fail(format!("--max-minutes must be a number above 0, got {}", s / 60.0));
+            }
+        }
+        if self.max_steps == Some(0) {
+            return fail("--max-steps must be at least 1".into());
+        }
+        let out = &self.out;
+        if out.is_dir() {
+            return fail(format!(
+                "--out {} is a directory; give the model's file path, e.g. {}",
+                out.display(),
+                out.join("model.safetensors").display()
+            ));
+        }
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return fail(format!("the directory of --out, {}, does not exist; create it first", dir.display()));
+        }
+        let probe = dir.join(format!(".cellscope-write-test-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(|source| TrainError::Write { path: dir.display().to_string(), source })?;
+        let _ = std::fs::remove_file(&probe);
+        let ckpt = sidecar(out, ".ckpt.safetensors");
+        if self.resume && !ckpt.is_file() {
+            return fail(format!("--resume given but {} does not exist; start without --resume", ckpt.display()));
+        }
+        if !self.resume && ckpt.exists() {
+            return fail(format!(
+                "{} exists; pass --resume to continue it, or delete it to start over",
+                ckpt.display()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -363,6 +541,33 @@ pub fn curve_from_log(path: &Path, every: u64) -> Vec<serde_json::Value> {
     out
 }
 
+/// The error for a run whose loss or gradient stopped being finite at `step`:
+/// what was kept (`saved_step`: the checkpoint on disk) and what to try.
+fn diverged(step: u64, what: &str, config: &TrainConfig, opts: &RunOptions, saved_step: Option<u64>) -> TrainError {
+    if opts.verbose {
+        eprintln!(); // end the progress line
+    }
+    let ckpt = sidecar(&opts.out, ".ckpt.safetensors");
+    let kept = match saved_step {
+        Some(s) => format!(
+            "nothing from this step was saved: {} (step {s}) and the best model {} are as they were",
+            ckpt.display(),
+            opts.out.display()
+        ),
+        None => "nothing was saved".to_string(),
+    };
+    TrainError::Diverged {
+        step,
+        detail: format!(
+            "{what}; {kept}. Start over (delete {}) with a lower --lr (this run: {}) or gradient clipping \
+             --clip 1 to 5 (this run: {})",
+            ckpt.display(),
+            fmt_real(config.lr),
+            config.clip
+        ),
+    }
+}
+
 /// What a finished (or interrupted) invocation reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
@@ -384,30 +589,53 @@ pub fn train(
     opts: &RunOptions,
     stop: &AtomicBool,
 ) -> Result<TrainReport, TrainError> {
-    if config.layers == 0 || config.hidden == 0 || config.batch == 0 || config.seq == 0 {
-        return Err(TrainError::Config("layers, hidden, batch and seq must all be at least 1".into()));
-    }
-    if !(0.0..1.0).contains(&config.dropout) {
-        return Err(TrainError::Config(format!("dropout must be in [0, 1), got {}", config.dropout)));
-    }
+    // Everything that can be wrong with the request is checked here, before the
+    // first step: settings, paths, text sizes, memory.
+    config.validate()?;
+    opts.validate()?;
     let train_text = read_text(train_path)?;
     let val_text = read_text(val_path)?;
+    let test_text = opts.test.as_deref().map(read_text).transpose()?;
     let mut all = train_text.clone();
     all.push_str(&val_text);
     let vocab = Vocab::from_text(&all).map_err(|e| TrainError::Config(format!("training text: {e}")))?;
+    config.check_memory(vocab.len())?;
     let ids: Vec<u32> = train_text.chars().map(|c| vocab.id(c).expect("vocab built from this text")).collect();
     // Validation characters outside the vocabulary cannot occur: it includes val.
     let val_ids: Vec<u32> = val_text.chars().map(|c| vocab.id(c).expect("vocab built from this text")).collect();
-    let stream_len = ids.len().saturating_sub(1) / config.batch;
-    let batches_per_epoch = (stream_len / config.seq) as u64;
-    if batches_per_epoch == 0 {
+    let need = config.batch.saturating_mul(config.seq).saturating_add(1);
+    if ids.len() < need {
         return Err(TrainError::Config(format!(
-            "training text has {} characters, too few for {} streams of {} steps; lower --batch or --seq",
+            "training text {} has {} characters, too few for {} streams of {} steps (at least --batch × --seq + 1 \
+             = {need}); lower --batch or --seq, or give more text",
+            train_path.display(),
             ids.len(),
             config.batch,
             config.seq
         )));
     }
+    // The batched evaluator scores nothing below 2 characters; one full window of
+    // `seq` predictions makes the score about the context the model trains on.
+    if val_ids.len() < config.seq + 1 {
+        return Err(TrainError::Config(format!(
+            "validation text {} has {} characters; it must hold at least --seq + 1 = {} to be scored",
+            val_path.display(),
+            val_ids.len(),
+            config.seq + 1
+        )));
+    }
+    if let (Some(path), Some(text)) = (&opts.test, &test_text) {
+        // evaluate() scores each character after the first that the vocabulary knows.
+        if !text.chars().skip(1).any(|c| vocab.id(c).is_some()) {
+            return Err(TrainError::Config(format!(
+                "test text {} has nothing to score: it needs at least 2 characters, and characters after the first \
+                 that occur in the training or validation text",
+                path.display()
+            )));
+        }
+    }
+    let stream_len = ids.len().saturating_sub(1) / config.batch;
+    let batches_per_epoch = (stream_len / config.seq) as u64;
     let shards = shard_sizes(config.batch, config.threads);
     let weights = Weights::random_scaled(vocab.len(), None, config.hidden, config.layers, config.seed, config.init);
     let train_meta = serde_json::json!({
@@ -438,12 +666,6 @@ pub fn train(
     let ckpt_path = sidecar(&opts.out, ".ckpt.safetensors");
     let log_path = sidecar(&opts.out, ".log.jsonl");
     let mut run = if opts.resume {
-        if !ckpt_path.exists() {
-            return Err(TrainError::Config(format!(
-                "--resume given but {} does not exist; start without --resume",
-                ckpt_path.display()
-            )));
-        }
         let r = load_checkpoint(&ckpt_path, &fresh)?;
         if opts.verbose {
             eprintln!(
@@ -456,12 +678,6 @@ pub fn train(
         }
         r
     } else {
-        if ckpt_path.exists() {
-            return Err(TrainError::Config(format!(
-                "{} exists; pass --resume to continue it, or delete it to start over",
-                ckpt_path.display()
-            )));
-        }
         let _ = std::fs::remove_file(&log_path);
         fresh
     };
@@ -503,6 +719,8 @@ pub fn train(
     let mut inputs: Vec<Vec<u32>> = shards.iter().map(|&b| vec![0; b * config.seq]).collect();
     let mut targets = inputs.clone();
 
+    // The step of the checkpoint on disk, for the message if the run diverges.
+    let mut saved_step = opts.resume.then_some(run.progress.step);
     while run.progress.step < total_steps {
         if stop.load(Ordering::Relaxed) {
             interrupted = true;
@@ -551,6 +769,11 @@ pub fn train(
             first[0].add_assign(g);
         }
         let grad_norm = clip_grad_norm(&mut first[0], config.clip);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            // Stop before the optimiser writes non-finite values into the weights.
+            let what = format!("the training loss is {loss} (gradient norm {grad_norm})");
+            return Err(diverged(step + 1, &what, &config, opts, saved_step));
+        }
         run.opt.step(&mut run.weights, &mut first[0], run.progress.lr);
         run.progress.step += 1;
         run.progress.chars_seen += chars_per_step;
@@ -586,6 +809,9 @@ pub fn train(
             )
             .map_err(|e| TrainError::Config(e.to_string()))?;
             let val = evaluate_batched(&run.weights, &val_ids, config.batch, config.seq, config.threads);
+            if !val.is_finite() {
+                return Err(diverged(step, &format!("the validation loss is {val}"), &config, opts, saved_step));
+            }
             record["val_loss"] = serde_json::json!(val);
             if run.progress.best_val.is_none_or(|b| val < b) {
                 run.progress.best_val = Some(val);
@@ -603,6 +829,7 @@ pub fn train(
                     .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
             }
             save_checkpoint(&run, &ckpt_path)?;
+            saved_step = Some(step);
         }
         writeln!(log, "{record}")
             .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
@@ -625,17 +852,17 @@ pub fn train(
     let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / elapsed.max(1e-9);
     let mut test_loss = None;
     if finished {
-        if let Some(test) = &opts.test {
+        if let Some(text) = &test_text {
             // Score the best model on the test split and record it in its metadata.
-            if let Ok(mut best) = Model::load(&opts.out) {
-                let text = read_text(test)?;
-                let (loss, _) = evaluate(&best, &text, |_, _| {});
-                best.train["test_loss"] = serde_json::json!(loss);
-                best.train["test_sha256"] = serde_json::json!(sha256_hex(text.as_bytes()));
-                best.save(&opts.out)
-                    .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
-                test_loss = Some(loss);
-            }
+            // The last step always validates, so the best model exists.
+            let mut best = Model::load(&opts.out)
+                .map_err(|e| TrainError::Config(format!("cannot reload the best model to score the test text: {e}")))?;
+            let (loss, _) = evaluate(&best, text, |_, _| {});
+            best.train["test_loss"] = serde_json::json!(loss);
+            best.train["test_sha256"] = serde_json::json!(sha256_hex(text.as_bytes()));
+            best.save(&opts.out)
+                .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
+            test_loss = Some(loss);
         }
     }
     if opts.verbose {
