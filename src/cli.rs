@@ -210,6 +210,14 @@ pub struct SampleArgs {
     pub length: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Draw among the K likeliest characters only (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Hold a cell at a value while sampling: LAYER/KIND/CELL=VALUE[@FROM..TO], KIND
+    /// h or c, steps counted from the prime's first character (repeatable). `1/c/5=0`
+    /// ablates cell 5 of layer 1's cell state throughout.
+    #[arg(long = "clamp", value_name = "SPEC")]
+    pub clamps: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -452,6 +460,13 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         bail!("--length {} is above the limit of {MAX_SAMPLE_LENGTH} characters; sample in several calls", a.length);
     }
     let model = a.model.load()?;
+    let clamps = a
+        .clamps
+        .iter()
+        .map(|s| crate::model::Clamp::parse_spec(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    model.check_clamps(&clamps, usize::MAX)?;
     let unknown = model.vocab.encode(&a.prime).unknown;
     if !unknown.is_empty() {
         eprintln!("note: {} characters of --prime are not in the vocabulary (fed as zero input)", unknown.len());
@@ -463,7 +478,8 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     out.flush()?;
     let mut failed = None;
     let mut buf = [0u8; 4];
-    train::sample::sample_with(&model, &a.prime, a.temperature, a.length, a.seed, |c| {
+    let how = crate::model::Sampling { temperature: a.temperature, top_k: a.top_k, seed: a.seed };
+    crate::model::sample(&model, &a.prime, a.length, how, &clamps, |c, _| {
         match out.write_all(c.encode_utf8(&mut buf).as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => true,
             Err(e) => {

@@ -345,10 +345,15 @@ fn sample_gives_the_same_text_for_the_same_seed() {
     assert_ne!(a, c);
     // The binary prints the prime, then what the library function draws.
     let model = Model::load(Path::new(&d.model())).unwrap();
-    let drawn = cellscope::train::sample::sample(&model, "int ", 0.8, 200, 7);
+    let how = cellscope::model::Sampling { temperature: 0.8, top_k: 0, seed: 7 };
+    let mut drawn = String::new();
+    cellscope::model::sample(&model, "int ", 200, how, &[], |c, _| {
+        drawn.push(c);
+        true
+    });
     assert_eq!(a, format!("int {drawn}\n"));
     let mut first = String::new();
-    cellscope::train::sample::sample_with(&model, "int ", 0.8, 200, 7, |c| {
+    cellscope::model::sample(&model, "int ", 200, how, &[], |c, _| {
         first.push(c);
         first.chars().count() < 5
     });

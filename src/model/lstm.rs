@@ -654,7 +654,8 @@ impl Model {
         out: &mut LayerOut,
         clamps: &[Clamp],
     ) {
-        let mine: Vec<&Clamp> = clamps.iter().filter(|c| c.layer == k && c.to > t0 && c.from < t0 + rows.len()).collect();
+        let mine: Vec<&Clamp> =
+            clamps.iter().filter(|c| c.layer == k && c.to > t0 && c.from < t0 + rows.len()).collect();
         let run = |rows: &[&[f32]], out: &mut LayerOut| {
             kernel::lstm_layer(&self.packed_hh[k], rows, &self.bias[k], h0, c0, out);
         };
@@ -749,6 +750,32 @@ pub struct Clamp {
 impl Clamp {
     fn covers(&self, t: usize) -> bool {
         self.from <= t && t < self.to
+    }
+
+    /// Parses the command line's `LAYER/KIND/CELL=VALUE[@FROM..TO]` (e.g. `1/c/5=0`,
+    /// `0/h/12=-0.8@10..40`); without a range the clamp holds for `0..usize::MAX`
+    /// (the whole text).
+    pub fn parse_spec(spec: &str) -> Result<Clamp, String> {
+        let bad = || format!("clamp {spec:?} is not LAYER/KIND/CELL=VALUE[@FROM..TO], e.g. 1/c/5=0");
+        let (target, rest) = spec.split_once('=').ok_or_else(bad)?;
+        let (value, range) = match rest.split_once('@') {
+            Some((v, r)) => (v, Some(r)),
+            None => (rest, None),
+        };
+        let parts: Vec<&str> = target.split('/').collect();
+        let [layer, kind, cell] = parts[..] else { return Err(bad()) };
+        let layer = layer.trim().parse().map_err(|_| bad())?;
+        let kind = Kind::parse(kind.trim()).ok_or_else(bad)?;
+        let cell = cell.trim().parse().map_err(|_| bad())?;
+        let value: f32 = value.trim().parse().map_err(|_| bad())?;
+        let (from, to) = match range {
+            None => (0, usize::MAX),
+            Some(r) => {
+                let (a, b) = r.split_once("..").ok_or_else(bad)?;
+                (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)
+            }
+        };
+        Ok(Clamp { layer, kind, cell, value, from, to })
     }
 }
 

@@ -32,7 +32,10 @@ impl<'m> Stepper<'m> {
     /// Starts from `state` (e.g. [`Model::zero_state`] or a trace's final state).
     pub fn new(model: &'m Model, state: State) -> Self {
         let n = model.hidden_size();
-        assert!(state.h.len() == model.layers() && state.h.iter().all(|h| h.len() == n), "state does not fit the model");
+        assert!(
+            state.h.len() == model.layers() && state.h.iter().all(|h| h.len() == n),
+            "state does not fit the model"
+        );
         Self {
             model,
             state,

@@ -25,7 +25,6 @@
 pub mod backprop;
 mod gemm;
 pub mod optim;
-pub mod sample;
 
 use std::collections::BTreeMap;
 use std::io::Write;
