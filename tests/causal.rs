@@ -200,3 +200,214 @@ fn bad_clamps_are_named() {
         assert!(Clamp::parse_spec(bad).is_err(), "{bad}");
     }
 }
+
+mod http {
+    use axum::body::Body;
+    use axum::http::Request;
+    use cellscope::server::{router, AppState, Limits};
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app_state() -> AppState {
+        AppState::new(tiny_model(None, 5), Limits::default(), TEXT.repeat(4), "test reference".into())
+    }
+
+    async fn call(req: Request<Body>) -> (u16, Vec<u8>, String) {
+        let resp = router(app_state()).oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec(), ct)
+    }
+
+    async fn post(uri: &str, body: Value) -> (u16, Value) {
+        let req = Request::post(uri).header("content-type", "application/json").body(Body::from(body.to_string()));
+        let (s, bytes, _) = call(req.unwrap()).await;
+        (
+            s,
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{uri}: {e}: {}", String::from_utf8_lossy(&bytes))),
+        )
+    }
+
+    fn floats(v: &Value) -> Vec<Option<f64>> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64()).collect()
+    }
+
+    #[tokio::test]
+    async fn intervene_matches_the_reference_step_by_step() {
+        let model = tiny_model(None, 5);
+        let n = TEXT.chars().count();
+        let (s, v) = post(
+            "/api/intervene",
+            json!({"text": TEXT, "clamps": [{"layer": 0, "kind": "c", "cell": 3, "value": 0}, {"layer": 1, "kind": "h", "cell": 9, "value": 0.8, "from": 4, "to": 30}], "top_k": 2}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let clamps = [clamp(0, Kind::Cell, 3, 0.0, 0, n), clamp(1, Kind::Hidden, 9, 0.8, 4, 30)];
+        let want_base = reference_logp(&model, TEXT, &[]);
+        let want_clamped = reference_logp(&model, TEXT, &clamps);
+        let (base, clamped, delta) = (floats(&v["base"]["logp"]), floats(&v["clamped"]["logp"]), floats(&v["delta"]));
+        assert_eq!(base.len(), n - 1);
+        for t in 0..n - 1 {
+            let (b, c, d) = (base[t].unwrap(), clamped[t].unwrap(), delta[t].unwrap());
+            assert!((b - want_base[t].unwrap()).abs() < 2e-4, "base logp[{t}]");
+            assert!((c - want_clamped[t].unwrap()).abs() < 2e-4, "clamped logp[{t}]");
+            assert!((d - (c - b)).abs() < 1e-5, "delta[{t}]");
+        }
+        let loss = -base.iter().flatten().sum::<f64>() / (n - 1) as f64;
+        assert!((v["loss_base"].as_f64().unwrap() - loss).abs() < 1e-4);
+        assert_eq!(v["clamps"][0]["to"], n, "to defaults to the whole text");
+        let affected = v["most_affected"].as_array().unwrap();
+        assert_eq!(affected.len(), 10);
+        let mags: Vec<f64> = affected.iter().map(|a| a["delta"].as_f64().unwrap().abs()).collect();
+        assert!(mags.windows(2).all(|w| w[0] >= w[1]), "largest first: {mags:?}");
+        let max = delta.iter().flatten().map(|d| d.abs()).fold(0.0, f64::max);
+        assert!((mags[0] - max).abs() < 1e-6);
+        let concepts = v["concepts"].as_array().unwrap();
+        assert!(concepts.iter().any(|c| c["concept"] == "string" && c["chars"].as_u64().unwrap() > 0), "{concepts:?}");
+        assert_eq!(v["base"]["top"][0].as_array().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn bad_clamps_and_samples_are_json_errors() {
+        let c = |extra: Value| {
+            let mut base = json!({"layer": 0, "kind": "c", "cell": 1, "value": 0.5});
+            base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            base
+        };
+        let many: Vec<Value> = (0..65).map(|_| c(json!({}))).collect();
+        let cases = [
+            ("/api/intervene", json!({"text": "ab", "clamps": [c(json!({"layer": 5}))]}), 422, "bad_layer"),
+            ("/api/intervene", json!({"text": "ab", "clamps": [c(json!({"kind": "f"}))]}), 422, "bad_kind"),
+            ("/api/intervene", json!({"text": "ab", "clamps": [c(json!({"cell": 16}))]}), 422, "bad_cell"),
+            ("/api/intervene", json!({"text": "ab", "clamps": [c(json!({"value": 1e39}))]}), 422, "bad_value"),
+            ("/api/intervene", json!({"text": "abc", "clamps": [c(json!({"from": 2, "to": 1}))]}), 422, "bad_range"),
+            ("/api/intervene", json!({"text": "abc", "clamps": [c(json!({"to": 4}))]}), 422, "bad_range"),
+            ("/api/intervene", json!({"text": "abc", "clamps": many}), 422, "too_many_clamps"),
+            ("/api/intervene", json!({"text": "abc", "clamps": []}), 422, "bad_clamps"),
+            ("/api/intervene", json!({"text": "abc"}), 422, "invalid_request"),
+            ("/api/intervene", json!({"text": "x".repeat(20_001), "clamps": [c(json!({}))]}), 413, "text_too_long"),
+            ("/api/sample", json!({"length": 0, "temperature": 1}), 422, "bad_length"),
+            ("/api/sample", json!({"length": 20_001, "temperature": 1}), 422, "bad_length"),
+            ("/api/sample", json!({"length": 5, "temperature": -1}), 422, "bad_temperature"),
+            ("/api/sample", json!({"length": 5, "temperature": 1, "top_k": 999}), 422, "bad_top_k"),
+            (
+                "/api/sample",
+                json!({"length": 5, "temperature": 1, "clamps": [c(json!({"cell": 99}))]}),
+                422,
+                "bad_cell",
+            ),
+            (
+                "/api/sample",
+                json!({"length": 5, "temperature": 1, "watch": {"layer": 3, "kind": "h", "cell": 0}}),
+                422,
+                "bad_layer",
+            ),
+            ("/api/sample?stream=sse", json!({"length": 5, "temperature": 1}), 422, "bad_format"),
+        ];
+        for (uri, body, status, code) in cases {
+            let (s, v) = post(uri, body.clone()).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{uri} {body}: {v}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sampling_over_http_is_repeatable_steerable_and_streams() {
+        let body = json!({"prime": "if (", "length": 80, "temperature": 0.9, "seed": 4, "watch": {"layer": 1, "kind": "c", "cell": 2}});
+        let (s, a) = post("/api/sample", body.clone()).await;
+        assert_eq!(s, 200, "{a}");
+        let text = a["text"].as_str().unwrap();
+        assert_eq!(text.chars().count(), 80);
+        assert_eq!(a["values"].as_array().unwrap().len(), 80);
+        assert_eq!(post("/api/sample", body.clone()).await.1["text"], text, "same seed, same text");
+        // The library draws the same characters.
+        let model = tiny_model(None, 5);
+        let mut lib = String::new();
+        cellscope::model::sample(&model, "if (", 80, Sampling { temperature: 0.9, top_k: 0, seed: 4 }, &[], |c, _| {
+            lib.push(c);
+            true
+        });
+        assert_eq!(lib, text);
+        let mut steered = body.clone();
+        steered["clamps"] = json!([{"layer": 1, "kind": "h", "cell": 5, "value": 1.0}]);
+        let (_, b) = post("/api/sample", steered).await;
+        assert_ne!(b["text"], text, "a clamp steers the sample");
+        assert_eq!(b["clamps"][0]["from"], 0);
+        // Streamed: one line per character, then the whole answer.
+        let req = Request::post("/api/sample?stream=ndjson")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (s, bytes, ct) = call(req).await;
+        assert_eq!((s, ct.as_str()), (200, "application/x-ndjson"));
+        let lines: Vec<Value> =
+            String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 81);
+        let streamed: String = lines[..80].iter().map(|l| l["char"].as_str().unwrap()).collect();
+        assert_eq!(streamed, text);
+        assert_eq!(lines[0]["value"], a["values"][0]);
+        assert_eq!(lines[80]["done"], true);
+        assert_eq!(lines[80]["answer"]["text"], text);
+    }
+
+    #[tokio::test]
+    async fn a_top_layer_h_cell_shows_what_it_writes_to_the_output() {
+        let model = tiny_model(None, 5);
+        let (s, bytes, _) = call(Request::get("/api/cell/1/h/3").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let promotes = v["logit_effect"]["promotes"].as_array().unwrap();
+        let suppresses = v["logit_effect"]["suppresses"].as_array().unwrap();
+        assert_eq!(promotes.len(), 10);
+        let col = model.weights.decoder_weight.column(3);
+        let max = col.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let min = col.iter().copied().fold(f32::INFINITY, f32::min);
+        assert!((promotes[0]["p"].as_f64().unwrap() as f32 - max).abs() < 1e-6);
+        assert!((suppresses[0]["p"].as_f64().unwrap() as f32 - min).abs() < 1e-6);
+        let ws: Vec<f64> = promotes.iter().map(|g| g["p"].as_f64().unwrap()).collect();
+        assert!(ws.windows(2).all(|w| w[0] >= w[1]));
+        assert!(v["concepts"].as_array().unwrap().len() >= 4);
+        let (top, bottom) =
+            (v["top_contexts"][0]["value"].as_f64().unwrap(), v["bottom_contexts"][0]["value"].as_f64().unwrap());
+        assert!(top >= bottom, "top context {top} is at least the bottom one {bottom}");
+        let (s, bytes, _) = call(Request::get("/api/cell/0/h/3").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(v.get("logit_effect").is_none(), "only the top layer's h writes to the decoder");
+        let (s, bytes, _) = call(Request::get("/api/cell/9/h/0").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, 404);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "bad_cell");
+        // The page shows the same lists.
+        let (s, bytes, _) = call(Request::get("/cell/1/h/3").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, 200);
+        assert!(String::from_utf8(bytes).unwrap().contains("What it writes to the output"));
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_lists_every_api_route() {
+        let (_, bytes, _) = call(Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await;
+        let doc: Value = serde_json::from_slice(&bytes).unwrap();
+        let routes = [
+            ("/api/model", "get"),
+            ("/api/trace", "post"),
+            ("/api/view", "post"),
+            ("/api/cells/rank", "post"),
+            ("/api/intervene", "post"),
+            ("/api/sample", "post"),
+            ("/api/cell/{layer}/{kind}/{n}", "get"),
+            ("/api/openapi.json", "get"),
+        ];
+        for (path, method) in routes {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in the OpenAPI document");
+        }
+        for (path, method) in routes.iter().filter(|r| r.1 == "post") {
+            for code in ["403", "413", "415", "422", "503"] {
+                assert!(doc["paths"][path][method]["responses"][code].is_object(), "{path} lacks {code}");
+            }
+        }
+    }
+}

@@ -129,7 +129,7 @@ fn dedup(xs: &[usize]) -> Vec<usize> {
 
 /// Refuses an answer larger than `--max-response-bytes` before any work is done,
 /// saying how to ask for less.
-fn check_answer_size(state: &AppState, bytes: u128, what: &str, how_to_shrink: &str) -> Result<(), AppError> {
+pub fn check_answer_size(state: &AppState, bytes: u128, what: &str, how_to_shrink: &str) -> Result<(), AppError> {
     let limit = state.limits.max_response_bytes as u128;
     if bytes > limit {
         return Err(AppError::too_large(
@@ -145,7 +145,7 @@ fn check_answer_size(state: &AppState, bytes: u128, what: &str, how_to_shrink: &
     Ok(())
 }
 
-fn parse_top_k(state: &AppState, top_k: Option<usize>, default: usize) -> Result<usize, AppError> {
+pub fn parse_top_k(state: &AppState, top_k: Option<usize>, default: usize) -> Result<usize, AppError> {
     let v = state.model.vocab.len();
     let k = top_k.unwrap_or(default);
     if k > v {

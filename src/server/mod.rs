@@ -7,6 +7,7 @@
 //! they call [`crate::model::Model::trace`] and the analysis functions.
 
 pub mod api;
+pub mod causal;
 pub mod error;
 pub mod guard;
 pub mod json;
@@ -177,6 +178,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/trace", post(api::trace))
         .route("/api/view", post(api::view))
         .route("/api/cells/rank", post(api::rank_cells))
+        .route("/api/intervene", post(causal::intervene))
+        .route("/api/sample", post(causal::sample))
+        .route("/api/cell/{layer}/{kind}/{n}", get(causal::cell))
         .route("/api/openapi.json", get(api::openapi))
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/static/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))

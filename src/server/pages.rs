@@ -383,13 +383,20 @@ struct CellPage {
     histogram_svg: String,
     concepts: Vec<ConceptRow>,
     legend: Vec<(String, String)>,
+    /// Top-layer h cells: (character, decoder weight) most promoted / suppressed.
+    promotes: Vec<(String, String)>,
+    suppresses: Vec<(String, String)>,
 }
 
-fn context_rows(rt: &ReferenceTrace, values: &[f32], highest: bool, kind: Kind) -> Vec<ContextRow> {
-    let windows = crate::analysis::top_windows(values, 20, 40, highest);
+fn context_rows(
+    rt: &ReferenceTrace,
+    values: &[f32],
+    windows: &[crate::analysis::Window],
+    kind: Kind,
+) -> Vec<ContextRow> {
     let none = HashSet::new();
     windows
-        .into_iter()
+        .iter()
         .map(|w| {
             let shown = match kind {
                 Kind::Hidden | Kind::Candidate => format!("{:+.3}", w.value),
@@ -430,35 +437,77 @@ fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
     s
 }
 
-/// `GET /cell/{layer}/{kind}/{n}`
-pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(String, String, String)>) -> Response {
-    let model = state.model.clone();
-    let layer: Option<usize> = layer.parse().ok().filter(|&l| l < model.layers());
-    let kind = Kind::parse(&kind);
-    let n: Option<usize> = n.parse().ok().filter(|&c| c < model.hidden_size());
-    let (Some(layer), Some(kind), Some(cell)) = (layer, kind, n) else {
-        return html_error(
-            StatusCode::NOT_FOUND,
-            "No such cell",
-            &format!(
-                "Cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}.",
-                model.layers() - 1,
-                model.hidden_size() - 1
-            ),
-        );
-    };
-    let rt = match reference_trace(&state).await {
-        Ok(rt) => rt,
-        Err(e) => return e.into_response(),
-    };
+/// Parses `/cell/{layer}/{kind}/{n}`'s parts, or says what a valid path looks like.
+pub fn parse_cell_path(
+    model: &crate::model::Model,
+    layer: &str,
+    kind: &str,
+    n: &str,
+) -> Result<(usize, Kind, usize), String> {
+    let l: Option<usize> = layer.parse().ok().filter(|&l| l < model.layers());
+    let k = Kind::parse(kind);
+    let c: Option<usize> = n.parse().ok().filter(|&c| c < model.hidden_size());
+    match (l, k, c) {
+        (Some(l), Some(k), Some(c)) => Ok((l, k, c)),
+        _ => Err(format!(
+            "no cell {layer}/{kind}/{n}: cells are LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}",
+            model.layers() - 1,
+            model.hidden_size() - 1
+        )),
+    }
+}
+
+/// How well a cell tracks one concept over the reference text.
+#[derive(serde::Serialize)]
+pub struct ConceptScore {
+    pub concept: &'static str,
+    /// `AUC` (yes/no concepts) or `r` (graded ones).
+    pub metric: &'static str,
+    /// max(AUC, 1 − AUC) or |r|.
+    pub score: f64,
+    /// +1 if the cell is higher inside the concept (or rises with it), else −1.
+    pub sign: i8,
+}
+
+/// One of a cell's most extreme places in the reference text.
+#[derive(serde::Serialize)]
+pub struct Context {
+    /// The character carrying the value, and the shown window `[start, end)`.
+    pub position: usize,
+    pub start: usize,
+    pub end: usize,
+    /// The value as shown (tanh(c) for c; see `/api/view`'s decode).
+    pub value: f32,
+    pub text: String,
+}
+
+/// Everything a cell page shows, as data (`GET /api/cell/...` answers it).
+#[derive(serde::Serialize)]
+pub struct CellProfile {
+    pub layer: usize,
+    pub kind: &'static str,
+    pub cell: usize,
+    pub reference: String,
+    pub reference_chars: usize,
+    pub concepts: Vec<ConceptScore>,
+    /// 40 bins over the shown range [−1, 1].
+    pub histogram: Vec<u32>,
+    pub top_contexts: Vec<Context>,
+    pub bottom_contexts: Vec<Context>,
+    /// For top-layer h cells: the characters it promotes and suppresses directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_effect: Option<super::causal::LogitEffect>,
+    #[serde(skip)]
+    values: Vec<f32>,
+    #[serde(skip)]
+    windows: [Vec<crate::analysis::Window>; 2],
+}
+
+/// Computes a cell's profile over the reference text.
+pub async fn cell_profile(state: &AppState, layer: usize, kind: Kind, cell: usize) -> Result<CellProfile, AppError> {
+    let rt = reference_trace(state).await?;
     let values = rt.column(layer, kind, cell);
-    let counts = crate::analysis::histogram(&values, 40, -1.0, 1.0);
-    let (lo, hi) = match kind {
-        Kind::Input | Kind::Forget | Kind::Output => ("0", "1"),
-        Kind::Cell => ("tanh(c) = −1", "+1"),
-        _ => ("−1", "+1"),
-    };
-    let mut scored: Vec<(f64, ConceptRow)> = rt
+    let mut concepts: Vec<ConceptScore> = rt
         .labels
         .iter()
         .filter_map(|(c, labels)| {
@@ -467,14 +516,76 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
                 Labels::Graded(g) => ("r", pearson(&values, g)?),
             };
             let (score, sign) = match labels {
-                Labels::Binary(_) => (raw.max(1.0 - raw), if raw >= 0.5 { "+" } else { "−" }),
-                Labels::Graded(_) => (raw.abs(), if raw >= 0.0 { "+" } else { "−" }),
+                Labels::Binary(_) => (raw.max(1.0 - raw), if raw >= 0.5 { 1 } else { -1 }),
+                Labels::Graded(_) => (raw.abs(), if raw >= 0.0 { 1 } else { -1 }),
             };
-            Some((score, ConceptRow { name: c.name(), metric, score: format!("{score:.3}"), sign }))
+            Some(ConceptScore { concept: c.name(), metric, score, sign })
         })
         .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let concepts: Vec<ConceptRow> = scored.into_iter().map(|(_, r)| r).collect();
+    concepts.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let windows = [true, false].map(|highest| crate::analysis::top_windows(&values, 20, 40, highest));
+    let contexts = |ws: &[crate::analysis::Window]| {
+        ws.iter()
+            .map(|w| Context {
+                position: w.center,
+                start: w.start,
+                end: w.end,
+                value: w.value,
+                text: rt.chars[w.start..w.end].iter().collect(),
+            })
+            .collect()
+    };
+    let model = &state.model;
+    Ok(CellProfile {
+        layer,
+        kind: kind.letter(),
+        cell,
+        reference: state.reference_name.to_string(),
+        reference_chars: rt.chars.len(),
+        concepts,
+        histogram: crate::analysis::histogram(&values, 40, -1.0, 1.0),
+        top_contexts: contexts(&windows[0]),
+        bottom_contexts: contexts(&windows[1]),
+        logit_effect: (kind == Kind::Hidden && layer + 1 == model.layers())
+            .then(|| super::causal::logit_effect(model, cell)),
+        values,
+        windows,
+    })
+}
+
+/// `GET /cell/{layer}/{kind}/{n}`
+pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(String, String, String)>) -> Response {
+    let model = state.model.clone();
+    let (layer, kind, cell) = match parse_cell_path(&model, &layer, &kind, &n) {
+        Ok(x) => x,
+        Err(m) => return html_error(StatusCode::NOT_FOUND, "No such cell", &m),
+    };
+    let profile = match cell_profile(&state, layer, kind, cell).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let rt = match reference_trace(&state).await {
+        Ok(rt) => rt,
+        Err(e) => return e.into_response(),
+    };
+    let (lo, hi) = match kind {
+        Kind::Input | Kind::Forget | Kind::Output => ("0", "1"),
+        Kind::Cell => ("tanh(c) = −1", "+1"),
+        _ => ("−1", "+1"),
+    };
+    let concepts = profile
+        .concepts
+        .iter()
+        .map(|c| ConceptRow {
+            name: c.concept,
+            metric: c.metric,
+            score: format!("{:.3}", c.score),
+            sign: if c.sign > 0 { "+" } else { "−" },
+        })
+        .collect();
+    let effect = |gs: &[super::json::Guess]| {
+        gs.iter().map(|g| (super::json::shown_char(&g.char), format!("{:+.2}", g.p))).collect::<Vec<_>>()
+    };
     let page = CellPage {
         model_name: model.name.clone(),
         layer,
@@ -484,13 +595,15 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         hidden: model.hidden_size(),
         prev: if cell == 0 { model.hidden_size() - 1 } else { cell - 1 },
         next: (cell + 1) % model.hidden_size(),
-        reference_name: state.reference_name.to_string(),
-        reference_len: rt.chars.len(),
-        top: context_rows(&rt, &values, true, kind),
-        bottom: context_rows(&rt, &values, false, kind),
-        histogram_svg: histogram_svg(&counts, lo, hi),
+        reference_name: profile.reference.clone(),
+        reference_len: profile.reference_chars,
+        top: context_rows(&rt, &profile.values, &profile.windows[0], kind),
+        bottom: context_rows(&rt, &profile.values, &profile.windows[1], kind),
+        histogram_svg: histogram_svg(&profile.histogram, lo, hi),
         concepts,
         legend: legend(kind),
+        promotes: profile.logit_effect.as_ref().map(|e| effect(&e.promotes)).unwrap_or_default(),
+        suppresses: profile.logit_effect.as_ref().map(|e| effect(&e.suppresses)).unwrap_or_default(),
     };
     match page.render() {
         Ok(html) => Html(html).into_response(),

@@ -64,25 +64,35 @@ impl WorkQueue {
         .with_retry_after(RETRY_AFTER_SECS)
     }
 
-    /// Runs `work` on the blocking pool once a slot is free (waiting in line if
-    /// the queue has room, else 503 at once). A client that disconnects while
-    /// waiting leaves the line without costing a slot.
+    /// Waits for a free slot (in line if the queue has room, else 503 at once).
+    /// A client that disconnects while waiting leaves the line without costing a slot.
+    pub async fn slot(&self) -> Result<Slot, AppError> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Ok(Slot(p));
+        }
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        if ahead >= self.queue {
+            return Err(self.busy());
+        }
+        let permit =
+            self.permits.clone().acquire_owned().await.map_err(|_| AppError::internal("the work queue was closed"))?;
+        Ok(Slot(permit))
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free.
     pub async fn run<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> Result<R, AppError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
-                let _waiting = Waiting(&self.waiting);
-                if ahead >= self.queue {
-                    return Err(self.busy());
-                }
-                self.permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| AppError::internal("the work queue was closed"))?
-            }
-        };
+        self.slot().await?.run(work).await
+    }
+}
+
+/// A taken model slot; freed when the work given to [`Slot::run`] ends.
+pub struct Slot(tokio::sync::OwnedSemaphorePermit);
+
+impl Slot {
+    /// Runs `work` on the blocking pool, holding the slot until it returns.
+    pub async fn run<R: Send + 'static>(self, work: impl FnOnce() -> R + Send + 'static) -> Result<R, AppError> {
+        let permit = self.0;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()
