@@ -7,28 +7,18 @@
 //! is not an error: output stops and the exit status is 0, as Unix tools do.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::display;
 use crate::model::{Kind, Model};
 use crate::train::{self, RunOptions, TrainConfig};
 
-/// The shipped default model, relative to the crate root.
-pub const DEFAULT_MODEL: &str = "models/linux-lstm.safetensors";
-
-/// Finds the default model: `models/linux-lstm.safetensors` under the current
-/// directory, else under the crate root this binary was built from.
-pub fn default_model_path() -> PathBuf {
-    let local = PathBuf::from(DEFAULT_MODEL);
-    if local.exists() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL)
-}
+pub use crate::model::default_model_path;
 
 #[derive(Parser, Debug)]
 #[command(name = "cellscope", version, about = "See what the hidden cells of a character-level LSTM have learned")]
@@ -352,19 +342,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A diverging blue–white–red colour for v in [−1, 1] (RGB).
-pub fn diverging_rgb(v: f32) -> (u8, u8, u8) {
-    let v = if v.is_finite() { v.clamp(-1.0, 1.0) } else { 0.0 };
-    let mix = |a: f32, b: f32, t: f32| (a + (b - a) * t).round() as u8;
-    // −1 → (33, 102, 172) blue, 0 → white, +1 → (178, 24, 43) red.
-    if v < 0.0 {
-        let t = -v;
-        (mix(255.0, 33.0, t), mix(255.0, 102.0, t), mix(255.0, 172.0, t))
-    } else {
-        (mix(255.0, 178.0, v), mix(255.0, 24.0, v), mix(255.0, 43.0, v))
-    }
-}
-
 fn cmd_trace(a: TraceArgs) -> Result<()> {
     let text = match (&a.text, &a.file) {
         (Some(t), None) => t.clone(),
@@ -417,15 +394,9 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
 /// The text with each character's background coloured by its value (24-bit ANSI),
 /// then a legend.
 fn write_coloured(out: &mut impl Write, title: &str, chars: &[char], values: &[f32], kind: Kind) -> Result<()> {
-    let (lo, hi) = match kind {
-        Kind::Input | Kind::Forget | Kind::Output => (0.0, 1.0),
-        _ => (-1.0, 1.0),
-    };
-    writeln!(out, "{title}")?;
+    writeln!(out, "{title} (colour shows {})", display::shows(kind))?;
     for (&c, &value) in chars.iter().zip(values) {
-        // Gates live in [0, 1]: map them onto the same diverging scale.
-        let v = if lo == 0.0 { 2.0 * value - 1.0 } else { value };
-        let (r, g, b) = diverging_rgb(v);
+        let (r, g, b) = display::diverging_rgb(display::unit_value(kind, value));
         let shown = match c {
             '\n' => "\u{21b5}".to_string(),
             '\t' => "\u{2192}   ".to_string(),
@@ -440,10 +411,10 @@ fn write_coloured(out: &mut impl Write, title: &str, chars: &[char], values: &[f
     writeln!(out)?;
     write!(out, "legend: ")?;
     for step in 0..=8 {
-        let v = -1.0 + step as f32 * 0.25;
-        let (r, g, b) = diverging_rgb(v);
-        let label = lo + (hi - lo) * (v + 1.0) / 2.0;
-        write!(out, "\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m {label:+.2} \x1b[0m")?;
+        let u = -1.0 + step as f32 * 0.25;
+        let (r, g, b) = display::diverging_rgb(u);
+        let label = display::legend_label(kind, u);
+        write!(out, "\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m {label} \x1b[0m")?;
     }
     writeln!(out)?;
     Ok(())

@@ -6,8 +6,9 @@
 //!
 //! - [`model`]: vocabulary, weights by their PyTorch names, the safetensors file
 //!   format (DESIGN §3), and the forward pass that records h, c and the gates
-//!   i, f, g, o of every layer at every character (`model/lstm.rs`), with its SIMD
-//!   kernels (`model/kernel.rs`).
+//!   i, f, g, o of every layer at every character (`model/lstm.rs`, with clamps),
+//!   its SIMD kernels (`model/kernel.rs`), and one character at a time with
+//!   sampling (`model/step.rs`).
 //! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
@@ -17,15 +18,20 @@
 //!   Adam/RMSProp, clipping, checkpoints and resume (`train/backprop.rs` holds the
 //!   gradient formulas).
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
+//! - [`display`]: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
+//!   one place for the terminal, the pages and the API.
 //! - [`server`]: the axum app: `server::router` lists every route; JSON API
-//!   (`server/api.rs`), askama pages (`server/pages.rs`), the error policy
-//!   (`server/error.rs`). Pages are enhanced by `static/app.js`.
+//!   (`server/api.rs`), the causal lab (`server/causal.rs`: clamps, sampling),
+//!   askama pages (`server/pages.rs`), the error policy (`server/error.rs`), the
+//!   request guard (`server/guard.rs`), the model queue (`server/queue.rs`) and
+//!   the accept loop (`server/net.rs`). Pages are enhanced by `static/app.js`.
 //! - [`cli`] and [`analysis_cli`]: the `cellscope` commands; `main.rs` only parses
 //!   and calls [`cli::run`].
 
 pub mod analysis;
 pub mod analysis_cli;
 pub mod cli;
+pub mod display;
 pub mod finder;
 pub mod model;
 pub mod rng;

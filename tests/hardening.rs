@@ -453,3 +453,37 @@ fn serve_binds_a_host_name() {
     assert!(answered, "server on localhost:{port} never answered");
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
+
+#[cfg(unix)]
+#[test]
+fn text_files_that_never_end_are_refused_up_front() {
+    // /dev/zero was read until memory ran out; a FIFO blocked forever.
+    let dir = std::env::temp_dir().join(format!("cellscope-endless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pipe");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in [std::path::Path::new("/dev/zero"), fifo.as_path()] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cellscope"))
+            .args(["eval", "--file"])
+            .arg(path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("eval --file {} did not return", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(!status.success() && err.contains("not a regular file"), "{}: {err}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -353,7 +353,7 @@ fn matrix(data: Vec<f32>, rows: usize, cols: usize) -> Array2<f32> {
 /// work it guards: what the path is and how big (a FIFO would block, `/dev/zero` never
 /// ends, a huge file would be read whole), then the header length against the file's
 /// size, then the header, and only when the header holds together, the data.
-fn read_tensor_file(path: &Path) -> Result<TensorFile, LoadError> {
+pub(crate) fn read_tensor_file(path: &Path) -> Result<TensorFile, LoadError> {
     let shown = || path.display().to_string();
     let io = |error| LoadError::Io { path: shown(), error };
     // Stat before opening: opening a FIFO waits for a writer.

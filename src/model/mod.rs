@@ -4,6 +4,7 @@
 pub mod kernel;
 mod lstm;
 pub mod safetensors;
+pub(crate) use lstm::read_tensor_file;
 mod step;
 mod vocab;
 
@@ -15,6 +16,19 @@ pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};
 
 use crate::rng::Rng;
+
+/// The shipped default model, relative to the crate root.
+pub const DEFAULT_MODEL: &str = "models/linux-lstm.safetensors";
+
+/// Finds the default model: `models/linux-lstm.safetensors` under the current
+/// directory, else under the crate root this binary was built from.
+pub fn default_model_path() -> std::path::PathBuf {
+    let local = std::path::PathBuf::from(DEFAULT_MODEL);
+    if local.exists() {
+        return local;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL)
+}
 use ndarray::{Array1, Array2};
 
 impl Weights {

@@ -5,6 +5,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::json;
 
+use crate::display::unit_value;
 use crate::model::{Kind, Model, Trace};
 
 /// A character as a person can read it in a list: ↵ for a newline, → for a
@@ -206,19 +207,8 @@ pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<
 pub fn view_decode(kind: Kind) -> serde_json::Value {
     match kind {
         Kind::Hidden | Kind::Candidate => json!({"shows": kind.letter(), "value": "q/127"}),
-        Kind::Cell => json!({"shows": "tanh(c)", "value": "q/127"}),
+        Kind::Cell => json!({"shows": crate::display::shows(kind), "value": "q/127"}),
         _ => json!({"shows": kind.letter(), "value": "(q/127 + 1)/2"}),
-    }
-}
-
-/// Maps a recorded value onto [−1, 1] for colouring: h and g as they are, c
-/// through tanh (as in the paper's figures), gates from [0, 1] to [−1, 1].
-#[inline]
-pub fn unit_value(kind: Kind, v: f32) -> f32 {
-    match kind {
-        Kind::Hidden | Kind::Candidate => v,
-        Kind::Cell => v.tanh(),
-        _ => 2.0 * v - 1.0,
     }
 }
 

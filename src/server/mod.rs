@@ -320,7 +320,7 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let path = args.model.clone().unwrap_or_else(crate::cli::default_model_path);
+    let path = args.model.clone().unwrap_or_else(crate::model::default_model_path);
     let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let (reference, reference_name) = load_reference(&path, args.reference.as_deref())?;
     let mut state = AppState::new(model, limits, reference, reference_name);

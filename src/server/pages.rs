@@ -18,9 +18,10 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::error::AppError;
-use super::json::{quantize, unit_value};
+use super::json::quantize;
 use super::AppState;
 use crate::analysis::{auc, c_features, pearson, Concept, Labels, CONCEPTS};
+use crate::display::{css_color, unit_value};
 use crate::model::{Kind, Trace};
 
 /// A sample text offered on the page.
@@ -69,12 +70,6 @@ pub fn script_json(v: &serde_json::Value) -> String {
     out
 }
 
-/// A diverging blue–white–red CSS colour for u ∈ [−1, 1].
-pub fn css_color(u: f32) -> String {
-    let (r, g, b) = crate::cli::diverging_rgb(u);
-    format!("#{r:02x}{g:02x}{b:02x}")
-}
-
 /// The text as one span per character, coloured by `u(t)` ∈ [−1, 1]. Newlines show
 /// as ↵ (then break), tabs keep their width, unknown characters are marked.
 pub fn colored_text_html(chars: &[char], u: impl Fn(usize) -> f32, unknown: &HashSet<usize>, offset: usize) -> String {
@@ -110,11 +105,7 @@ fn legend(kind: Kind) -> Vec<(String, String)> {
     (0..=8)
         .map(|i| {
             let u = -1.0 + i as f32 * 0.25;
-            let label = match kind {
-                Kind::Hidden | Kind::Candidate | Kind::Cell => format!("{u:+.2}"),
-                _ => format!("{:.2}", (u + 1.0) / 2.0),
-            };
-            (css_color(u), label)
+            (css_color(u), crate::display::legend_label(kind, u))
         })
         .collect()
 }

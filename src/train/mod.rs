@@ -215,13 +215,33 @@ pub struct Corpus {
     pub ids: Vec<u32>,
 }
 
+/// The largest text file any command reads (a corpus far beyond what a 2-core
+/// machine trains on in a day).
+pub const MAX_TEXT_BYTES: u64 = 4 << 30;
+
 /// Reads a UTF-8 text file. The error names the file and says what is wrong: it
 /// is missing or unreadable, a directory, or not UTF-8. Every command that reads a
 /// text file reads it with this.
 pub fn read_text(path: &Path) -> Result<String, TrainError> {
     let shown = || path.display().to_string();
-    if path.is_dir() {
+    // Stat first: a FIFO would block and /dev/zero never ends.
+    let meta = std::fs::metadata(path).map_err(|source| TrainError::Read { path: shown(), source })?;
+    if meta.is_dir() {
         return Err(TrainError::NotAFile { path: shown() });
+    }
+    if !meta.is_file() {
+        return Err(TrainError::Config(format!(
+            "{} is not a regular file (a device or a pipe?); give a text file",
+            shown()
+        )));
+    }
+    if meta.len() > MAX_TEXT_BYTES {
+        return Err(TrainError::Config(format!(
+            "{} is {} bytes, over the {} GiB limit for text files",
+            shown(),
+            meta.len(),
+            MAX_TEXT_BYTES >> 30
+        )));
     }
     let bytes = std::fs::read(path).map_err(|source| TrainError::Read { path: shown(), source })?;
     String::from_utf8(bytes).map_err(|e| TrainError::NotUtf8 { path: shown(), offset: e.utf8_error().valid_up_to() })
@@ -448,8 +468,8 @@ fn save_checkpoint(run: &Run, path: &Path) -> Result<(), TrainError> {
 
 fn load_checkpoint(path: &Path, fresh: &Run) -> Result<Run, TrainError> {
     let bad = |problem: String| TrainError::Checkpoint { path: path.display().to_string(), problem };
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Read { path: path.display().to_string(), source })?;
-    let file = safetensors::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+    // The model loader's checked reader: regular files only, sizes before bytes.
+    let file = crate::model::read_tensor_file(path).map_err(|e| bad(e.to_string()))?;
     let meta = |k: &str| file.metadata.get(k).cloned().ok_or_else(|| bad(format!("lacks {k}")));
     let config: TrainConfig = serde_json::from_str(&meta("cellscope.config")?).map_err(|e| bad(e.to_string()))?;
     if config != fresh.config {

@@ -1,0 +1,80 @@
+//! How a recorded value is shown, in one place for the terminal, the pages and
+//! the API: which value a kind shows, how it maps onto [−1, 1], the colour of a
+//! point on that scale, and the legend's labels.
+//!
+//! ```text
+//! h, g:     u = v              (they live in [−1, 1])
+//! c:        u = tanh(c)        (as in the paper's figures; raw c reaches ±100)
+//! i, f, o:  u = 2v − 1         (gates live in [0, 1])
+//! colour:   u = −1 → blue (33, 102, 172), 0 → white, +1 → red (178, 24, 43)
+//! ```
+
+use crate::model::Kind;
+
+/// Maps a recorded value onto [−1, 1] for colouring (see the module doc).
+#[inline]
+pub fn unit_value(kind: Kind, v: f32) -> f32 {
+    match kind {
+        Kind::Hidden | Kind::Candidate => v,
+        Kind::Cell => v.tanh(),
+        Kind::Input | Kind::Forget | Kind::Output => 2.0 * v - 1.0,
+    }
+}
+
+/// What the colour of a kind shows, for legends and the view header.
+pub fn shows(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Cell => "tanh(c)",
+        k => k.letter(),
+    }
+}
+
+/// The legend label of the point `u` ∈ [−1, 1] for a kind: the shown value there.
+pub fn legend_label(kind: Kind, u: f32) -> String {
+    match kind {
+        Kind::Input | Kind::Forget | Kind::Output => format!("{:.2}", (u + 1.0) / 2.0),
+        _ => format!("{u:+.2}"),
+    }
+}
+
+/// The diverging blue–white–red colour of `u` ∈ [−1, 1] (clamped; NaN → white).
+pub fn diverging_rgb(u: f32) -> (u8, u8, u8) {
+    let u = if u.is_finite() { u.clamp(-1.0, 1.0) } else { 0.0 };
+    let mix = |a: f32, b: f32, t: f32| (a + (b - a) * t).round() as u8;
+    if u < 0.0 {
+        let t = -u;
+        (mix(255.0, 33.0, t), mix(255.0, 102.0, t), mix(255.0, 172.0, t))
+    } else {
+        (mix(255.0, 178.0, u), mix(255.0, 24.0, u), mix(255.0, 43.0, u))
+    }
+}
+
+/// [`diverging_rgb`] as a CSS colour.
+pub fn css_color(u: f32) -> String {
+    let (r, g, b) = diverging_rgb(u);
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_maps_onto_the_unit_interval() {
+        assert_eq!(unit_value(Kind::Forget, 1.0), 1.0);
+        assert_eq!(unit_value(Kind::Input, 0.0), -1.0);
+        assert!((unit_value(Kind::Cell, 100.0) - 1.0).abs() < 1e-6);
+        assert_eq!(unit_value(Kind::Hidden, -0.5), -0.5);
+        assert_eq!(legend_label(Kind::Output, 0.0), "0.50");
+        assert_eq!(legend_label(Kind::Cell, -1.0), "-1.00");
+    }
+
+    #[test]
+    fn colours_run_blue_white_red() {
+        assert_eq!(diverging_rgb(-1.0), (33, 102, 172));
+        assert_eq!(diverging_rgb(0.0), (255, 255, 255));
+        assert_eq!(diverging_rgb(1.0), (178, 24, 43));
+        assert_eq!(diverging_rgb(f32::NAN), (255, 255, 255));
+        assert_eq!(css_color(5.0), "#b2182b");
+    }
+}
