@@ -184,6 +184,44 @@ fn sampling_is_repeatable_and_clamps_steer_it() {
     assert_eq!(draw(Sampling { temperature: 2.0, top_k: 1, seed: 5 }, &[]), greedy);
 }
 
+/// ln p(text[p+1] | text[..=p]) of a model.
+fn target_logp(model: &Model, text: &str, p: usize) -> f64 {
+    let trace = model.trace(text);
+    let y = model.vocab.id(trace.chars[p + 1]).unwrap() as usize;
+    (trace.probs[[p, y]] as f64).ln()
+}
+
+#[test]
+fn saliency_matches_finite_differences() {
+    // Every character occurs once, so the embedding row of text[s] is the input at
+    // step s and nowhere else: nudging that row nudges exactly x_s.
+    let model = tiny_model(Some(6), 13);
+    let text = "abcdefghijklmnopqrstuvwxyz";
+    let p = 24;
+    let s = cellscope::model::saliency(&model, &model.trace(text), p, 1000).unwrap();
+    assert_eq!((s.first, s.grad_norm.len(), s.target), (0, 25, Some('z')));
+    assert!((s.logp as f64 - target_logp(&model, text, p)).abs() < 1e-5);
+    let eps = 1e-2f32;
+    for step in [24, 23, 20, 12, 3] {
+        let id = model.vocab.id(text.chars().nth(step).unwrap()).unwrap() as usize;
+        let mut fd = 0f64;
+        for e in 0..6 {
+            let nudged = |d: f32| {
+                let mut w = model.weights.clone();
+                w.embedding.as_mut().unwrap()[[id, e]] += d;
+                let m = Model::new("fd".into(), model.vocab.clone(), w, serde_json::json!({})).unwrap();
+                target_logp(&m, text, p)
+            };
+            let g = (nudged(eps) - nudged(-eps)) / (2.0 * eps as f64);
+            fd += g * g;
+        }
+        let (fd, an) = (fd.sqrt(), s.grad_norm[step] as f64);
+        assert!((fd - an).abs() <= 2e-4 + 3e-2 * an, "step {step}: finite differences {fd} vs backprop {an}");
+    }
+    // The lesson: the gradient is largest near the prediction and smaller far back.
+    assert!(s.grad_norm[24] > s.grad_norm[3], "{:?}", s.grad_norm);
+}
+
 #[test]
 fn bad_clamps_are_named() {
     let model = tiny_model(None, 3);
@@ -388,6 +426,28 @@ mod http {
     }
 
     #[tokio::test]
+    async fn saliency_over_http() {
+        let (s, v) = post("/api/saliency", json!({"text": TEXT, "position": 20})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["target"], TEXT.chars().nth(21).unwrap().to_string());
+        let g = v["grad_norm"].as_array().unwrap();
+        assert_eq!((v["first"].as_u64(), g.len()), (Some(0), 21));
+        let model = tiny_model(None, 5);
+        let direct = cellscope::model::saliency(&model, &model.trace(TEXT), 20, 4000).unwrap();
+        assert!((g[20].as_f64().unwrap() as f32 - direct.grad_norm[20]).abs() < 1e-6);
+        assert!(v["horizon_1pct"].as_u64().unwrap() <= 20);
+        for (body, code) in [
+            (json!({"text": "abc", "position": 2}), "bad_position"),
+            (json!({"text": "abc", "position": 9}), "bad_position"),
+            (json!({"text": "a\u{1F600}", "position": 0}), "bad_position"),
+            (json!({"text": "abc"}), "invalid_request"),
+        ] {
+            let (s, v) = post("/api/saliency", body.clone()).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (422, Some(code)), "{body}: {v}");
+        }
+    }
+
+    #[tokio::test]
     async fn the_openapi_document_lists_every_api_route() {
         let (_, bytes, _) = call(Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await;
         let doc: Value = serde_json::from_slice(&bytes).unwrap();
@@ -398,6 +458,7 @@ mod http {
             ("/api/cells/rank", "post"),
             ("/api/intervene", "post"),
             ("/api/sample", "post"),
+            ("/api/saliency", "post"),
             ("/api/cell/{layer}/{kind}/{n}", "get"),
             ("/api/openapi.json", "get"),
         ];

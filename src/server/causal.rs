@@ -491,3 +491,80 @@ pub async fn cell(
         .map_err(|m| AppError::new(StatusCode::NOT_FOUND, "bad_cell", m))?;
     Ok(Json(super::pages::cell_profile(&state, layer, kind, cell).await?))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaliencyRequest {
+    pub text: String,
+    pub position: usize,
+}
+
+/// `POST /api/saliency`'s answer.
+#[derive(Serialize)]
+pub struct SaliencyAnswer {
+    pub position: usize,
+    /// The predicted character, `text[position + 1]`.
+    pub target: String,
+    pub logp: f32,
+    /// The earliest step computed; `grad_norm[s − first]` is for step `s`.
+    pub first: usize,
+    /// ‖∂ ln p(target) / ∂x_s‖₂ for s = first..=position.
+    pub grad_norm: Vec<f32>,
+    /// The largest distance `position − s` at which the gradient is still at least
+    /// 1% of its largest value.
+    pub horizon_1pct: usize,
+}
+
+/// Steps back a saliency request follows at most (the gradient is far below 1% of
+/// its peak long before, and each step costs four 4H × H products).
+pub const MAX_SALIENCY_STEPS: usize = 4000;
+
+/// `POST /api/saliency`: how far back one prediction looks.
+pub async fn saliency(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<SaliencyRequest>,
+) -> Result<Json<SaliencyAnswer>, AppError> {
+    check_text(&state, &req.text)?;
+    let len = req.text.chars().count();
+    if req.position + 1 >= len {
+        return Err(AppError::invalid(
+            "bad_position",
+            format!(
+                "position {} has no next character to predict; use 0..={} for this text",
+                req.position,
+                len.saturating_sub(2)
+            ),
+        ));
+    }
+    let model = state.model.clone();
+    // Only the text up to the target matters.
+    let text: String = req.text.chars().take(req.position + 2).collect();
+    let position = req.position;
+    let s = state
+        .queue
+        .run(move || crate::model::saliency(&model, &model.trace(&text), position, MAX_SALIENCY_STEPS))
+        .await?
+        .ok_or_else(|| {
+            AppError::invalid(
+                "bad_position",
+                format!("the character after position {position} is outside the vocabulary"),
+            )
+        })?;
+    let peak = s.grad_norm.iter().copied().fold(0.0, f32::max);
+    let horizon_1pct = s
+        .grad_norm
+        .iter()
+        .enumerate()
+        .filter(|(_, &g)| g >= 0.01 * peak)
+        .map(|(i, _)| s.position - (s.first + i))
+        .max()
+        .unwrap_or(0);
+    Ok(Json(SaliencyAnswer {
+        position: s.position,
+        target: s.target.map(|c| c.to_string()).unwrap_or_default(),
+        logp: s.logp,
+        first: s.first,
+        grad_norm: s.grad_norm,
+        horizon_1pct,
+    }))
+}

@@ -180,6 +180,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/cells/rank", post(api::rank_cells))
         .route("/api/intervene", post(causal::intervene))
         .route("/api/sample", post(causal::sample))
+        .route("/api/saliency", post(causal::saliency))
         .route("/api/cell/{layer}/{kind}/{n}", get(causal::cell))
         .route("/api/openapi.json", get(api::openapi))
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))

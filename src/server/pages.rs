@@ -441,7 +441,7 @@ pub fn parse_cell_path(
     match (l, k, c) {
         (Some(l), Some(k), Some(c)) => Ok((l, k, c)),
         _ => Err(format!(
-            "no cell {layer}/{kind}/{n}: cells are LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}",
+            "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}",
             model.layers() - 1,
             model.hidden_size() - 1
         )),
