@@ -1,6 +1,7 @@
 // cellscope's page script: takes over the server-rendered index page (which works
-// without it) for live cell switching, hover predictions, the heatmap and the
-// cell finder. An ES module with no dependencies and no build step.
+// without it) for live cell switching, hover predictions, the heatmap, the cell
+// finder, and the causal lab (clamping a cell, steered sampling). An ES module
+// with no dependencies and no build step.
 //
 // Data flow: POST /api/view returns one layer of the trace as int8 (q = round(127·u),
 // u ∈ [−1, 1] the colour value; row = character, column = cell). Choosing a kind or
@@ -32,13 +33,35 @@ function divergingRgb(u) {
     : [mix(255, 178, v), mix(255, 24, v), mix(255, 43, v)];
 }
 
+/** WCAG relative luminance of an sRGB colour. */
+function relativeLuminance(r, g, b) {
+  const lin = (x) => {
+    const c = x / 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  };
+  return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+}
+
+/** Colours one span as the byte q: background and, where needed, light text. */
+function paintSpan(span, q, before) {
+  span.style.backgroundColor = CSS_COLORS[q + 128];
+  const fg = TEXT_COLORS[q + 128];
+  if (before > 127 || before < -128 || TEXT_COLORS[before + 128] !== fg) span.style.color = fg;
+}
+
 /** CSS colour for each q ∈ [−128, 127], indexed by q + 128. */
 const CSS_COLORS = new Array(256);
+/**
+ * Text colour on each background: white where it contrasts more than the page's
+ * near-black text (background luminance below ~0.21), else '' (the page's).
+ */
+const TEXT_COLORS = new Array(256);
 /** The same colours as little-endian RGBA words, for ImageData. */
 const RGBA_COLORS = new Uint32Array(256);
 for (let i = 0; i < 256; i++) {
   const [r, g, b] = divergingRgb(Math.max(-127, i - 128) / 127);
   CSS_COLORS[i] = `rgb(${r}, ${g}, ${b})`;
+  TEXT_COLORS[i] = relativeLuminance(r, g, b) < 0.21 ? '#fff' : '';
   RGBA_COLORS[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
 }
 
@@ -46,6 +69,20 @@ for (let i = 0; i < 256; i++) {
 function displayValue(kind, q) {
   const u = q / 127;
   return GATES.has(kind) ? (u + 1) / 2 : u;
+}
+
+/**
+ * The colour byte for a raw value of `kind`, by the display rule of the view
+ * (the server's): u = tanh(c) for c, 2v − 1 for the gates, v for h and g.
+ */
+function rawToQ(kind, v) {
+  const u = kind === 'c' ? Math.tanh(v) : GATES.has(kind) ? 2 * v - 1 : v;
+  return unitToQ(u);
+}
+
+/** The colour byte of u ∈ [−1, 1] (clipped; NaN → 0). */
+function unitToQ(u) {
+  return Number.isFinite(u) ? Math.round(127 * Math.max(-1, Math.min(1, u))) : 0;
 }
 
 function valueLabel(kind) {
@@ -66,11 +103,25 @@ const ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&
 // C0 and C1 controls (Rust's char::is_control), except tab and newline.
 const CONTROL = /^[\u0000-\u0008\u000b-\u001f\u007f-\u009f]$/;
 
-/** How one character (a code point) appears inside its span, escaped for HTML. */
-function escapeChar(ch) {
+/** How one character (a code point) appears inside its span. */
+function shownChar(ch) {
   if (ch === '\n') return '\u21b5';
   if (CONTROL.test(ch)) return '\ufffd';
-  return ESCAPES[ch] ?? ch;
+  return ch;
+}
+
+/** `shownChar`, escaped for HTML. */
+function escapeChar(ch) {
+  const s = shownChar(ch);
+  return ESCAPES[s] ?? s;
+}
+
+/** The class of a character's span: newlines, tabs and spaces are drawn quietly (style.css). */
+function charClass(ch) {
+  if (ch === '\n') return 'ch nl';
+  if (ch === '\t') return 'ch tab';
+  if (ch === ' ') return 'ch sp';
+  return 'ch';
 }
 
 /** A readable name for a character in the tooltip. */
@@ -119,22 +170,54 @@ async function post(url, body, { binary = false } = {}) {
       throw new ApiError(0, 'network', `could not reach the server (${e.message})`);
     }
     if (res.ok) return binary ? res.arrayBuffer() : res.json();
-    let code = 'http_' + res.status;
-    let message = `${res.status} ${res.statusText}`;
+    const err = await errorOf(res);
+    if (await retryBusy(err, attempt)) continue;
+    throw err;
+  }
+}
+
+/** The ApiError a failed response carries (our JSON error, else its status line). */
+async function errorOf(res) {
+  let code = 'http_' + res.status;
+  let message = `${res.status} ${res.statusText}`;
+  try {
+    const j = await res.json();
+    if (j && j.error) {
+      code = j.error.code || code;
+      message = j.error.message || message;
+    }
+  } catch {
+    /* not our JSON error; keep the status line */
+  }
+  return new ApiError(res.status, code, message);
+}
+
+/** Waits a little and answers true when `err` says the server is busy and a retry is left. */
+async function retryBusy(err, attempt) {
+  if (err.status !== 503 || err.code !== 'busy' || attempt >= 4) return false;
+  await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+  return true;
+}
+
+/** POSTs JSON and answers the response, whose body the caller reads as a stream. */
+async function postStream(url, body, signal) {
+  for (let attempt = 0; ; attempt++) {
+    let res;
     try {
-      const j = await res.json();
-      if (j && j.error) {
-        code = j.error.code || code;
-        message = j.error.message || message;
-      }
-    } catch {
-      /* not our JSON error; keep the status line */
+      res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/x-ndjson' },
+        body: JSON.stringify(body),
+        signal,
+      });
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      throw new ApiError(0, 'network', `could not reach the server (${e.message})`);
     }
-    if (res.status === 503 && code === 'busy' && attempt < 4) {
-      await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
-      continue;
-    }
-    throw new ApiError(res.status, code, message);
+    if (res.ok) return res;
+    const err = await errorOf(res);
+    if (await retryBusy(err, attempt)) continue;
+    throw err;
   }
 }
 
@@ -180,6 +263,39 @@ const el = {
   finderKinds: $('#finder-kinds'),
   rankSelection: $('#rank-selection'),
   results: $('#finder-results'),
+  colourBy: $('#colour-by'),
+  showCell: $('#show-cell'),
+  showClamp: $('#show-clamp'),
+  clampForm: $('#clamp-form'),
+  clampTarget: $('#clamp-target'),
+  clampValue: $('#clamp-value'),
+  clampAblate: $('#clamp-ablate'),
+  clampMin: $('#clamp-min'),
+  clampMax: $('#clamp-max'),
+  clampSlider: $('#clamp-slider'),
+  clampSliderLabel: $('#clamp-slider-label'),
+  clampScope: $('#clamp-scope'),
+  clampScopeNote: $('#clamp-scope-note'),
+  clampApply: $('#clamp-apply'),
+  clampStatus: $('#clamp-status'),
+  clampResult: $('#clamp-result'),
+  clampCaption: $('#clamp-caption'),
+  clampLoss: $('#clamp-loss'),
+  clampScale: $('#clamp-scale'),
+  clampAffected: $('#clamp-affected'),
+  clampConcepts: $('#clamp-concepts'),
+  sampleForm: $('#sample-form'),
+  samplePrime: $('#sample-prime'),
+  sampleLength: $('#sample-length'),
+  sampleTemperature: $('#sample-temperature'),
+  sampleSeed: $('#sample-seed'),
+  sampleRun: $('#sample-run'),
+  sampleStop: $('#sample-stop'),
+  sampleStatus: $('#sample-status'),
+  sampleSteered: $('#sample-steered'),
+  samplePlain: $('#sample-plain'),
+  sampleSteeredCaption: $('#sample-steered-caption'),
+  samplePlainCaption: $('#sample-plain-caption'),
 };
 
 const state = {
@@ -209,6 +325,30 @@ const state = {
   pinned: -1,
   hoverT: -1,
   dragging: false,
+  /** The causal lab: see "Clamping" below. */
+  clamp: {
+    /** 'cell' or 'clamp': what the text is coloured by. */
+    colourBy: 'cell',
+    /** The last intervention on the shown text: {text, target, value, ranges, answer, maxAbs}. */
+    result: null,
+    /** Exact values of the clamp target over the shown text: {key, kind, min, max, rms}. */
+    stats: null,
+    /** Whether the clamp panel is on screen (values are only fetched then). */
+    panelVisible: false,
+    statsKey: '',
+    statsTimer: 0,
+    seq: 0,
+    /** Counts the texts shown, so that values read for one text are never used for another. */
+    textId: 0,
+    /** The last non-empty selection of the text, as [start, end) ranges. */
+    selection: [],
+    /** The character marked from the "most affected" list, or −1. */
+    marked: -1,
+  },
+  /** The running pair of samples: an AbortController, or null. */
+  sampling: null,
+  /** Whether the prime was typed by the user (else it follows the text). */
+  primeEdited: false,
 };
 
 /** Test and debugging hook: read-only view of timings and the current choice. */
@@ -229,11 +369,16 @@ window.cellscope = Object.freeze({
 // ---------------------------------------------------------------------------
 // Status line.
 
+/** Writes a status line (the page's, the clamp panel's or the sampler's). */
+function statusLine(line, msg, isError) {
+  if (!line) return;
+  line.textContent = msg;
+  line.classList.toggle('error', isError);
+  line.classList.toggle('muted', !isError);
+}
+
 function setStatus(msg, isError = false) {
-  if (!el.status) return;
-  el.status.textContent = msg;
-  el.status.classList.toggle('error', isError);
-  el.status.classList.toggle('muted', !isError);
+  statusLine(el.status, msg, isError);
 }
 
 function showError(e) {
@@ -251,11 +396,7 @@ function buildSpans(header) {
   const parts = new Array(chars.length);
   for (let t = 0; t < chars.length; t++) {
     const ch = chars[t];
-    let cls = 'ch';
-    if (ch === '\n') cls += ' nl';
-    else if (ch === '\t') cls += ' tab';
-    else if (ch === ' ') cls += ' sp';
-    if (unk.has(t)) cls += ' unk';
+    const cls = unk.has(t) ? charClass(ch) + ' unk' : charClass(ch);
     parts[t] = `<span class="${cls}" data-t="${t}">${escapeChar(ch)}</span>${ch === '\n' ? '\n' : ''}`;
   }
   el.colored.innerHTML = parts.join('');
@@ -271,36 +412,57 @@ function currentData() {
   return v.data.get(state.kind) ?? null;
 }
 
-/** Sets every span's background from the current cell; touches only changed spans. */
+/**
+ * Sets every span's background from the current cell, or from the clamp's effect
+ * when that is shown; touches only changed spans.
+ */
 function recolor() {
+  if (showingClamp()) {
+    recolorClamp();
+    return;
+  }
   const data = currentData();
   if (!data) return;
-  const t0 = performance.now();
   const H = state.view.header.hidden;
   const cell = state.cell;
-  const spans = state.spans;
-  const painted = state.painted;
-  const n = Math.min(spans.length, data.length / H);
+  paintText(Math.min(state.spans.length, data.length / H), (t) => data[t * H + cell], 'cell');
+}
+
+/** Paints span t as the byte qAt(t) for t < n, touching only changed spans; `colour` names what for tests. */
+function paintText(n, qAt, colour) {
+  const t0 = performance.now();
+  const { spans, painted } = state;
   for (let t = 0; t < n; t++) {
-    const q = data[t * H + cell];
+    const q = qAt(t);
     if (painted[t] !== q) {
+      paintSpan(spans[t], q, painted[t]);
       painted[t] = q;
-      spans[t].style.backgroundColor = CSS_COLORS[q + 128];
     }
   }
+  if (el.colored) el.colored.dataset.colour = colour;
   timings.recolor = performance.now() - t0;
 }
 
 function updateLegend() {
+  if (showingClamp()) {
+    updateClampLegend();
+    return;
+  }
   const opt = el.kind?.selectedOptions[0];
   const kindLabel = opt ? opt.textContent.split(' — ')[1] ?? state.kind : state.kind;
   if (el.legendTitle) el.legendTitle.textContent = `layer ${state.layer} · ${kindLabel} · cell ${state.cell}`;
   const stops = el.legend ? el.legend.querySelectorAll('.stop') : [];
   stops.forEach((s, i) => {
     const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
-    s.style.background = CSS_COLORS[Math.round(u * 127) + 128];
+    paintStop(s, Math.round(u * 127));
     s.textContent = GATES.has(state.kind) ? ((u + 1) / 2).toFixed(2) : formatSigned(u, 2, true);
   });
+}
+
+/** A legend stop: its colour, with light text where the text's spans get it. */
+function paintStop(stop, q) {
+  stop.style.background = CSS_COLORS[q + 128];
+  stop.style.color = TEXT_COLORS[q + 128];
 }
 
 function updateUnknownNote(count) {
@@ -328,6 +490,7 @@ function updateControls() {
   if (el.cell) el.cell.max = String(state.hidden - 1);
   if (el.cellLink) el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}`;
   updateLegend();
+  updateClampTarget();
 }
 
 // ---------------------------------------------------------------------------
@@ -431,6 +594,7 @@ async function loadView(text) {
     hideTooltip();
     buildSpans(view.header);
     $('#error')?.remove();
+    clampTextChanged(text);
   }
   recolor();
   drawHeatmap();
@@ -474,6 +638,7 @@ function clampCell(c) {
 
 /** Picks a cell of the loaded layer/kind: no round trip. */
 function setCell(c) {
+  leaveClampView();
   state.cell = clampCell(c);
   updateControls();
   recolor();
@@ -488,6 +653,7 @@ function stepCell(delta) {
 }
 
 function choose({ layer = state.layer, kind = state.kind, cell = state.cell }) {
+  leaveClampView();
   const heatmapStale = layer !== state.layer || kind !== state.kind;
   state.layer = layer;
   state.kind = kind;
@@ -561,6 +727,7 @@ function tooltipContent(t) {
   val.append(sw, `layer ${state.layer} · cell ${state.cell}: ${valueLabel(state.kind)} = `,
     node('b', null, GATES.has(state.kind) ? v.toFixed(3) : formatSigned(v, 3)));
   out.push(val);
+  if (showingClamp()) out.push(clampTooltipLine(t));
 
   const pred = header.predictions?.[t];
   if (pred) {
@@ -921,6 +1088,510 @@ function selectionSpans() {
 }
 
 // ---------------------------------------------------------------------------
+// Clamping: hold one cell at a value (POST /api/intervene) and colour the text by
+// how much more or less likely the clamped model found each character.
+//
+// delta[t] = ln p_clamped(text[t+1] | text[..=t]) − ln p_base(the same): it is about
+// character t + 1, so that character is painted with delta[t]; the first character
+// is not predicted and stays white. Blue: the clamp made the actual text less likely.
+
+/** Clamps hold h or c; a view of a gate or of g clamps the c of the same cell. */
+function clampTarget() {
+  const kind = state.kind === 'h' ? 'h' : 'c';
+  return { layer: state.layer, kind, cell: state.cell, viaKind: kind === state.kind ? null : state.kind };
+}
+
+/** "c of layer 1 · cell 42" */
+const targetLabel = (t) => `${t.kind} of layer ${t.layer} · cell ${t.cell}`;
+
+/** A number as typed into the value field: up to 4 significant digits. */
+const shortNumber = (x) => String(Number(x.toPrecision(4)));
+
+function kindName(k) {
+  const opt = el.kind?.querySelector(`option[value="${k}"]`);
+  return opt ? opt.textContent.split(' — ')[1] ?? k : k;
+}
+
+/** Whether the text is coloured by the clamp's effect (only ever for the text it was run on). */
+function showingClamp() {
+  const c = state.clamp;
+  return c.colourBy === 'clamp' && c.result != null && c.result.text === state.text;
+}
+
+function setClampStatus(msg, isError = false) {
+  statusLine(el.clampStatus, msg, isError);
+}
+
+function updateClampTarget() {
+  if (!el.clampTarget) return;
+  const t = clampTarget();
+  const what = t.kind === 'c' ? 'the memory c (raw, before tanh)' : 'the output h';
+  let msg = `Holds ${what} of layer ${t.layer} · cell ${t.cell} at a value and shows how the prediction of every next character changes.`;
+  if (t.viaKind) msg += ` The view shows the ${kindName(t.viaKind)}, which cannot be held: the clamp holds c of the same cell.`;
+  el.clampTarget.textContent = msg;
+  scheduleStats();
+}
+
+/** A new text is shown: results, the selection and the cell's values belong to the old one. */
+function clampTextChanged(text) {
+  const c = state.clamp;
+  c.textId++;
+  c.selection = [];
+  c.marked = -1;
+  c.seq++; // an intervention on its way is about the old text
+  if (el.clampApply) el.clampApply.disabled = false;
+  if (c.result) setClampStatus('the text changed: apply the clamp again to see its effect on this text');
+  c.result = null;
+  c.colourBy = 'cell';
+  showClampResult();
+  syncColourBy();
+  showScopeNote();
+  defaultPrime(text);
+}
+
+// The cell's exact values over the text (the view holds int8 display values, and
+// tanh hides the size of c), for the min/max presets and the slider's unit.
+
+function statsKey() {
+  const t = clampTarget();
+  return `${state.clamp.textId}:${t.layer}/${t.kind}/${t.cell}`;
+}
+
+/**
+ * Fetches the target's values a moment after the choice settles (holding → only
+ * fetches once), and only while the panel is on screen: each fetch traces the whole
+ * text again, which for a long text stepped through cell by cell adds up.
+ */
+function scheduleStats() {
+  const c = state.clamp;
+  if (state.text == null) return;
+  const key = statsKey();
+  if (c.statsKey === key) return; // loaded or on its way
+  clearTimeout(c.statsTimer);
+  c.statsKey = '';
+  c.stats = null;
+  showStats();
+  if (!c.panelVisible) return; // the observer in wire() calls again
+  c.statsKey = key;
+  c.statsTimer = setTimeout(() => loadStats(key), 300);
+}
+
+async function loadStats(key) {
+  const c = state.clamp;
+  if (c.statsKey !== key) return;
+  const t = clampTarget();
+  let res;
+  try {
+    res = await post('/api/trace', { text: state.text, layers: [t.layer], kinds: [t.kind], cells: [t.cell], top_k: 0 });
+  } catch (e) {
+    if (c.statsKey === key) {
+      c.statsKey = ''; // try again on the next change
+      setClampStatus(`error: could not read the cell's values (${e.message})`, true);
+    }
+    return;
+  }
+  if (c.statsKey !== key) return;
+  let min = Infinity;
+  let max = -Infinity;
+  let sq = 0;
+  const rows = res.layers[0][t.kind];
+  for (const [v] of rows) {
+    if (v < min) min = v;
+    if (v > max) max = v;
+    sq += v * v;
+  }
+  c.stats = rows.length ? { key, kind: t.kind, min, max, rms: Math.sqrt(sq / rows.length) } : null;
+  showStats();
+}
+
+function showStats() {
+  const st = state.clamp.stats;
+  for (const [b, name] of [[el.clampMin, 'min'], [el.clampMax, 'max']]) {
+    if (!b) continue;
+    const v = st ? st[name] : null;
+    b.disabled = v == null;
+    b.dataset.value = v == null ? '' : String(v);
+    b.textContent = v == null ? name : `${name} ${formatSigned(v, 3)}`;
+  }
+  if (el.clampSlider) el.clampSlider.disabled = !(st && st.rms > 0);
+  syncSlider();
+}
+
+function setClampValue(v) {
+  if (!el.clampValue || !Number.isFinite(v)) return;
+  el.clampValue.value = shortNumber(v);
+  syncSlider();
+}
+
+/** The slider moves in units of the cell's root-mean-square value over the text. */
+function sliderMoved() {
+  const st = state.clamp.stats;
+  if (!st || !(st.rms > 0) || !el.clampValue) return;
+  el.clampValue.value = shortNumber(Number(el.clampSlider.value) * st.rms);
+  syncSlider(false);
+}
+
+function syncSlider(moveThumb = true) {
+  const st = state.clamp.stats;
+  const label = el.clampSliderLabel;
+  if (!st || !(st.rms > 0)) {
+    if (label) label.textContent = state.text == null ? '' : 'reading the cell\u2019s values over the text…';
+    return;
+  }
+  const v = Number(el.clampValue?.value);
+  const k = Number.isFinite(v) ? v / st.rms : 0;
+  if (moveThumb && el.clampSlider) el.clampSlider.value = String(Math.max(-5, Math.min(5, k)));
+  if (label) {
+    label.textContent = `${formatSigned(k, 2)} × rms (the rms of ${st.kind} over the text is ${st.rms.toFixed(3)})`;
+  }
+}
+
+// Scope: the whole text, or the last selection made in it.
+
+function describeRanges(ranges) {
+  const n = ranges.reduce((a, [s, e]) => a + e - s, 0);
+  if (ranges.length === 1) return `characters ${ranges[0][0]}–${ranges[0][1] - 1} (${n})`;
+  return `${ranges.length} ranges, ${n} characters`;
+}
+
+function showScopeNote() {
+  if (!el.clampScopeNote) return;
+  const sel = state.clamp.selection;
+  if (el.clampScope?.value !== 'selection') el.clampScopeNote.textContent = '';
+  else el.clampScopeNote.textContent = sel.length ? describeRanges(sel) : 'select characters of the text above first';
+}
+
+async function applyClamp() {
+  const c = state.clamp;
+  const text = state.text;
+  if (text == null || !state.view) {
+    setClampStatus('run the text first', true);
+    return;
+  }
+  const raw = el.clampValue ? el.clampValue.value.trim() : '';
+  const value = Number(raw);
+  if (raw === '' || !Number.isFinite(value)) {
+    setClampStatus('type the number to hold the cell at', true);
+    el.clampValue?.focus();
+    return;
+  }
+  const T = state.view.header.length;
+  const whole = el.clampScope?.value !== 'selection';
+  const ranges = whole ? [[0, T]] : c.selection;
+  if (ranges.length === 0) {
+    setClampStatus('select characters of the text first, or clamp over the whole text', true);
+    return;
+  }
+  const target = clampTarget();
+  const { layer, kind, cell } = target;
+  const clamps = ranges.map(([from, to]) => (whole ? { layer, kind, cell, value } : { layer, kind, cell, value, from, to }));
+  const seq = ++c.seq;
+  setClampStatus(`running ${T} characters with and without the clamp…`);
+  if (el.clampApply) el.clampApply.disabled = true;
+  const t0 = performance.now();
+  let answer;
+  try {
+    answer = await post('/api/intervene', { text, clamps });
+  } catch (e) {
+    if (seq === c.seq) setClampStatus(`error: ${e.message}`, true);
+    return;
+  } finally {
+    if (seq === c.seq && el.clampApply) el.clampApply.disabled = false;
+  }
+  if (seq !== c.seq || text !== state.text) return; // the text changed meanwhile
+  let maxAbs = 0;
+  for (const d of answer.delta) if (d != null && Math.abs(d) > maxAbs) maxAbs = Math.abs(d);
+  c.result = { text, target, value, ranges: whole ? null : ranges, answer, maxAbs };
+  showClampResult();
+  setColourBy('clamp');
+  setClampStatus(`ran twice in ${Math.round(performance.now() - t0)} ms; the text above shows the effect`);
+}
+
+/** Half-width of the colour scale, in nats. */
+function clampScale() {
+  const v = el.clampScale ? el.clampScale.value : 'max';
+  if (v === 'max') return Math.max(state.clamp.result?.maxAbs ?? 0, 1e-3);
+  return Number(v);
+}
+
+function recolorClamp() {
+  const delta = state.clamp.result.answer.delta;
+  const S = clampScale();
+  paintText(state.spans.length, (t) => (t > 0 && delta[t - 1] != null ? unitToQ(delta[t - 1] / S) : 0), 'clamp');
+}
+
+function updateClampLegend() {
+  const r = state.clamp.result;
+  const S = clampScale();
+  if (el.legendTitle) {
+    el.legendTitle.textContent = `clamp effect (${targetLabel(r.target)} = ${shortNumber(r.value)}): ` +
+      `Δ ln p of each character, ±${S.toFixed(2)} nats`;
+    el.legendTitle.title = 'each character is coloured by the change in the log-probability the model gave it ' +
+      '(delta[t] paints character t + 1); blue: less likely with the clamp, red: more likely';
+  }
+  const stops = el.legend ? el.legend.querySelectorAll('.stop') : [];
+  stops.forEach((s, i) => {
+    const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
+    paintStop(s, unitToQ(u));
+    s.textContent = formatSigned(u * S, 2, true);
+  });
+  if (el.legend) el.legend.dataset.colour = 'clamp';
+}
+
+function setColourBy(mode) {
+  state.clamp.colourBy = mode;
+  syncColourBy();
+  if (el.legendTitle && !showingClamp()) el.legendTitle.removeAttribute('title');
+  if (el.legend && !showingClamp()) el.legend.dataset.colour = 'cell';
+  recolor();
+  updateLegend();
+  refreshTooltip();
+}
+
+function syncColourBy() {
+  const c = state.clamp;
+  if (el.colourBy) el.colourBy.hidden = !(c.result && c.result.text === state.text);
+  if (el.showCell) el.showCell.checked = !showingClamp();
+  if (el.showClamp) el.showClamp.checked = showingClamp();
+}
+
+/** Choosing another cell shows cells again (the result stays, one click away). */
+function leaveClampView() {
+  if (state.clamp.colourBy !== 'clamp') return;
+  state.clamp.colourBy = 'cell';
+  syncColourBy();
+  el.legendTitle?.removeAttribute('title');
+  if (el.legend) el.legend.dataset.colour = 'cell';
+}
+
+function swatch(q) {
+  const sw = node('span', 'tt-swatch');
+  sw.style.background = CSS_COLORS[q + 128];
+  return sw;
+}
+
+function showClampResult() {
+  const r = state.clamp.result;
+  if (!el.clampResult) return;
+  el.clampResult.hidden = r == null;
+  if (!r) {
+    el.clampAffected?.replaceChildren();
+    el.clampConcepts?.tBodies[0]?.replaceChildren();
+    return;
+  }
+  const a = r.answer;
+  const first = [...r.text].slice(0, 40).join('').replace(/\s+/g, ' ');
+  const where = r.ranges ? describeRanges(r.ranges) : 'the whole text';
+  if (el.clampCaption) {
+    el.clampCaption.textContent = `${targetLabel(r.target)} held at ${shortNumber(r.value)} over ${where}, ` +
+      `on the shown text (${a.length} characters: “${first}${a.length > 40 ? '…' : ''}”). ` +
+      'Colours: the change in ln p of each character (delta[t] paints character t + 1); blue = less likely with the clamp.';
+  }
+  if (el.clampLoss) {
+    const lb = a.loss_base;
+    const lc = a.loss_clamped;
+    el.clampLoss.replaceChildren();
+    if (lb == null || lc == null) {
+      el.clampLoss.textContent = 'no character of this text could be scored';
+      delete el.clampLoss.dataset.change;
+    } else {
+      const d = lc - lb;
+      el.clampLoss.append('Loss ', node('b', null, `${formatSigned(d, 4)} nats/char`),
+        ` (${lb.toFixed(4)} without the clamp → ${lc.toFixed(4)} with it): the clamp made the text ` +
+        `${d > 0 ? 'more surprising' : d < 0 ? 'less surprising' : 'no more surprising'}.`);
+      el.clampLoss.dataset.change = String(d);
+    }
+  }
+  if (el.clampAffected) {
+    const S = clampScale();
+    el.clampAffected.replaceChildren(...a.most_affected.map((m) => {
+      const li = node('li');
+      const b = node('button', 'affected-pick');
+      b.type = 'button';
+      b.dataset.t = String(m.position + 1);
+      b.title = `show character ${m.position + 1} in the text`;
+      b.append(swatch(unitToQ(m.delta / S)), node('code', null, charName(m.next)), ' after ', node('code', null, charName(m.char)),
+        ` at ${m.position + 1}: `, node('b', null, formatSigned(m.delta, 2)), ` nats (p × ${Math.exp(m.delta).toPrecision(2)})`);
+      li.append(b);
+      return li;
+    }));
+  }
+  const body = el.clampConcepts?.tBodies[0];
+  if (body) {
+    // The concept whose characters the clamp changed most, against the rest, first.
+    const gap = (c) => (c.mean_delta == null || c.mean_delta_others == null ? -1 : Math.abs(c.mean_delta - c.mean_delta_others));
+    const rows = a.concepts.slice().sort((x, y) => gap(y) - gap(x));
+    const fmt = (x) => (x == null ? '—' : formatSigned(x, 3));
+    body.replaceChildren(...rows.map((c) => {
+      const tr = node('tr');
+      tr.dataset.concept = c.concept;
+      tr.append(node('th', null, c.concept), node('td', null, String(c.chars)), node('td', null, fmt(c.mean_delta)),
+        node('td', null, fmt(c.mean_delta_others)));
+      tr.cells[0].scope = 'row';
+      return tr;
+    }));
+  }
+}
+
+/** Scrolls to character t of the text and flashes it. */
+function markChar(t) {
+  const span = state.spans[t];
+  if (!span) return;
+  const c = state.clamp;
+  state.spans[c.marked]?.classList.remove('marked', 'flash');
+  c.marked = t;
+  span.classList.add('marked', 'flash');
+  span.addEventListener('animationend', () => span.classList.remove('flash'), { once: true });
+  span.scrollIntoView({ block: 'center', inline: 'center' });
+}
+
+function clampTooltipLine(t) {
+  const a = state.clamp.result.answer;
+  const row = node('div', 'tt-val tt-clamp');
+  if (t === 0) {
+    row.textContent = 'clamp: the first character is not predicted';
+    return row;
+  }
+  const d = a.delta[t - 1];
+  if (d == null) {
+    row.textContent = 'clamp: no probability (a character outside the vocabulary)';
+    return row;
+  }
+  const pb = Math.exp(a.base.logp[t - 1]);
+  const pc = Math.exp(a.clamped.logp[t - 1]);
+  row.append(swatch(unitToQ(d / clampScale())), 'clamp: Δ ln p = ', node('b', null, formatSigned(d, 3)),
+    ` (p ${pb.toFixed(3)} → ${pc.toFixed(3)})`);
+  return row;
+}
+
+// ---------------------------------------------------------------------------
+// Steered sampling: two streams from the same prime and seed, with the clamp and
+// without (POST /api/sample?stream=ndjson), coloured by the chosen cell.
+
+function defaultPrime(text) {
+  if (!el.samplePrime || state.primeEdited) return;
+  const nl = text.indexOf('\n');
+  const line = [...(nl >= 0 ? text.slice(0, nl + 1) : text)].slice(0, 200).join('');
+  el.samplePrime.value = line.trim() ? line : '#include <';
+}
+
+function setSampleStatus(msg, isError = false) {
+  statusLine(el.sampleStatus, msg, isError);
+}
+
+function stopSamples() {
+  state.sampling?.abort();
+}
+
+async function runSamples() {
+  stopSamples();
+  if (!el.sampleSteered || !el.samplePlain) return;
+  const length = Number(el.sampleLength?.value);
+  const temperature = Number(el.sampleTemperature?.value);
+  const seed = Number(el.sampleSeed?.value);
+  const value = Number(el.clampValue?.value);
+  const bad = !Number.isInteger(length) || length < 1 ? 'the length must be a whole number of characters ≥ 1'
+    : !Number.isFinite(temperature) || temperature < 0 ? 'the temperature must be a number ≥ 0 (0 = always the likeliest)'
+      : !Number.isSafeInteger(seed) || seed < 0 ? 'the seed must be a whole number ≥ 0'
+        : el.clampValue?.value.trim() === '' || !Number.isFinite(value) ? 'type the clamp value in the panel above first' : null;
+  if (bad) {
+    setSampleStatus(`error: ${bad}`, true);
+    return;
+  }
+  const target = clampTarget();
+  const watch = { layer: state.layer, kind: state.kind, cell: state.cell };
+  const common = { prime: el.samplePrime?.value ?? '', length, temperature, seed, watch };
+  const clamp = { layer: target.layer, kind: target.kind, cell: target.cell, value };
+  const ctrl = new AbortController();
+  state.sampling = ctrl;
+  if (el.sampleRun) el.sampleRun.disabled = true;
+  if (el.sampleStop) el.sampleStop.disabled = false;
+  const colouredBy = `coloured by ${valueLabel(watch.kind)} of layer ${watch.layer} · cell ${watch.cell}`;
+  if (el.sampleSteeredCaption) el.sampleSteeredCaption.textContent = `with ${targetLabel(target)} held at ${shortNumber(value)}`;
+  if (el.samplePlainCaption) el.samplePlainCaption.textContent = 'without the clamp';
+  setSampleStatus(`sampling ${length} characters twice (seed ${seed}), ${colouredBy}…`);
+  const t0 = performance.now();
+  const results = await Promise.allSettled([
+    streamSample(el.sampleSteered, { ...common, clamps: [clamp] }, ctrl.signal),
+    streamSample(el.samplePlain, common, ctrl.signal),
+  ]);
+  if (state.sampling !== ctrl) return; // a newer run took over the panes
+  state.sampling = null;
+  if (el.sampleRun) el.sampleRun.disabled = false;
+  if (el.sampleStop) el.sampleStop.disabled = true;
+  const failed = results.find((r) => r.status === 'rejected');
+  if (ctrl.signal.aborted) {
+    setSampleStatus('stopped');
+  } else if (failed) {
+    setSampleStatus(`error: ${failed.reason?.message ?? failed.reason}`, true);
+  } else {
+    const [a, b] = results.map((r) => [...r.value.text]);
+    let same = 0;
+    while (same < a.length && a[same] === b[same]) same++;
+    const how = same === a.length && a.length === b.length ? 'the two samples are the same: the clamp did not change this one'
+      : `the samples part after ${same} characters`;
+    setSampleStatus(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${how}; ${colouredBy}`);
+  }
+}
+
+/** One span of a sample, coloured by the watched cell's value after it was drawn. */
+function sampleChar(ch, value, kind) {
+  const span = node('span', charClass(ch), shownChar(ch));
+  if (value != null) {
+    paintSpan(span, rawToQ(kind, value), 999);
+    span.title = `${kind} = ${formatSigned(value, 3)}` + (kind === 'c' ? ` (tanh ${formatSigned(Math.tanh(value), 3)})` : '');
+  }
+  return span;
+}
+
+/** Streams one sample into `pane`, a character at a time as lines arrive; answers its summary. */
+async function streamSample(pane, body, signal) {
+  pane.replaceChildren(node('span', 'prime', body.prime));
+  pane.dataset.state = 'running';
+  pane.dataset.count = '0';
+  let count = 0;
+  let answer = null;
+  try {
+    const res = await postStream('/api/sample?stream=ndjson', body, signal);
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += decoder.decode(value, { stream: true });
+      const lines = buf.split('\n');
+      buf = lines.pop();
+      const frag = document.createDocumentFragment();
+      for (const line of lines) {
+        if (!line.trim()) continue;
+        const m = JSON.parse(line);
+        if (m.done) {
+          answer = m.answer;
+        } else if (m.error) {
+          throw new ApiError(0, m.error.code, m.error.message);
+        } else {
+          frag.append(sampleChar(m.char, m.value, body.watch.kind));
+          if (m.char === '\n') frag.append('\n');
+          count++;
+        }
+      }
+      if (frag.childNodes.length) {
+        pane.append(frag);
+        pane.dataset.count = String(count);
+        pane.scrollTop = pane.scrollHeight;
+      }
+    }
+    if (!answer) throw new ApiError(0, 'short_stream', `the sample ended after ${count} characters without its summary`);
+  } catch (e) {
+    pane.dataset.state = signal.aborted ? 'stopped' : 'error';
+    throw e;
+  }
+  pane.dataset.state = 'done';
+  return answer;
+}
+
+// ---------------------------------------------------------------------------
 // Wiring.
 
 function isTextField(t) {
@@ -1084,6 +1755,56 @@ function wire() {
     ev.preventDefault();
     choose({ layer: Number(a.dataset.layer), kind: a.dataset.kind, cell: Number(a.dataset.cell) });
   });
+
+  // Clamping.
+  el.clampForm?.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    applyClamp();
+  });
+  el.clampAblate?.addEventListener('click', () => setClampValue(0));
+  el.clampMin?.addEventListener('click', () => setClampValue(Number(el.clampMin.dataset.value)));
+  el.clampMax?.addEventListener('click', () => setClampValue(Number(el.clampMax.dataset.value)));
+  el.clampSlider?.addEventListener('input', sliderMoved);
+  el.clampValue?.addEventListener('input', () => syncSlider());
+  el.clampScope?.addEventListener('change', showScopeNote);
+  const panel = el.clampForm?.closest('.panel');
+  if (panel && 'IntersectionObserver' in window) {
+    new IntersectionObserver((entries) => {
+      state.clamp.panelVisible = entries.some((e) => e.isIntersecting);
+      if (state.clamp.panelVisible) scheduleStats();
+    }).observe(panel);
+  } else {
+    state.clamp.panelVisible = true;
+  }
+  document.addEventListener('selectionchange', () => {
+    const spans = selectionSpans();
+    if (spans.length === 0) return; // keep the last selection: clicking a control clears it
+    state.clamp.selection = spans;
+    showScopeNote();
+  });
+  el.clampScale?.addEventListener('change', () => {
+    if (showingClamp()) {
+      recolor();
+      updateLegend();
+    }
+    showClampResult();
+  });
+  el.showCell?.addEventListener('change', () => setColourBy('cell'));
+  el.showClamp?.addEventListener('change', () => setColourBy('clamp'));
+  el.clampAffected?.addEventListener('click', (ev) => {
+    const b = ev.target instanceof Element ? ev.target.closest('button[data-t]') : null;
+    if (!b) return;
+    if (!showingClamp()) setColourBy('clamp');
+    markChar(Number(b.dataset.t));
+  });
+
+  // Steered sampling.
+  el.sampleForm?.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    runSamples();
+  });
+  el.sampleStop?.addEventListener('click', stopSamples);
+  el.samplePrime?.addEventListener('input', () => (state.primeEdited = true));
 }
 
 function start() {

@@ -597,7 +597,8 @@ async function withBrowser(server) {
           const h = (await mp.textContent('h1'))?.trim();
           const msg = (await mp.textContent('p.error'))?.trim() ?? '';
           ok(h === 'No such cell', `${bad} page heading is ${JSON.stringify(h)}`);
-          ok(/\/cell\/LAYER\/KIND\/N/.test(msg) && msg.includes(`0..=${H - 1}`), `${bad} page does not say what a cell URL looks like: ${JSON.stringify(msg)}`);
+          // 044ea5c shortened the message to "cells are LAYER/KIND/N …" (its /api/cell 404 shares it).
+          ok(/LAYER\/KIND\/N/.test(msg) && msg.includes(`0..=${H - 1}`), `${bad} page does not say what a cell URL looks like: ${JSON.stringify(msg)}`);
           ok(await mp.$('a[href="/"]') !== null, `${bad} page has no link back`);
         }
       } finally {
@@ -626,7 +627,9 @@ async function withBrowser(server) {
       });
       const rowH = box.h / H;
       const target = Math.min(3, H - 1);
-      await page.mouse.click(box.x + 5, box.y + rowH * (target + 0.5));
+      // A whole-pixel y inside the row: Chrome hands the page integer client coordinates,
+      // and a row may be 1 px tall at a fractional offset.
+      await page.mouse.click(box.x + 5, Math.ceil(box.y + rowH * target + (rowH - 1) / 2));
       ok((await page.inputValue('#cell')) === String(target), `clicking heatmap row ${target} did not pick cell ${target}`);
       const marker = await page.$eval('.hm-marker', (m) => m.dataset.cell);
       ok(marker === String(target), `heatmap marker is on cell ${marker}`);
@@ -767,6 +770,183 @@ async function withBrowser(server) {
       `(fetch+trace ${f(timing.fetch)}, build spans ${f(timing.build)}, first colouring ${f(timing.recolor)}, heatmap ${f(timing.heatmap)})`);
     console.log(`# cell switch (median of 6): ${f(timing.switchSync)} in script, ${f(timing.switchFrame)} to the next frame; ` +
       `kind switch ${f(timing.kindSwitch)} in script`);
+
+    // ---- the causal lab: clamp a cell, sample with it held ----
+    // Script-side CSP violations (an inline script or eval would be one) are recorded
+    // here as well as in the console.
+    await page.addInitScript(() => {
+      window.__csp = [];
+      document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+    });
+    const lab = await step('clamp panel: ablating the best "string" cell shows the loss change, affected characters and concepts', async () => {
+      const best = await colourByBestCell(page, server.base, QUOTE_SNIPPET, 'string');
+      const cellColours = await backgrounds(page, 100_000);
+      ok((await page.textContent('#clamp-target')).includes(`c (raw, before tanh) of layer ${best.layer} · cell ${best.cell}`),
+        `#clamp-target does not name the chosen cell: ${JSON.stringify(await page.textContent('#clamp-target'))}`);
+      // min/max come from the cell's exact values over the text (read while the panel
+      // is on screen); the slider is in rms units.
+      await page.$eval('#clamp-panel', (p) => p.scrollIntoView());
+      await page.waitForFunction(() => !document.querySelector('#clamp-max').disabled, null, { timeout: TRACE_TIMEOUT });
+      const min = Number(await page.getAttribute('#clamp-min', 'data-value'));
+      const max = Number(await page.getAttribute('#clamp-max', 'data-value'));
+      ok(Number.isFinite(min) && Number.isFinite(max) && min < max, `#clamp-min/#clamp-max read ${min} and ${max}`);
+      await page.click('#clamp-max');
+      ok(Math.abs(Number(await page.inputValue('#clamp-value')) - max) < 1e-3 * Math.max(1, Math.abs(max)),
+        `#clamp-max set the value to ${await page.inputValue('#clamp-value')}, expected ${max}`);
+      await page.$eval('#clamp-slider', (s) => {
+        s.value = '2';
+        s.dispatchEvent(new Event('input'));
+      });
+      const slid = Number(await page.inputValue('#clamp-value'));
+      const sliderLabel = await page.textContent('#clamp-slider-label');
+      const rms = Number((sliderLabel.match(/rms of c over the text is (\d+\.\d+)/) ?? [])[1]);
+      ok(rms > 0 && Math.abs(slid - 2 * rms) < 0.01 * rms + 2e-3, `the slider at 2 set ${slid}, label ${JSON.stringify(sliderLabel)}`);
+      await page.click('#clamp-ablate');
+      ok((await page.inputValue('#clamp-value')) === '0', '#clamp-ablate did not set the value to 0');
+      const req = page.waitForRequest((r) => r.url().endsWith('/api/intervene'));
+      await page.click('#clamp-apply');
+      const body = (await req).postDataJSON();
+      ok(body.text === QUOTE_SNIPPET && JSON.stringify(body.clamps) === JSON.stringify([{ layer: best.layer, kind: 'c', cell: best.cell, value: 0 }]),
+        `intervene request was ${JSON.stringify({ ...body, text: body.text.slice(0, 30) })}`);
+      await page.waitForSelector('#clamp-result:not([hidden])', { timeout: TRACE_TIMEOUT });
+      // The loss, both ways.
+      const loss = await page.textContent('#clamp-loss');
+      const change = Number(await page.getAttribute('#clamp-loss', 'data-change'));
+      const m = loss.match(/^Loss ([+−]\d\.\d{4}) nats\/char \((\d\.\d{4}) without the clamp → (\d\.\d{4}) with it\)/);
+      ok(m && Number.isFinite(change), `#clamp-loss reads ${JSON.stringify(loss)}`);
+      ok(Math.abs(Number(m[3]) - Number(m[2]) - change) < 2e-4, `#clamp-loss: ${m[3]} − ${m[2]} is not the change ${change}`);
+      // Ten affected characters, largest |Δ| first.
+      const affected = await page.$$eval('#clamp-affected li button', (bs) => bs.map((b) => ({ t: +b.dataset.t, text: b.textContent })));
+      ok(affected.length === 10, `#clamp-affected lists ${affected.length} positions, expected 10`);
+      const deltas = affected.map((a) => Math.abs(Number((a.text.match(/: ([+−]\d+\.\d+) nats/) ?? ['', 'NaN'])[1].replace('−', '-'))));
+      ok(deltas.every((d, i) => Number.isFinite(d) && (i === 0 || d <= deltas[i - 1] + 0.01)), `affected positions are not by |Δ|: ${affected.map((a) => a.text)}`);
+      // The concepts table reports the string concept's mean change.
+      const concepts = await page.$$eval('#clamp-concepts tbody tr', (trs) => trs.map((tr) => ({
+        concept: tr.dataset.concept, cells: [...tr.cells].map((c) => c.textContent.trim()),
+      })));
+      const str = concepts.find((c) => c.concept === 'string');
+      ok(str && Number(str.cells[1]) > 0 && /^[+−]\d\.\d{3}$/.test(str.cells[2]) && /^[+−]\d\.\d{3}$/.test(str.cells[3]),
+        `#clamp-concepts has no readable "string" row: ${JSON.stringify(concepts)}`);
+      // The text now carries the clamp's colours, and the legend says so.
+      ok((await page.getAttribute('#colored', 'data-colour')) === 'clamp', '#colored is not marked data-colour="clamp" after Apply');
+      const legend = await page.textContent('#legend-title');
+      ok(/^clamp effect \(c of layer \d+ · cell \d+ = 0\): Δ ln p of each character, ±\d+\.\d\d nats$/.test(legend), `legend title reads ${JSON.stringify(legend)}`);
+      const clampColours = await backgrounds(page, 100_000);
+      ok(differs(cellColours, clampColours), 'the text kept the cell\'s colours after Apply');
+      ok(clampColours[0] === 'rgb(255, 255, 255)', `the first character (not predicted) is ${clampColours[0]}, expected white`);
+      // Clicking an affected position scrolls to that character and marks it.
+      await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight));
+      await page.click('#clamp-affected li:nth-child(1) button');
+      const marked = await page.$$eval('#colored .ch.marked', (s) => s.map((x) => +x.dataset.t));
+      ok(marked.length === 1 && marked[0] === affected[0].t, `after clicking the first affected position the marked characters are ${marked}, expected [${affected[0].t}]`);
+      const inView = await page.$eval(`#colored .ch[data-t="${affected[0].t}"]`, (s) => {
+        const r = s.getBoundingClientRect();
+        const box = document.querySelector('#colored').getBoundingClientRect();
+        return r.top >= Math.max(0, box.top) && r.bottom <= Math.min(innerHeight, box.bottom);
+      });
+      ok(inView, `character ${affected[0].t} is not scrolled into view`);
+      // "cell" goes back to the cell's colours, "clamp effect" to the result.
+      await page.check('#show-cell');
+      ok((await page.getAttribute('#colored', 'data-colour')) === 'cell', '#show-cell did not colour the text by the cell');
+      ok(!differs(cellColours, await backgrounds(page, 100_000)) && (await page.textContent('#legend-title')).endsWith(`cell ${best.cell}`),
+        '#show-cell did not bring back the cell colouring and legend');
+      await page.check('#show-clamp');
+      ok(!differs(clampColours, await backgrounds(page, 100_000)), '#show-clamp did not bring back the clamp colouring');
+      noPageErrors();
+      return { best, min, max };
+    });
+
+    await step('steered sampling streams two samples, with and without the clamp', async () => {
+      const strong = 3 * (Math.abs(lab.max) >= Math.abs(lab.min) ? lab.max : lab.min);
+      await page.fill('#clamp-value', String(strong));
+      const firstLine = QUOTE_SNIPPET.slice(0, QUOTE_SNIPPET.indexOf('\n') + 1);
+      ok((await page.inputValue('#sample-prime')) === firstLine, `the prime is ${JSON.stringify(await page.inputValue('#sample-prime'))}, expected the text's first line`);
+      const length = 120;
+      await page.fill('#sample-length', String(length));
+      // Each observer callback sees one batch the page appended: the panes must grow in steps.
+      await page.evaluate(() => {
+        window.__growth = {};
+        for (const id of ['sample-steered', 'sample-plain']) {
+          const pane = document.getElementById(id);
+          const seen = (window.__growth[id] = []);
+          new MutationObserver(() => seen.push(pane.querySelectorAll('.ch').length)).observe(pane, { childList: true });
+        }
+      });
+      const bodies = [];
+      const onReq = (r) => r.url().includes('/api/sample') && bodies.push({ url: r.url(), body: r.postDataJSON() });
+      page.on('request', onReq);
+      // A slow link (~8 kB/s, about 1.5 s for both streams), so that the lines reach the
+      // page over time however fast the server draws them and however the network
+      // stack batches them; what is checked is that the page shows them as they come.
+      const cdp = await page.context().newCDPSession(page);
+      await cdp.send('Network.enable');
+      const link = (downloadThroughput) => cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput, uploadThroughput: -1 });
+      await link(8000);
+      try {
+        await page.click('#sample-run');
+        await page.waitForFunction(() => ['sample-steered', 'sample-plain'].every((id) => document.getElementById(id).dataset.state !== 'running') &&
+          !document.querySelector('#sample-run').disabled, null, { timeout: TRACE_TIMEOUT });
+      } finally {
+        await link(-1);
+        await cdp.detach();
+        page.off('request', onReq);
+      }
+      const status = await page.textContent('#sample-status');
+      ok(/^done in /.test(status), `#sample-status reads ${JSON.stringify(status)}`);
+      ok(bodies.length === 2 && bodies.every((b) => b.url.endsWith('/api/sample?stream=ndjson')), `sample requests: ${JSON.stringify(bodies.map((b) => b.url))}`);
+      const steeredReq = bodies.find((b) => b.body.clamps);
+      const plainReq = bodies.find((b) => !b.body.clamps);
+      const choice = await page.evaluate(() => window.cellscope.choice);
+      ok(steeredReq && plainReq && steeredReq.body.seed === plainReq.body.seed && steeredReq.body.prime === firstLine &&
+        JSON.stringify(steeredReq.body.clamps) === JSON.stringify([{ layer: lab.best.layer, kind: 'c', cell: lab.best.cell, value: Number(String(strong)) }]) &&
+        JSON.stringify(plainReq.body.watch) === JSON.stringify(choice),
+        `sample requests were ${JSON.stringify(bodies.map((b) => b.body))}`);
+      const panes = await page.evaluate(() => Object.fromEntries(['sample-steered', 'sample-plain'].map((id) => {
+        const spans = [...document.querySelectorAll(`#${id} .ch`)];
+        return [id, {
+          state: document.getElementById(id).dataset.state,
+          n: spans.length,
+          text: spans.map((s) => s.textContent).join(''),
+          coloured: spans.filter((s) => /^rgb/.test(s.style.backgroundColor)).length,
+          colours: new Set(spans.map((s) => s.style.backgroundColor)).size,
+          growth: window.__growth[id],
+        }];
+      })));
+      for (const [id, p] of Object.entries(panes)) {
+        ok(p.state === 'done' && p.n === length, `#${id} holds ${p.n} characters (state ${p.state}), expected ${length}`);
+        ok(p.coloured === p.n, `${p.n - p.coloured} characters of #${id} have no colour`);
+        const steps = p.growth.filter((n) => n > 0);
+        ok(steps.length >= 2 && steps[0] < length, `#${id} did not fill progressively: its length went ${JSON.stringify(p.growth)}`);
+      }
+      // The watched cell is the clamped one: held, it shows one colour; free, several.
+      ok(panes['sample-steered'].colours === 1 && panes['sample-plain'].colours > 1,
+        `the watched (clamped) cell shows ${panes['sample-steered'].colours} colours with the clamp and ${panes['sample-plain'].colours} without; expected 1 and more`);
+      ok(panes['sample-steered'].text !== panes['sample-plain'].text,
+        `holding the cell at ${strong} did not change the sample:\n${panes['sample-plain'].text}`);
+      // Stop ends a long run early.
+      await page.fill('#sample-length', '5000');
+      await page.click('#sample-run');
+      await page.waitForFunction(() => Number(document.querySelector('#sample-plain').dataset.count) > 0, null, { timeout: TRACE_TIMEOUT });
+      await page.click('#sample-stop');
+      await page.waitForFunction(() => document.querySelector('#sample-status').textContent === 'stopped', null, { timeout: 30_000 });
+      const stopped = Number(await page.getAttribute('#sample-plain', 'data-count'));
+      ok(stopped < 5000, `#sample-plain holds ${stopped} characters after Stop`);
+      console.log(`# steered sampling: the samples part after ${(status.match(/part after (\d+)/) ?? ['', '?'])[1]} characters; ` +
+        `lengths seen ${JSON.stringify(panes['sample-steered'].growth)}; stopped a 5000-character run at ${stopped}`);
+      noPageErrors();
+    });
+
+    await step('a new text clears the clamp result; no page errors or CSP violations', async () => {
+      await setText(page, C_SNIPPET);
+      await traced(page, () => page.click('#run'), codePoints(C_SNIPPET));
+      ok(await page.isHidden('#clamp-result'), 'the clamp result for the old text is still shown');
+      ok(await page.isHidden('#colour-by'), 'the "colour by" switch is still offered without a result for this text');
+      ok((await page.getAttribute('#colored', 'data-colour')) === 'cell', 'the new text is not coloured by the cell');
+      ok(/text changed/.test(await page.textContent('#clamp-status')), `#clamp-status reads ${JSON.stringify(await page.textContent('#clamp-status'))}`);
+      const csp = await page.evaluate(() => window.__csp);
+      ok(Array.isArray(csp) && csp.length === 0, `CSP violations: ${JSON.stringify(csp)}`);
+      noPageErrors();
+    });
 
     if (SCREENSHOT && !SHIPPED_MODEL) {
       console.log(`# skipping docs/screenshot.png, docs/quote-cell.png and docs/if-cell.png: the served model is ${MODEL}, not the shipped default`);
