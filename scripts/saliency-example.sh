@@ -24,7 +24,7 @@ def show(label, p):
     g = r["grad_norm"]
     peak = max(g)
     at = lambda d: g[p - d - r["first"]] / peak if p - d >= r["first"] else float("nan")
-    line = ref[ref.rfind("\n", 0, p) + 1 : p + 1]
+    line = ref[max(0, p - 40) : p + 1].replace("\t", "\\t").replace("\n", "\\n")
     print(f"{label}: position {p}, predicting {r['target']!r} after {line.strip()[-40:]!r} (ln p = {r['logp']:.3f})")
     print("  distance:    " + " ".join(f"{d:>7}" for d in [0, 1, 2, 5, 10, 20, 50, 100, 200, 500]))
     print("  grad / peak: " + " ".join(f"{at(d):7.4f}" for d in [0, 1, 2, 5, 10, 20, 50, 100, 200, 500]))
