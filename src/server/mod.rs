@@ -105,6 +105,9 @@ pub struct AppState {
     /// The built-in samples' traces, computed on first use, so the home page never
     /// waits in the queue behind API work.
     pub sample_traces: Arc<Vec<OnceCell<Arc<Trace>>>>,
+    /// Per built-in sample, the cell the home page opens on (the finder's best
+    /// string or if cell on it), chosen on first use.
+    pub first_views: Arc<Vec<OnceCell<Option<pages::FirstView>>>>,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ impl AppState {
             reference_name: Arc::new(reference_name),
             reference_trace: Arc::new(OnceCell::new()),
             sample_traces: Arc::new(pages::SAMPLES.iter().map(|_| OnceCell::new()).collect()),
+            first_views: Arc::new(pages::SAMPLES.iter().map(|_| OnceCell::new()).collect()),
         }
     }
 

@@ -140,6 +140,8 @@ struct IndexPage {
     initial_json: String,
     concepts: Vec<(&'static str, &'static str)>,
     max_text_chars: usize,
+    /// The first screen's one-line explanation.
+    intro: Option<String>,
 }
 
 /// The page's view choice, from the query string or the form.
@@ -162,6 +164,39 @@ fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
     escape_html(message, &mut body);
     body.push_str("</p><p><a href=\"/\">Back to cellscope</a></p></main></body></html>");
     (status, Html(body)).into_response()
+}
+
+/// The cell a first-time visitor sees: the finder's best cell for a concept on
+/// the sample, so the first screen shows something a cell has learned.
+#[derive(Debug, Clone)]
+pub struct FirstView {
+    pub layer: usize,
+    pub kind: Kind,
+    pub cell: usize,
+    pub concept: Concept,
+    pub score: f64,
+    pub sign: i8,
+}
+
+/// Ranks h and c cells of a sample's trace for string literals (then `if`
+/// conditions) and keeps the best; `None` when the sample has neither.
+fn choose_first_view(trace: &Trace) -> Option<FirstView> {
+    let layers: Vec<usize> = (0..trace.layers.len()).collect();
+    [Concept::String, Concept::If].into_iter().find_map(|concept| {
+        let labels = crate::analysis::concept_labels(&trace.chars, concept);
+        let best = crate::finder::rank_trace(trace, &labels, &layers, &[Kind::Cell, Kind::Hidden], Default::default())
+            .ok()?
+            .into_iter()
+            .next()?;
+        Some(FirstView {
+            layer: best.layer,
+            kind: best.kind,
+            cell: best.cell,
+            concept,
+            score: best.score,
+            sign: best.sign,
+        })
+    })
 }
 
 /// The trace the home page shows: a built-in sample's is computed once and kept
@@ -190,9 +225,6 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
     // Forms send textarea newlines as CRLF; the model (and the script path) use LF.
     let text =
         q.text.as_deref().map_or_else(|| sample.text.to_string(), |t| t.replace("\r\n", "\n").replace('\r', "\n"));
-    let layer = q.layer.unwrap_or(0).min(model.layers() - 1);
-    let kind = q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell);
-    let cell = q.cell.unwrap_or(0).min(model.hidden_size() - 1);
     let mut error = None;
     let mut status = StatusCode::OK;
     let trace: Option<Arc<Trace>> = match index_trace(&state, &q, sample, &text).await {
@@ -203,6 +235,38 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
             None
         }
     };
+    // A first visit (a sample, no choice made yet) opens on the sample's best cell.
+    let first_view = match (&trace, q.text.is_none() && q.layer.is_none() && q.kind.is_none() && q.cell.is_none()) {
+        (Some(tr), true) => {
+            let i = SAMPLES.iter().position(|s| std::ptr::eq(s, sample)).expect("sample listed");
+            let tr = tr.clone();
+            state.first_views[i]
+                .get_or_init(|| async move {
+                    tokio::task::spawn_blocking(move || choose_first_view(&tr)).await.ok().flatten()
+                })
+                .await
+                .clone()
+        }
+        _ => None,
+    };
+    let layer = first_view.as_ref().map_or(q.layer.unwrap_or(0), |f| f.layer).min(model.layers() - 1);
+    let kind = first_view.as_ref().map_or(q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell), |f| f.kind);
+    let cell = first_view.as_ref().map_or(q.cell.unwrap_or(0), |f| f.cell).min(model.hidden_size() - 1);
+    let intro = first_view.map(|f| {
+        format!(
+            "Each character is coloured by one cell of the model: layer {} · {} · cell {}, the cell the finder \
+             ranks best at telling characters {} from the rest of this text (AUC {:.2}; it runs {} \
+             there). Red is high, blue low; hover a \
+             character for the model's next-character guesses. Try ◀ ▶ to step through cells, or Find cells \
+             for if, comment or nesting depth.",
+            f.layer,
+            f.kind.letter(),
+            f.cell,
+            f.concept.description(),
+            f.score,
+            if f.sign > 0 { "higher" } else { "lower" },
+        )
+    });
     let (colored, unknown_count) = match &trace {
         Some(tr) => {
             let unknown: HashSet<usize> = tr.unknown.iter().copied().collect();
@@ -239,6 +303,7 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         initial_json: script_json(&initial),
         concepts: CONCEPTS.iter().map(|c| (c.name(), c.description())).collect(),
         max_text_chars: state.limits.max_text_chars,
+        intro,
     };
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),

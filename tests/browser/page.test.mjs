@@ -423,6 +423,11 @@ async function withBrowser(server) {
       await traced(page, () => page.goto(server.base + '/'), null, { navigates: true });
       const init = JSON.parse(await page.textContent('#initial'));
       ok(init.hidden > 1 && init.layers >= 1, `#initial looks wrong: ${JSON.stringify(init).slice(0, 200)}`);
+      // The first screen opens on the finder's best cell for the sample, and says so.
+      const intro = await page.textContent('#intro');
+      ok(intro && intro.includes(`layer ${init.layer} · ${init.kind} · cell ${init.cell}`) && /AUC 0\.\d\d/.test(intro),
+        `#intro does not explain the opening cell ${init.layer}/${init.kind}/${init.cell}: ${intro}`);
+      ok(init.kind === 'c' || init.kind === 'h', `opened on kind ${init.kind}`);
       noPageErrors();
       return init.hidden;
     });
@@ -447,6 +452,7 @@ async function withBrowser(server) {
         c.value = '0';
         c.dispatchEvent(new Event('change'));
       });
+      await page.selectOption('#layer', '0');
       await page.selectOption('#kind', 'c');
       await waitChoice(page, { layer: 0, kind: 'c', cell: 0 });
       const c0 = await backgrounds(page);
