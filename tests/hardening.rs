@@ -487,3 +487,29 @@ fn text_files_that_never_end_are_refused_up_front() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_same_text_is_traced_once_and_the_cache_stays_in_its_budget() {
+    let st = state(Limits::default());
+    let text = "if (x) { y = \"s\"; }\n".repeat(10);
+    let (s1, _, a) =
+        oneshot(st.clone(), json_post("/api/trace", json!({"text": text, "layers": [1], "kinds": ["c"]}))).await;
+    assert_eq!(st.traces.len(), 1);
+    // Another view of the same text, a ranking and an intervention reuse it.
+    let (s2, _, _) = oneshot(st.clone(), json_post("/api/view", json!({"text": text, "layer": 0}))).await;
+    let (s3, _, _) =
+        oneshot(st.clone(), json_post("/api/cells/rank", json!({"text": text, "feature": "string"}))).await;
+    let clamp = json!([{"layer": 0, "kind": "c", "cell": 1, "value": 0}]);
+    let (s4, _, _) = oneshot(st.clone(), json_post("/api/intervene", json!({"text": text, "clamps": clamp}))).await;
+    let (s5, _, b) =
+        oneshot(st.clone(), json_post("/api/trace", json!({"text": text, "layers": [1], "kinds": ["c"]}))).await;
+    assert_eq!([s1, s2, s3, s4, s5].map(|s| s.as_u16()), [200; 5]);
+    assert_eq!(st.traces.len(), 1, "one text, one trace");
+    assert_eq!(a, b, "a cached trace answers exactly as a fresh one");
+    // With no budget nothing is kept.
+    let off = state(Limits { trace_cache_bytes: 0, ..Limits::default() });
+    let (s, _, c) =
+        oneshot(off.clone(), json_post("/api/trace", json!({"text": text, "layers": [1], "kinds": ["c"]}))).await;
+    assert_eq!((s.as_u16(), off.traces.len()), (200, 0));
+    assert_eq!(a, c);
+}

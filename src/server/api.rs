@@ -154,15 +154,28 @@ pub fn parse_top_k(state: &AppState, top_k: Option<usize>, default: usize) -> Re
     Ok(k)
 }
 
-/// Traces `text` in a model slot and turns the trace into an answer there too,
-/// so the trace (the biggest allocation a request makes) never outlives its slot.
+/// The trace of `text` — from the cache of recent traces, or computed — turned
+/// into an answer, both inside a model slot, so the slot count bounds the memory
+/// of traces in flight (the cache's own budget bounds the rest).
 pub async fn with_trace<R: Send + 'static>(
     state: &AppState,
     text: String,
-    answer: impl FnOnce(&Model, Trace) -> R + Send + 'static,
+    answer: impl FnOnce(&Model, &std::sync::Arc<Trace>) -> R + Send + 'static,
 ) -> Result<R, AppError> {
     let model = state.model.clone();
-    state.queue.run(move || answer(&model, model.trace(&text))).await
+    let cache = state.traces.clone();
+    state.queue.run(move || answer(&model, &cached_trace(&cache, &model, &text))).await
+}
+
+/// The trace of `text` from `cache`, or computed and kept there. Call it inside a
+/// model slot.
+pub fn cached_trace(cache: &super::cache::TraceCache, model: &Model, text: &str) -> std::sync::Arc<Trace> {
+    let key = super::cache::key(text);
+    cache.get(&key).unwrap_or_else(|| {
+        let t = std::sync::Arc::new(model.trace(text));
+        cache.insert(key, t.clone());
+        t
+    })
 }
 
 fn wants_npy(query: &FormatQuery, headers: &HeaderMap) -> Result<bool, AppError> {
@@ -208,9 +221,9 @@ pub async fn trace(
     let layers_hdr = layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
     let body = with_trace(&state, req.text, move |model, trace| {
         if npy {
-            Ok(trace_npy(&trace, &layers, &kinds, cells.as_deref()))
+            Ok(trace_npy(trace, &layers, &kinds, cells.as_deref()))
         } else {
-            serde_json::to_vec(&trace_json(model, &trace, Some(&layers), &kinds, cells.as_deref(), top_k))
+            serde_json::to_vec(&trace_json(model, trace, Some(&layers), &kinds, cells.as_deref(), top_k))
                 .map_err(|e| AppError::internal(format!("serialising the trace: {e}")))
         }
     })
@@ -250,7 +263,7 @@ pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewReq
     let size = t_len * (kinds.len() * state.model.hidden_size()) as u128 + trace_json_size(t_len as usize, 0, top_k);
     check_answer_size(&state, size, "this view", "ask for fewer kinds or a shorter text")?;
     let bytes =
-        with_trace(&state, req.text, move |model, trace| view_bytes(model, &trace, layer, &kinds, top_k)).await?;
+        with_trace(&state, req.text, move |model, trace| view_bytes(model, trace, layer, &kinds, top_k)).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -328,7 +341,7 @@ pub async fn rank_cells(
         request_labels(&req.text, req.feature.as_deref(), req.regex.as_deref(), req.spans.as_deref())?;
     let metric_name = crate::analysis::metric_name(&labels, metric);
     let ranked = with_trace(&state, req.text, move |_, trace| {
-        crate::finder::rank_trace(&trace, &labels, &layers, &kinds, metric)
+        crate::finder::rank_trace(trace, &labels, &layers, &kinds, metric)
     })
     .await?
     .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;

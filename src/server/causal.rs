@@ -170,11 +170,10 @@ fn mean(xs: impl Iterator<Item = f32>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
-fn intervene_answer(model: &Model, text: &str, clamps: &[Clamp], top_k: usize) -> InterveneAnswer {
-    // One trace at a time: the base trace is reduced to its log-probabilities
-    // and dropped before the clamped one is computed.
-    let base = side(model, &model.trace(text), top_k);
-    let clamped_trace = model.trace_clamped(model.vocab.encode(text), &model.zero_state(), clamps);
+fn intervene_answer(model: &Model, base: &Trace, clamps: &[Clamp], top_k: usize) -> InterveneAnswer {
+    let text: String = base.chars.iter().collect();
+    let base = side(model, base, top_k);
+    let clamped_trace = model.trace_clamped(model.vocab.encode(&text), &model.zero_state(), clamps);
     let chars = clamped_trace.chars.clone();
     let clamped = side(model, &clamped_trace, top_k);
     drop(clamped_trace);
@@ -240,13 +239,12 @@ pub async fn intervene(
     // Two logp/delta rows of ~12 bytes, and top-k under both.
     let size = trace_json_size(len, 3, 0) + 2 * len as u128 * top_k as u128 * 32;
     super::api::check_answer_size(&state, size, "this answer", "ask for a smaller top_k or a shorter text")?;
-    let model = state.model.clone();
-    let text = req.text;
-    let body = state
-        .queue
-        .run(move || serde_json::to_vec(&intervene_answer(&model, &text, &clamps, top_k)))
-        .await?
-        .map_err(|e| AppError::internal(format!("serialising: {e}")))?;
+    // The unclamped run is usually the trace the page just made: take it from the cache.
+    let body = super::api::with_trace(&state, req.text, move |model, base| {
+        serde_json::to_vec(&intervene_answer(model, base, &clamps, top_k))
+    })
+    .await?
+    .map_err(|e| AppError::internal(format!("serialising: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

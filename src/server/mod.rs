@@ -7,6 +7,7 @@
 //! they call [`crate::model::Model::trace`] and the analysis functions.
 
 pub mod api;
+pub mod cache;
 pub mod causal;
 pub mod error;
 pub mod guard;
@@ -48,6 +49,8 @@ pub struct Limits {
     pub max_response_bytes: usize,
     /// Seconds a request body may take to arrive.
     pub body_timeout_secs: u64,
+    /// Bytes of recent traces kept for reuse.
+    pub trace_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_queue: 64,
             max_response_bytes: 64 << 20,
             body_timeout_secs: 10,
+            trace_cache_bytes: 256 << 20,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Model slots and the line in front of them.
     pub queue: Arc<WorkQueue>,
+    /// Recent traces, by text.
+    pub traces: Arc<cache::TraceCache>,
     /// Host names accepted besides IP literals and localhost (`--allow-host`).
     pub allowed_hosts: Arc<Vec<String>>,
     /// Origins allowed to call the API from other sites (`--cors-origin`); none by default.
@@ -114,6 +120,7 @@ impl AppState {
     pub fn new(model: Model, limits: Limits, reference: String, reference_name: String) -> Self {
         Self {
             queue: Arc::new(WorkQueue::new(limits.max_concurrent, limits.max_queue)),
+            traces: Arc::new(cache::TraceCache::new(limits.trace_cache_bytes)),
             model: Arc::new(model),
             limits,
             allowed_hosts: Arc::new(Vec::new()),
@@ -244,6 +251,9 @@ pub struct ServeArgs {
     /// Largest answer in bytes (estimated before any work; 413 beyond it).
     #[arg(long, default_value_t = Limits::default().max_response_bytes)]
     pub max_response_bytes: usize,
+    /// Megabytes of recent traces kept so the same text is not traced twice (0 = off).
+    #[arg(long, default_value_t = Limits::default().trace_cache_bytes >> 20)]
+    pub trace_cache_mb: usize,
     /// Open connections at most; more are closed at once.
     #[arg(long, default_value_t = NetLimits::default().max_connections)]
     pub max_connections: usize,
@@ -279,6 +289,7 @@ impl ServeArgs {
             max_queue: self.max_queue,
             max_response_bytes: self.max_response_bytes,
             body_timeout_secs: self.body_timeout,
+            trace_cache_bytes: self.trace_cache_mb.min(1 << 20) << 20,
         };
         limits.validate()?;
         for (flag, v) in [("--header-timeout", self.header_timeout), ("--shutdown-grace", self.shutdown_grace)] {

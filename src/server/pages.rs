@@ -216,7 +216,7 @@ async fn index_trace(state: &AppState, q: &ViewQuery, sample: &Sample, text: &st
             .cloned();
     }
     super::api::check_text(state, text)?;
-    super::api::with_trace(state, text.to_string(), |_, trace| Arc::new(trace)).await
+    super::api::with_trace(state, text.to_string(), |_, trace| trace.clone()).await
 }
 
 async fn render_index(state: AppState, q: ViewQuery) -> Response {

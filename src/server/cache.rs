@@ -1,0 +1,140 @@
+//! Recent traces, so the same text is not traced twice: switching layer or kind
+//! on the page, ranking cells, the clamp panel's statistics and an intervention's
+//! unclamped run all reuse the trace of the text that was just run.
+//!
+//! Keyed by the SHA-256 of the text (one model per server); bounded by bytes
+//! (`--trace-cache-mb`), least recently used out first. A trace larger than the
+//! whole budget is not kept. Entries are `Arc`s: an evicted trace lives on until
+//! the requests using it finish.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::model::Trace;
+
+type Key = [u8; 32];
+
+/// A bounded LRU cache of traces.
+#[derive(Debug)]
+pub struct TraceCache {
+    budget: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    used: usize,
+    clock: u64,
+    entries: HashMap<Key, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    trace: Arc<Trace>,
+    bytes: usize,
+    last_use: u64,
+}
+
+/// The cache key of a text.
+pub fn key(text: &str) -> Key {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+/// Bytes a trace holds (its matrices, probabilities and characters).
+pub fn trace_bytes(t: &Trace) -> usize {
+    let f = std::mem::size_of::<f32>();
+    let layers: usize =
+        t.layers.iter().map(|l| (l.h.len() + l.c.len() + l.i.len() + l.f.len() + l.g.len() + l.o.len()) * f).sum();
+    layers + t.probs.len() * f + t.chars.len() * (std::mem::size_of::<char>() + std::mem::size_of::<Option<u32>>())
+}
+
+impl TraceCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        Self { budget: budget_bytes, inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent map (every update is
+        // a single insert or remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Arc<Trace>> {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        let e = inner.entries.get_mut(key)?;
+        e.last_use = now;
+        Some(e.trace.clone())
+    }
+
+    /// Keeps `trace` unless it is larger than the whole budget, evicting the least
+    /// recently used entries until it fits.
+    pub fn insert(&self, key: Key, trace: Arc<Trace>) {
+        let bytes = trace_bytes(&trace);
+        if bytes > self.budget {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.used -= old.bytes;
+        }
+        while inner.used + bytes > self.budget {
+            let Some((&oldest, _)) = inner.entries.iter().min_by_key(|(_, e)| e.last_use) else { break };
+            let e = inner.entries.remove(&oldest).expect("listed");
+            inner.used -= e.bytes;
+        }
+        inner.clock += 1;
+        let last_use = inner.clock;
+        inner.used += bytes;
+        inner.entries.insert(key, Entry { trace, bytes, last_use });
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.lock().used
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Model, Vocab, Weights};
+
+    fn model() -> Model {
+        let vocab = Vocab::from_text("abc ").unwrap();
+        Model::new("t".into(), vocab.clone(), Weights::random(vocab.len(), None, 8, 1, 1), serde_json::json!({}))
+            .unwrap()
+    }
+
+    #[test]
+    fn keeps_recent_traces_within_the_budget() {
+        let m = model();
+        let one = trace_bytes(&m.trace("abcabcabca"));
+        let cache = TraceCache::new(2 * one + one / 2);
+        for text in ["abcabcabca", "bcabcabcab", "cabcabcabc"] {
+            cache.insert(key(text), Arc::new(m.trace(text)));
+        }
+        assert_eq!(cache.len(), 2, "the budget holds two traces");
+        assert!(cache.get(&key("abcabcabca")).is_none(), "the oldest went first");
+        // Using an entry makes it recent: the other one goes next.
+        assert!(cache.get(&key("bcabcabcab")).is_some());
+        cache.insert(key("aaaaaaaaaa"), Arc::new(m.trace("aaaaaaaaaa")));
+        assert!(cache.get(&key("bcabcabcab")).is_some());
+        assert!(cache.get(&key("cabcabcabc")).is_none());
+        assert!(cache.used() <= 2 * one + one / 2);
+        // Larger than the whole budget: not kept.
+        let long: String = "abc ".repeat(50);
+        cache.insert(key(&long), Arc::new(m.trace(&long)));
+        assert!(cache.get(&key(&long)).is_none());
+    }
+}
