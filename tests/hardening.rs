@@ -439,7 +439,7 @@ fn serve_binds_a_host_name() {
     let mut answered = false;
     while Instant::now() < deadline && !answered {
         std::thread::sleep(Duration::from_millis(200));
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        if let Ok(mut s) = std::net::TcpStream::connect(("localhost", port)) {
             use std::io::{Read, Write};
             let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
             let mut resp = String::new();

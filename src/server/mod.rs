@@ -355,8 +355,24 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("--addr {:?}: cannot resolve it (use HOST:PORT, e.g. 127.0.0.1:3000)", args.addr))?
             .collect();
-        let addr = *addrs.first().with_context(|| format!("--addr {:?} resolves to no address", args.addr))?;
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        // A name may resolve to several addresses (localhost: ::1 and 127.0.0.1);
+        // take the first that binds.
+        let mut listener = None;
+        let mut last_error = None;
+        for addr in &addrs {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(e) => last_error = Some(anyhow::Error::new(e).context(format!("binding {addr}"))),
+            }
+        }
+        let listener = match (listener, last_error) {
+            (Some(l), _) => l,
+            (None, Some(e)) => return Err(e),
+            (None, None) => anyhow::bail!("--addr {:?} resolves to no address", args.addr),
+        };
         tracing::info!(
             "serving {} ({} layers × {} cells) on http://{}",
             state.model.name,
