@@ -8,7 +8,7 @@ Needs: pip install torch safetensors numpy   (the CPU is all it uses).
     python3 scripts/bench_torch.py train --hidden 256 --layers 2 --vocab 97 --batch 50 --seq 100 --steps 30 [--threads 1]
 
 infer: one-hot (or the model's embedding) input, batch 1, zero initial state;
-  two lines:
+  one line per method in --impls (default "fused,loop"):
     impl "torch_fused":      F.one_hot -> nn.LSTM forward over all chars ->
                              decoder -> log_softmax, under torch.inference_mode().
     impl "torch_loop_gates": per layer, the input projection for all T at once
@@ -156,10 +156,12 @@ def cmd_infer(a):
         sys.exit(f"loop and fused disagree: max abs diff of log_probs {diff}")
     warm = ids[: min(a.chars, 2000)]
     infer_fused(model, warm)
-    infer_loop(model, warm)
+    if "loop" in a.impls:
+        infer_loop(model, warm)
 
-    for impl, fn in (("torch_fused", lambda: infer_fused(model, ids)),
-                     ("torch_loop_gates", lambda: infer_loop(model, ids))):
+    impls = {"fused": ("torch_fused", lambda: infer_fused(model, ids)),
+             "loop": ("torch_loop_gates", lambda: infer_loop(model, ids))}
+    for impl, fn in (impls[name] for name in a.impls.split(",")):
         times = time_runs(fn, a.min_time)
         rates = [a.chars / t for t in times]
         print(json.dumps({
@@ -235,6 +237,8 @@ def main():
     pi.add_argument("--chars", type=int, default=20000)
     pi.add_argument("--model", help="load weights from a cellscope .safetensors (overrides --hidden/--layers/--vocab)")
     pi.add_argument("--min-time", type=float, default=2.0, help="seconds timed per method (default 2)")
+    pi.add_argument("--impls", default="fused,loop",
+                    help="which to time, comma-separated: fused (nn.LSTM), loop (records the gates); default both")
 
     pt = sub.add_parser("train")
     common(pt)

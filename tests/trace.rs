@@ -122,3 +122,28 @@ fn parity_with_pytorch_one_hot() {
 fn parity_with_pytorch_embedding() {
     check_fixture("lstm_embed");
 }
+
+/// A text of many pipeline blocks, with a clamp in layer 0, traces the same on two
+/// threads (layer 1 a block behind layer 0) as on one, to the bit.
+#[test]
+fn two_threads_trace_exactly_as_one() {
+    let vocab = cellscope::model::Vocab::from_text("abcdefghij (){};\n\t=+-*/<>!&|0123456789#_,.").unwrap();
+    let w = cellscope::model::Weights::random_scaled(vocab.len(), None, 64, 2, 3, 0.2);
+    let m = Model::new("pipe".into(), vocab, w, serde_json::json!({})).unwrap();
+    let text: String = "if (a == b) {\n\tc = d + 1;\n}\n".chars().cycle().take(5000).collect();
+    let clamps = [cellscope::model::Clamp { layer: 0, kind: Kind::Cell, cell: 9, value: 0.8, from: 1000, to: 1700 }];
+    for clamps in [&[][..], &clamps[..]] {
+        let trace = |threads| m.trace_clamped_with_threads(m.vocab.encode(&text), &m.zero_state(), clamps, threads);
+        let (one, two) = (trace(1), trace(2));
+        for (k, (a, b)) in one.layers.iter().zip(&two.layers).enumerate() {
+            for kind in Kind::ALL {
+                assert!(a.get(kind) == b.get(kind), "layer {k} {kind:?} differs between 1 and 2 threads");
+            }
+        }
+        assert!(one.probs == two.probs, "probabilities differ between 1 and 2 threads");
+        assert_eq!(one.final_state, two.final_state);
+    }
+    // What `trace` picks for this length (two threads unless CELLSCOPE_TRACE_THREADS
+    // says otherwise) gives the same trace too.
+    assert!(m.trace(&text).probs == m.trace_clamped_with_threads(m.vocab.encode(&text), &m.zero_state(), &[], 1).probs);
+}

@@ -29,6 +29,11 @@
 //!   too big for L2 (H = 512) still finds part of itself there (`block_order`).
 //! * the six recorded T × H outputs are written once, straight into their final
 //!   vectors, never zero-filled first.
+//!
+//! One call runs one layer on one thread. A trace of a long text runs its layers
+//! as a pipeline on two threads, layer 1 a block behind layer 0, by calling this
+//! kernel block by block (see `model::lstm` and `CELLSCOPE_TRACE_THREADS`): the
+//! two W_hh then stream from L3 into two cores at once.
 
 /// `exp(x)` for f32 without branches: 2^k · p(r) with x = k·ln2 + r, |r| ≤ ln2/2,
 /// p the degree-6 Taylor polynomial (relative error ≈ 1.2e-7 on the reduced range).

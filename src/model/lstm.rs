@@ -15,10 +15,29 @@
 //! a precomputed V × 4H table for layer 0 (one-hot or embedded input), GEMMs over
 //! blocks of steps for the layers above. Only `W_h* h_{t-1}` and the biases are left
 //! inside the sequential loop (`kernel::lstm_layer`).
+//!
+//! The recurrence is sequential in time, but layer k + 1 only needs layer k's h
+//! up to the same step. So a long text runs its layers as a pipeline (`Job::run`):
+//! one thread runs layer 0 over block b + 1 while another runs layer 1's input
+//! GEMM and recurrence over block b, each streaming its own W_hh on its own core.
+//! More layers than threads: each thread takes a contiguous range of layers. Every
+//! layer makes the same kernel calls on the same inputs (clamped rows included) as
+//! on one thread, so the trace is identical to the bit.
+//! - `CELLSCOPE_TRACE_THREADS=N`: at most N threads per trace (default 2, at most
+//!   the cores there are); `1` keeps every trace on the calling thread, e.g. for a
+//!   server that runs requests side by side on all its cores.
+//! - texts under `PIPELINE_MIN_STEPS` (4096) characters always run on one thread.
+//!
+//! The pipeline pays only when the second core is free: on a machine busy with
+//! other work it costs about 10% more CPU per character and can run slower than
+//! one thread, so set `CELLSCOPE_TRACE_THREADS=1` there.
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -591,45 +610,49 @@ impl Model {
     /// [`Clamp`]; check them first with [`Model::check_clamps`]). Steps a clamp
     /// covers run one at a time so the overwritten value is what the next step
     /// and the layer above see; the rest runs at full speed.
+    ///
+    /// A text of at least `PIPELINE_MIN_STEPS` characters runs its layers as a
+    /// pipeline on up to `CELLSCOPE_TRACE_THREADS` threads, 2 by default (see the
+    /// module doc); the result is the same to the bit.
     pub fn trace_clamped(&self, enc: Encoded, state: &State, clamps: &[Clamp]) -> Trace {
+        let threads = if enc.ids.len() >= PIPELINE_MIN_STEPS { trace_threads() } else { 1 };
+        self.trace_clamped_with_threads(enc, state, clamps, threads)
+    }
+
+    /// [`Model::trace_clamped`] on `threads` threads (at most one per layer; 1 =
+    /// the calling thread alone) whatever the text's length: for a caller that
+    /// shares out its own cores, and to compare.
+    pub fn trace_clamped_with_threads(&self, enc: Encoded, state: &State, clamps: &[Clamp], threads: usize) -> Trace {
+        let block = self.block_steps(enc.ids.len(), threads);
+        self.trace_staged(enc, state, clamps, threads, block)
+    }
+
+    /// Steps per block: the unit of the layers ≥ 1 input-projection GEMM and, on
+    /// more than one thread, of the hand-over between pipeline stages. At most
+    /// [`PROJ_BLOCK_FLOATS`] of projections; a pipeline cuts the text into about
+    /// [`PIPELINE_BLOCKS`] blocks, so that the layer above starts early and the
+    /// layer below does not finish long before it. (Shorter blocks only mean more
+    /// GEMM calls; every step's result is the same.)
+    fn block_steps(&self, t_len: usize, threads: usize) -> usize {
+        let longest = (PROJ_BLOCK_FLOATS / (GATES * self.hidden_size())).max(16);
+        if threads > 1 {
+            t_len.div_ceil(PIPELINE_BLOCKS).clamp(MIN_PIPELINE_BLOCK, longest.max(MIN_PIPELINE_BLOCK))
+        } else {
+            longest
+        }
+    }
+
+    /// [`Model::trace_clamped`] with the layers split into `stages` pipeline
+    /// stages (at most one per layer; 1 runs everything on this thread) that hand
+    /// over `block` steps at a time.
+    fn trace_staged(&self, enc: Encoded, state: &State, clamps: &[Clamp], stages: usize, block: usize) -> Trace {
         let Encoded { chars, ids, unknown } = enc;
         let t_len = ids.len();
         let n = self.hidden_size();
-        let g = GATES * n;
         assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
-        let mut layers: Vec<LayerTrace> = Vec::with_capacity(self.layers());
-        for (k, lw) in self.weights.layers.iter().enumerate() {
-            let (h0, c0) = (&state.h[k][..], &state.c[k][..]);
-            let mut out = LayerOut::with_capacity(t_len, n);
-            if k == 0 {
-                // Layer 0's input projection is a row of the precomputed table (the
-                // zero row for an unknown character): point at it, copy nothing.
-                let unknown = self.vocab.len();
-                let rows: Vec<&[f32]> = ids
-                    .iter()
-                    .map(|id| {
-                        let v = id.map_or(unknown, |v| v as usize);
-                        self.input_table.row(v).to_slice().expect("standard layout")
-                    })
-                    .collect();
-                self.run_layer(k, &rows, 0, (h0, c0), &mut out, clamps);
-            } else {
-                // X W_ihᵀ by GEMM, a block of steps at a time, into one reused buffer
-                // (see PROJ_BLOCK_FLOATS); the kernel adds the bias.
-                let below = layers[k - 1].h.as_slice().expect("standard layout");
-                let w_ih = lw.weight_ih.as_slice().expect("standard layout");
-                let block = (PROJ_BLOCK_FLOATS / g).max(16);
-                let mut proj = vec![0f32; block.min(t_len) * g];
-                for start in (0..t_len).step_by(block) {
-                    let m = block.min(t_len - start);
-                    let proj = &mut proj[..m * g];
-                    gemm(m, n, g, 1.0, &below[start * n..(start + m) * n], Trans::N, w_ih, Trans::T, 0.0, proj);
-                    let rows: Vec<&[f32]> = proj.chunks_exact(g).collect();
-                    self.run_layer(k, &rows, start, (h0, c0), &mut out, clamps);
-                }
-            }
-            layers.push(LayerTrace::from_kernel(out, t_len, n));
-        }
+        let job = Job { model: self, ids: &ids, state, clamps, block };
+        let layers: Vec<LayerTrace> =
+            job.run(stages).into_iter().map(|out| LayerTrace::from_kernel(out, t_len, n)).collect();
         let final_state = if t_len == 0 {
             state.clone()
         } else {
@@ -726,6 +749,174 @@ impl Model {
         );
         kernel::softmax_rows(&mut logits, v);
         Array2::from_shape_vec((t_len, v), logits).expect("T × V logits")
+    }
+}
+
+/// Texts shorter than this many characters are traced on one thread. Starting a
+/// thread costs microseconds; what costs is a second core that is not free: on a
+/// busy 2-core machine two threads ran 10–30% slower than one at every length
+/// (`scripts/bench.sh --crossover`), and with a core free they gained 1.2–1.35×
+/// from about a thousand characters on. This bound keeps the short texts, which
+/// lose most under contention, on one thread.
+const PIPELINE_MIN_STEPS: usize = 4096;
+
+/// A pipelined trace hands over about this many blocks (see [`Model::block_steps`]):
+/// the layer above idles for the first and the one below for the last.
+const PIPELINE_BLOCKS: usize = 16;
+
+/// Fewest steps in a pipeline block: shorter ones would spend more on the GEMM's
+/// repacking of W_ih and on hand-overs than they save.
+const MIN_PIPELINE_BLOCK: usize = 64;
+
+/// Threads one trace may use: `CELLSCOPE_TRACE_THREADS` if set (1 keeps every
+/// trace on the calling thread, e.g. for a server that runs requests side by side),
+/// else 2, at most the cores available. Read once.
+fn trace_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match std::env::var("CELLSCOPE_TRACE_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) => n.max(1),
+            None => 2.min(cores),
+        }
+    })
+}
+
+/// One trace's inputs, shared by the pipeline stages.
+struct Job<'a> {
+    model: &'a Model,
+    ids: &'a [Option<u32>],
+    state: &'a State,
+    clamps: &'a [Clamp],
+    /// Steps per block (see [`Model::block_steps`]).
+    block: usize,
+}
+
+/// What a pipeline stage hands the next for one block, taken after the clamps: the
+/// next layer's input projection of the block's first half, which the sender
+/// computes because the receiver has a GEMM on top of a recurrence as long as the
+/// sender's, and the h rows of the second half, which the receiver projects.
+struct Handover {
+    /// (steps in the first half) × 4H.
+    proj: Vec<f32>,
+    /// (steps in the second half) × H.
+    h: Vec<f32>,
+}
+
+/// The input of one layer over one block.
+enum Input<'a> {
+    /// Layer 0: rows of the precomputed character table.
+    Table,
+    /// The layers above: `proj`, projections already computed for the block's
+    /// first steps, then `h`, the h rows of the layer below for the rest.
+    Below { proj: &'a [f32], h: &'a [f32] },
+}
+
+impl Job<'_> {
+    /// Every layer over the whole text, on `stages` threads (this one included):
+    /// stage s runs a contiguous range of layers block by block and hands each
+    /// finished block to stage s + 1 ([`Handover`]), so that layer k + 1 works on
+    /// block b while layer k works on block b + 1. Each layer runs the same kernel
+    /// calls on the same inputs as on one thread, and the GEMM gives a row the same
+    /// result whichever rows it is computed with, so the trace is identical.
+    fn run(&self, stages: usize) -> Vec<LayerOut> {
+        let layers = self.model.layers();
+        let stages = stages.clamp(1, layers);
+        let range = |s: usize| s * layers / stages..(s + 1) * layers / stages;
+        if stages == 1 {
+            return self.stage(range(0), None, None);
+        }
+        std::thread::scope(|scope| {
+            let mut below = None;
+            let mut workers = Vec::with_capacity(stages - 1);
+            for s in 0..stages - 1 {
+                let (send, receive) = mpsc::channel();
+                let input = below.replace(receive);
+                workers.push(scope.spawn(move || self.stage(range(s), input, Some(send))));
+            }
+            let top = self.stage(range(stages - 1), below, None);
+            let mut outs: Vec<LayerOut> = Vec::with_capacity(layers);
+            for w in workers {
+                outs.extend(w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+            outs.extend(top);
+            outs
+        })
+    }
+
+    /// Layers `ks` over the whole text, a block at a time. Layer `ks.start` reads
+    /// the character table (layer 0) or what `input` delivers; each finished block
+    /// of the last layer goes to `output`.
+    fn stage(
+        &self,
+        ks: Range<usize>,
+        input: Option<Receiver<Handover>>,
+        output: Option<Sender<Handover>>,
+    ) -> Vec<LayerOut> {
+        let t_len = self.ids.len();
+        let n = self.model.hidden_size();
+        let mut outs: Vec<LayerOut> = ks.clone().map(|_| LayerOut::with_capacity(t_len, n)).collect();
+        let mut proj = Vec::new();
+        for start in (0..t_len).step_by(self.block) {
+            let steps = start..(start + self.block).min(t_len);
+            let received = input.as_ref().map(|r| r.recv().expect("the stage below hands over every block"));
+            for (j, k) in ks.clone().enumerate() {
+                let (done, rest) = outs.split_at_mut(j);
+                let input = match (done.last(), &received) {
+                    (Some(out), _) => Input::Below { proj: &[], h: &out.h[steps.start * n..steps.end * n] },
+                    (None, Some(r)) => Input::Below { proj: &r.proj, h: &r.h },
+                    (None, None) => Input::Table,
+                };
+                self.layer_block(k, steps.clone(), input, &mut proj, &mut rest[0]);
+            }
+            if let Some(output) = &output {
+                let h = &outs.last().expect("a stage has layers").h[steps.start * n..steps.end * n];
+                let (head, tail) = h.split_at(steps.len() / 2 * n);
+                let mut proj = vec![0.0; head.len() * GATES];
+                self.project(ks.end, head, &mut proj);
+                // The stage above may have failed; its panic is what the caller sees.
+                let _ = output.send(Handover { proj, h: tail.to_vec() });
+            }
+        }
+        outs
+    }
+
+    /// `proj` = `h` W_ihᵀ of layer `k`: the input projections (without bias) of
+    /// `h.len() / H` steps.
+    fn project(&self, k: usize, h: &[f32], proj: &mut [f32]) {
+        let n = self.model.hidden_size();
+        let w_ih = self.model.weights.layers[k].weight_ih.as_slice().expect("standard layout");
+        gemm(h.len() / n, n, GATES * n, 1.0, h, Trans::N, w_ih, Trans::T, 0.0, proj);
+    }
+
+    /// Layer `k` over `steps`, appended to `out`. The input projection of a step is
+    /// a row of the precomputed table for layer 0 (the zero row for an unknown
+    /// character: pointed at, copied nothing); for the layers above, a row of
+    /// `input`'s `proj` or, for the steps after those, the GEMM of its `h` into
+    /// `scratch`, reused between blocks. The kernel adds the bias.
+    fn layer_block(&self, k: usize, steps: Range<usize>, input: Input, scratch: &mut Vec<f32>, out: &mut LayerOut) {
+        let model = self.model;
+        let g = GATES * model.hidden_size();
+        let (h0, c0) = (&self.state.h[k][..], &self.state.c[k][..]);
+        let rows: Vec<&[f32]> = match input {
+            Input::Table => {
+                let unknown = model.vocab.len();
+                self.ids[steps.clone()]
+                    .iter()
+                    .map(|id| {
+                        let v = id.map_or(unknown, |v| v as usize);
+                        model.input_table.row(v).to_slice().expect("standard layout")
+                    })
+                    .collect()
+            }
+            Input::Below { proj, h } => {
+                scratch.resize(h.len() * GATES, 0.0);
+                self.project(k, h, scratch);
+                proj.chunks_exact(g).chain(scratch.chunks_exact(g)).collect()
+            }
+        };
+        debug_assert_eq!(rows.len(), steps.len());
+        model.run_layer(k, &rows, steps.start, (h0, c0), out, self.clamps);
     }
 }
 
@@ -828,6 +1019,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assert_same_trace(a: &Trace, b: &Trace, what: &str) {
+        for (k, (la, lb)) in a.layers.iter().zip(&b.layers).enumerate() {
+            for kind in Kind::ALL {
+                assert!(la.get(kind) == lb.get(kind), "{what}: layer {k} {kind:?} differs");
+            }
+        }
+        assert!(a.probs == b.probs, "{what}: probabilities differ");
+        assert_eq!(a.final_state, b.final_state, "{what}: final state differs");
+    }
+
+    /// The pipeline hands layer k + 1 the rows of layer k block by block; with any
+    /// number of stages and any block length, and with clamps that start, end and
+    /// sit inside blocks, the trace equals the one-thread trace to the bit.
+    #[test]
+    fn pipelined_traces_equal_the_one_thread_trace() {
+        let vocab = Vocab::from_text("abc{}();\n ").unwrap();
+        let n = 8;
+        let weights = Weights::random_scaled(vocab.len(), None, n, 3, 12, 0.5);
+        let model = Model::new("t".into(), vocab, weights, serde_json::json!({})).unwrap();
+        let text: String = "ab{c(a);}\n b()".chars().cycle().take(700).collect();
+        let state = State { h: vec![vec![0.3; n]; 3], c: vec![vec![-0.2; n]; 3] };
+        let clamps = [
+            Clamp { layer: 0, kind: Kind::Cell, cell: 3, value: 0.9, from: 30, to: 80 },
+            Clamp { layer: 0, kind: Kind::Hidden, cell: 5, value: -0.7, from: 110, to: 111 },
+            Clamp { layer: 1, kind: Kind::Hidden, cell: 0, value: 0.5, from: 60, to: 400 },
+            Clamp { layer: 2, kind: Kind::Cell, cell: 7, value: 0.0, from: 0, to: 700 },
+        ];
+        for clamps in [&[][..], &clamps[..]] {
+            let one = model.trace_staged(model.vocab.encode(&text), &state, clamps, 1, 10_000);
+            for (stages, block) in [(1, 37), (2, 16), (2, 37), (2, 700), (3, 50), (4, 64)] {
+                let piped = model.trace_staged(model.vocab.encode(&text), &state, clamps, stages, block);
+                let what = format!("{stages} stages, blocks of {block}, {} clamps", clamps.len());
+                assert_same_trace(&piped, &one, &what);
+            }
+        }
+        // A clamp in layer 0 reaches the layers above through the pipeline.
+        let free = model.trace_staged(model.vocab.encode(&text), &state, &[], 2, 16);
+        let held = model.trace_staged(model.vocab.encode(&text), &state, &clamps[..1], 2, 16);
+        assert_ne!(free.layers[2].h.row(40), held.layers[2].h.row(40));
+    }
+
+    #[test]
+    fn an_empty_text_passes_through_the_pipeline() {
+        let vocab = Vocab::from_text("ab").unwrap();
+        let weights = Weights::random_scaled(vocab.len(), None, 4, 2, 1, 0.5);
+        let model = Model::new("t".into(), vocab, weights, serde_json::json!({})).unwrap();
+        let t = model.trace_clamped_with_threads(model.vocab.encode(""), &model.zero_state(), &[], 2);
+        assert_eq!((t.len(), t.layers[1].h.dim()), (0, (0, 4)));
+        assert_eq!(t.final_state, model.zero_state());
+    }
 
     /// Layers ≥ 1 get their input projection in blocks of PROJ_BLOCK_FLOATS / 4H
     /// steps; a text longer than a block, cut anywhere, must trace exactly as whole.
