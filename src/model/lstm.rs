@@ -23,9 +23,12 @@
 //! More layers than threads: each thread takes a contiguous range of layers. Every
 //! layer makes the same kernel calls on the same inputs (clamped rows included) as
 //! on one thread, so the trace is identical to the bit.
-//! - `CELLSCOPE_TRACE_THREADS=N`: at most N threads per trace (default 2, at most
-//!   the cores there are); `1` keeps every trace on the calling thread, e.g. for a
-//!   server that runs requests side by side on all its cores.
+//! - `CELLSCOPE_TRACE_THREADS=N`: at most N threads per trace (default 1, at most
+//!   the cores there are). The pipeline is opt-in: measured on a shared 2-core AMD
+//!   EPYC (AVX2) it gained 1.4× at 2 × 256 but never gained at the shipped 2 × 512
+//!   (the two 4 MiB W_hh compete for the shared L3), and a server already runs
+//!   requests side by side on its cores. Set 2 on an idle machine and measure
+//!   (`scripts/bench.sh --crossover`).
 //! - texts under `PIPELINE_MIN_STEPS` (4096) characters always run on one thread.
 //!
 //! The pipeline pays only when the second core is free: on a machine busy with
@@ -612,7 +615,7 @@ impl Model {
     /// and the layer above see; the rest runs at full speed.
     ///
     /// A text of at least `PIPELINE_MIN_STEPS` characters runs its layers as a
-    /// pipeline on up to `CELLSCOPE_TRACE_THREADS` threads, 2 by default (see the
+    /// pipeline on up to `CELLSCOPE_TRACE_THREADS` threads, 1 by default (see the
     /// module doc); the result is the same to the bit.
     pub fn trace_clamped(&self, enc: Encoded, state: &State, clamps: &[Clamp]) -> Trace {
         let threads = if enc.ids.len() >= PIPELINE_MIN_STEPS { trace_threads() } else { 1 };
@@ -769,15 +772,15 @@ const PIPELINE_BLOCKS: usize = 16;
 const MIN_PIPELINE_BLOCK: usize = 64;
 
 /// Threads one trace may use: `CELLSCOPE_TRACE_THREADS` if set (1 keeps every
-/// trace on the calling thread, e.g. for a server that runs requests side by side),
-/// else 2, at most the cores available. Read once.
+/// trace on the calling thread), else 1 (see the module doc), at most the cores
+/// available. Read once.
 fn trace_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match std::env::var("CELLSCOPE_TRACE_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-            Some(n) => n.max(1),
-            None => 2.min(cores),
+            Some(n) => n.clamp(1, cores),
+            None => 1,
         }
     })
 }
