@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load test of `cellscope serve` with the shipped model (issue 11's goals):
 #   A. 32 connections, POST /api/trace on 2,000 characters (full trace computed,
-#      one cell returned), for DURATION seconds;
+#      one cell returned; every request a different text, so the trace cache
+#      does not answer it), for DURATION seconds;
 #   B. 8 connections, POST /api/trace?format=npy on 20,000 characters (layer 1,
 #      all 512 c cells: a 41 MB answer each), for DURATION seconds.
 # Prints requests/s, latency p50/p99, errors (non-2xx + socket errors), the
@@ -24,6 +25,8 @@ import json, sys
 src = open("tests/data/other_c/sample.c").read()
 text = (src * 20)
 json.dump({"text": text[:2000], "layers": [1], "kinds": ["c"], "cells": [42]}, open(sys.argv[1] + "/a.json", "w"))
+# Pieces of text for A: request n sends src[7n : 7n + 2000] (JSON-escaped by wrk's Lua below).
+open(sys.argv[1] + "/src.txt", "w").write(text[:60000])
 json.dump({"text": text[:20000], "layers": [1], "kinds": ["c"], "top_k": 0}, open(sys.argv[1] + "/b.json", "w"))
 EOF
 cat > "$work/post.lua" <<'EOF'
@@ -32,6 +35,19 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+local vary = os.getenv("VARY")
+local src, n = nil, 0
+if vary then local g = io.open(vary, "rb"); src = g:read("*a"); g:close() end
+local function esc(s)
+  return (s:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end))
+end
+function request()
+  if not src then return wrk.format() end
+  n = n + 1
+  local at = (n * 7 + math.random(0, 50000)) % (#src - 2100)
+  local body = '{"text":"' .. esc(src:sub(at + 1, at + 2000)) .. '","layers":[1],"kinds":["c"],"cells":[42]}'
+  return wrk.format(nil, nil, nil, body)
+end
 function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
@@ -56,12 +72,15 @@ base=$(rss)
 echo "baseline RSS: ${base} MB"
 
 echo "== A: 32 connections, /api/trace, 2,000 chars, one cell, ${DURATION}s"
-BODY="$work/a.json" wrk -t2 -c32 -d"${DURATION}s" --timeout 30s -s "$work/post.lua" "http://127.0.0.1:$PORT/api/trace" | grep RESULT
-sleep 2
+BODY="$work/a.json" VARY="$work/src.txt" wrk -t2 -c32 -d"${DURATION}s" --timeout 30s -s "$work/post.lua" "http://127.0.0.1:$PORT/api/trace" | grep RESULT
+settle() { # requests already running finish after wrk stops; wait for the queue to drain
+  for _ in $(seq 60); do sleep 1; [ "$(awk '/State/ {print $2}' /proc/$server/status)" = S ] && \
+    [ "$(ps -o %cpu= -p $server | cut -d. -f1 | tr -d ' ')" -lt 5 ] && break; done; sleep 1; }
+settle
 echo "peak RSS so far: $(hwm) MB; RSS after: $(rss) MB"
 
 echo "== B: 8 connections, /api/trace?format=npy, 20,000 chars, layer 1 c (41 MB answers), ${DURATION}s"
 BODY="$work/b.json" wrk -t2 -c8 -d"${DURATION}s" --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$PORT/api/trace?format=npy" | grep RESULT
-sleep 3
-echo "peak RSS: $(hwm) MB; RSS after: $(rss) MB (baseline ${base} MB)"
+settle
+echo "peak RSS: $(hwm) MB; RSS after: $(rss) MB (baseline ${base} MB; the trace cache holds up to 256 MB of recent traces)"
 echo "server log: $(grep -c WARN "$work/server.log" || true) warnings, $(grep -c ERROR "$work/server.log" || true) errors"
