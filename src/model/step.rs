@@ -105,18 +105,45 @@ impl<'m> Stepper<'m> {
     }
 }
 
-/// y = W x for a row-major W (rows = y.len(), cols = x.len()). Eight partial sums
-/// per row keep the adds independent so the loop vectorises.
+/// y = W x for a row-major W (rows = y.len(), cols = x.len()), on the widest
+/// SIMD the CPU has (as `kernel::softmax_rows` picks it). The per-step input
+/// projection of layers ≥ 1 streams a 4H × H matrix, as large as W_hh, so it
+/// must run at the same speed as the recurrence kernel.
 fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(w.len(), x.len() * y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,fma")]
+        fn wide(w: &[f32], x: &[f32], y: &mut [f32]) {
+            matvec_lanes::<true>(w, x, y)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(w: &[f32], x: &[f32], y: &mut [f32]) {
+            matvec_lanes::<true>(w, x, y)
+        }
+        match kernel::simd() {
+            // SAFETY: `simd()` only reports features this CPU has (AVX-512F CPUs have FMA).
+            kernel::Simd::Avx512 => return unsafe { wide(w, x, y) },
+            kernel::Simd::Avx2 => return unsafe { avx2(w, x, y) },
+            kernel::Simd::Portable => {}
+        }
+    }
+    matvec_lanes::<false>(w, x, y)
+}
+
+/// Sixteen partial sums per row keep the multiply-adds independent so LLVM
+/// vectorises them; with `FMA` each is one fused multiply-add (only where the CPU
+/// has it: elsewhere `mul_add` would be a slow library call).
+#[inline(always)]
+fn matvec_lanes<const FMA: bool>(w: &[f32], x: &[f32], y: &mut [f32]) {
     let cols = x.len();
-    debug_assert_eq!(w.len(), cols * y.len());
     for (yr, row) in y.iter_mut().zip(w.chunks_exact(cols)) {
-        let mut acc = [0f32; 8];
-        let mut wc = row.chunks_exact(8);
-        let mut xc = x.chunks_exact(8);
+        let mut acc = [0f32; 16];
+        let mut wc = row.chunks_exact(16);
+        let mut xc = x.chunks_exact(16);
         for (a, b) in (&mut wc).zip(&mut xc) {
-            for l in 0..8 {
-                acc[l] += a[l] * b[l];
+            for l in 0..16 {
+                acc[l] = if FMA { a[l].mul_add(b[l], acc[l]) } else { a[l] * b[l] + acc[l] };
             }
         }
         let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();

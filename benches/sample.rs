@@ -1,0 +1,64 @@
+//! Sampling costs what tracing costs: `model::sample` (one character at a time
+//! through `Stepper`, no allocation per step) against `Model::trace` of a text of
+//! the same length, on the shipped 2 × 512 model, side by side in one run.
+//!
+//! ```text
+//! MATMUL_NUM_THREADS=1 cargo bench --bench sample            # 2,000 characters
+//! MATMUL_NUM_THREADS=1 cargo bench --bench sample -- 20000
+//! ```
+//! Rows alternate (trace, sample, trace, sample, …) so a change in the machine's
+//! load favours neither; each is run at least 5 times; best and median printed.
+
+use std::time::Instant;
+
+use cellscope::model::{default_model_path, sample, Clamp, Kind, Model, Sampling};
+
+fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?");
+    let avx512 = info.contains("avx512f");
+    format!(
+        "{} ({} cores, AVX-512: {})",
+        name.trim(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        avx512
+    )
+}
+
+fn main() {
+    let n: usize = std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let model = Model::load(&default_model_path()).expect("the shipped model loads");
+    let text: String = include_str!("../tests/data/other_c/sample.c").chars().cycle().take(n).collect();
+    println!("cpu: {}", cpu());
+    println!("model: {} ({} × {}), {n} characters", model.name, model.layers(), model.hidden_size());
+    let how = Sampling { temperature: 0.8, top_k: 0, seed: 1 };
+    let clamp = [Clamp { layer: 1, kind: Kind::Cell, cell: 5, value: 0.0, from: 0, to: usize::MAX }];
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![("trace", vec![]), ("sample", vec![]), ("sample, one clamp", vec![])];
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(model.trace(&text));
+        rows[0].1.push(t.elapsed().as_secs_f64());
+        for (i, clamps) in [(1, &[][..]), (2, &clamp[..])] {
+            let t = Instant::now();
+            let mut count = 0;
+            // A one-character prime: n steps in all, like the trace.
+            sample(&model, "\n", n - 1, how, clamps, |_, _| {
+                count += 1;
+                true
+            });
+            std::hint::black_box(count);
+            rows[i].1.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(&rows[0].1);
+    println!("{:<20} {:>12} {:>12} {:>16}", "", "median s", "chars/s", "÷ trace time");
+    for (name, times) in &rows {
+        let m = median(times);
+        println!("{name:<20} {m:>12.4} {:>12.0} {:>15.2}×", n as f64 / m, m / base);
+    }
+}
