@@ -16,8 +16,14 @@ const GATES = new Set(['i', 'f', 'o']);
 const ALL_KINDS_MAX_BYTES = 16_000_000;
 /** The heatmap's canvas is at most this wide; longer texts are averaged into columns. */
 const HEATMAP_MAX_WIDTH = 4096;
+/** Without CompressionStream, texts up to this long go into the hash as plain text. */
 const HASH_TEXT_MAX = 2000;
 const TOP_K = 5;
+/** The finder flags a c cell as saturated when |c| > SAT_ABS on at least SAT_FRACTION of the text. */
+const SAT_ABS = 2;
+const SAT_FRACTION = 0.9;
+/** "this cell's range": the 2nd to 98th percentile of the cell's raw values over the text. */
+const RANGE_PCT = [0.02, 0.98];
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -42,6 +48,11 @@ function relativeLuminance(r, g, b) {
   return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
 }
 
+/** WCAG contrast ratio of two relative luminances. */
+function contrastRatio(l1, l2) {
+  return (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+}
+
 /** Colours one span as the byte q: background and, where needed, light text. */
 function paintSpan(span, q, before) {
   span.style.backgroundColor = CSS_COLORS[q + 128];
@@ -52,8 +63,10 @@ function paintSpan(span, q, before) {
 /** CSS colour for each q ∈ [−128, 127], indexed by q + 128. */
 const CSS_COLORS = new Array(256);
 /**
- * Text colour on each background: white where it contrasts more than the page's
- * near-black text (background luminance below ~0.21), else '' (the page's).
+ * Text colour on each background: white or black, whichever contrasts more (white
+ * below luminance ~0.18). With black (not the page's #1f2328) the worse of the two
+ * is still ≥ 4.58:1 at the crossover, so every background meets WCAG AA (4.5:1).
+ * '' means black: style.css gives coloured characters and legend stops black text.
  */
 const TEXT_COLORS = new Array(256);
 /** The same colours as little-endian RGBA words, for ImageData. */
@@ -61,7 +74,8 @@ const RGBA_COLORS = new Uint32Array(256);
 for (let i = 0; i < 256; i++) {
   const [r, g, b] = divergingRgb(Math.max(-127, i - 128) / 127);
   CSS_COLORS[i] = `rgb(${r}, ${g}, ${b})`;
-  TEXT_COLORS[i] = relativeLuminance(r, g, b) < 0.21 ? '#fff' : '';
+  const lum = relativeLuminance(r, g, b);
+  TEXT_COLORS[i] = contrastRatio(lum, 1) > contrastRatio(lum, 0) ? '#fff' : '';
   RGBA_COLORS[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
 }
 
@@ -261,6 +275,7 @@ const el = {
   concept: $('#concept'),
   regex: $('#regex'),
   finderKinds: $('#finder-kinds'),
+  rank: $('#rank'),
   rankSelection: $('#rank-selection'),
   results: $('#finder-results'),
   colourBy: $('#colour-by'),
@@ -296,6 +311,17 @@ const el = {
   samplePlain: $('#sample-plain'),
   sampleSteeredCaption: $('#sample-steered-caption'),
   samplePlainCaption: $('#sample-plain-caption'),
+  textLimit: $('#text-limit'),
+  cellError: $('#cell-error'),
+  scale: $('#scale'),
+  scaleBox: $('#scale-box'),
+  scaleNote: $('#scale-note'),
+  wrap: $('#wrap'),
+  heatWrap: $('#heatmap-wrap'),
+  heatBox: $('#heatmap-box'),
+  hmY: $('#hm-yaxis'),
+  hmX: $('#hm-xaxis'),
+  view: $('section.view'),
 };
 
 const state = {
@@ -319,6 +345,23 @@ const state = {
   /** [{layer, kind, cell}] from the last finder run, best first */
   ranking: [],
   rankingLabel: '',
+  /** The last finder query: {request, label, textNo}; re-run when a new text is shown. */
+  lastQuery: null,
+  /** Counts the texts shown (text #n), so results computed on one are never shown for another. */
+  textNo: 0,
+  /** Whether a view request is on its way (the finder waits for it). */
+  tracing: false,
+  rankSeq: 0,
+  /** Colour scale for c: 'tanh' (the view's bytes) or 'range' (this cell's exact values). */
+  scale: 'tanh',
+  /** Exact c columns for the 'range' scale, by `${textNo}:${layer}:${cell}`. */
+  exact: new Map(),
+  exactTimer: 0,
+  exactPending: null,
+  /** Whole-layer rankings for the heatmap's relevance sort, by key. */
+  relevance: new Map(),
+  /** Whether the user set the wrap checkbox (else it follows the text: prose wraps). */
+  wrapTouched: false,
   seq: 0,
   /** Completed view loads (the browser test waits on this). */
   runs: 0,
@@ -364,6 +407,13 @@ window.cellscope = Object.freeze({
   get runs() {
     return state.runs;
   },
+  /** Counts the texts shown: text #n in the finder's caption. */
+  get textNo() {
+    return state.textNo;
+  },
+  get scale() {
+    return state.scale;
+  },
 });
 
 // ---------------------------------------------------------------------------
@@ -401,6 +451,7 @@ function buildSpans(header) {
   }
   el.colored.innerHTML = parts.join('');
   state.spans = Array.from(el.colored.children);
+  if (chars.length === 0) el.colored.append(node('span', 'empty-note', 'The text is empty: paste or type some text above, or pick a sample, then Run.'));
   state.painted = new Int16Array(chars.length).fill(999);
   updateUnknownNote(unknown.length);
   timings.build = performance.now() - t0;
@@ -425,7 +476,86 @@ function recolor() {
   if (!data) return;
   const H = state.view.header.hidden;
   const cell = state.cell;
-  paintText(Math.min(state.spans.length, data.length / H), (t) => data[t * H + cell], 'cell');
+  const n = Math.min(state.spans.length, data.length / H);
+  const ex = rangeScale();
+  if (ex) {
+    const { values, centre, half } = ex;
+    paintText(n, (t) => unitToQ((values[t] - centre) / half), 'cell');
+  } else {
+    paintText(n, (t) => data[t * H + cell], 'cell');
+  }
+  if (el.colored) el.colored.dataset.scale = ex ? 'range' : 'tanh';
+}
+
+// ---------------------------------------------------------------------------
+// The c scale. tanh(c) squashes a cell that sits at |c| > 2 into one colour;
+// "this cell's range" colours by the cell's raw c over the text instead, from its
+// 2nd to its 98th percentile (centred at 0 when that range holds 0), read exactly
+// from POST /api/trace (the view holds only int8 of tanh(c)).
+
+function exactKey(layer = state.layer, cell = state.cell) {
+  return `${state.textNo}:${layer}:${cell}`;
+}
+
+/** The exact column of the chosen c cell when the 'range' scale is on and it is loaded, else null. */
+function rangeScale() {
+  if (state.scale !== 'range' || state.kind !== 'c' || state.text == null || !state.view?.header.length) return null;
+  const ex = state.exact.get(exactKey());
+  if (ex) return ex;
+  clearTimeout(state.exactTimer);
+  state.exactTimer = setTimeout(loadExact, 120); // stepping through cells fetches once
+  return null;
+}
+
+function setScale(mode, redraw = true) {
+  state.scale = mode === 'range' ? 'range' : 'tanh';
+  if (el.scale) el.scale.value = state.scale;
+  if (!redraw) return;
+  leaveClampView();
+  recolor();
+  updateLegend();
+  refreshTooltip();
+  scheduleHash();
+}
+
+/** The p-quantile of sorted values (nearest rank). */
+const quantile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(p * (sorted.length - 1))))];
+
+/** The 'range' scale of raw values: centre and half-width from the 2nd and 98th percentiles. */
+function rangeOf(values) {
+  const sorted = Float64Array.from(values).sort();
+  const lo = sorted.length ? quantile(sorted, RANGE_PCT[0]) : 0;
+  const hi = sorted.length ? quantile(sorted, RANGE_PCT[1]) : 0;
+  const zeroInside = lo < 0 && hi > 0;
+  const centre = zeroInside ? 0 : (lo + hi) / 2;
+  const half = Math.max(zeroInside ? Math.max(-lo, hi) : (hi - lo) / 2, 1e-6);
+  return { lo, hi, centre, half };
+}
+
+async function loadExact() {
+  if (state.scale !== 'range' || state.kind !== 'c' || state.text == null) return;
+  const key = exactKey();
+  if (state.exact.has(key) || state.exactPending === key) return;
+  state.exactPending = key;
+  const { layer, cell, text } = state;
+  let res;
+  try {
+    res = await post('/api/trace', { text, layers: [layer], kinds: ['c'], cells: [cell], top_k: 0 });
+  } catch (e) {
+    if (state.exactPending === key) state.exactPending = null;
+    showError(e);
+    return;
+  }
+  if (state.exactPending === key) state.exactPending = null;
+  if (text !== state.text) return;
+  const values = Float32Array.from(res.layers[0].c, (row) => row[0]);
+  if (state.exact.size >= 64) state.exact.delete(state.exact.keys().next().value);
+  state.exact.set(key, { values, ...rangeOf(values) });
+  if (key === exactKey()) {
+    recolor();
+    updateLegend();
+    refreshTooltip();
+  }
 }
 
 /** Paints span t as the byte qAt(t) for t < n, touching only changed spans; `colour` names what for tests. */
@@ -451,12 +581,28 @@ function updateLegend() {
   const opt = el.kind?.selectedOptions[0];
   const kindLabel = opt ? opt.textContent.split(' — ')[1] ?? state.kind : state.kind;
   if (el.legendTitle) el.legendTitle.textContent = `layer ${state.layer} · ${kindLabel} · cell ${state.cell}`;
+  const ex = rangeScale();
   const stops = el.legend ? el.legend.querySelectorAll('.stop') : [];
   stops.forEach((s, i) => {
     const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
     paintStop(s, Math.round(u * 127));
-    s.textContent = GATES.has(state.kind) ? ((u + 1) / 2).toFixed(2) : formatSigned(u, 2, true);
+    s.textContent = ex ? formatSigned(ex.centre + u * ex.half, 2, true)
+      : GATES.has(state.kind) ? ((u + 1) / 2).toFixed(2) : formatSigned(u, 2, true);
   });
+  const note = el.scaleNote;
+  if (!note) return;
+  if (ex) {
+    note.textContent = `scale: this cell's range — raw c, its 2nd–98th percentile over the text is ` +
+      `${formatSigned(ex.lo, 2)} to ${formatSigned(ex.hi, 2)}; the colours run ${formatSigned(ex.centre - ex.half, 2)} to ` +
+      `${formatSigned(ex.centre + ex.half, 2)}, centred at ${formatSigned(ex.centre, 2)}`;
+    Object.assign(note.dataset, { scale: 'range', lo: String(ex.lo), hi: String(ex.hi), centre: String(ex.centre), half: String(ex.half) });
+  } else {
+    const reading = state.scale === 'range' && state.kind === 'c';
+    note.textContent = reading ? "scale: this cell's range — reading the cell's exact values…"
+      : state.kind === 'c' ? 'scale: tanh(c), −1 to +1 (a cell at |c| > 2 looks flat: try “this cell’s range”)'
+        : GATES.has(state.kind) ? `scale: ${state.kind}, 0 to 1` : `scale: ${state.kind}, −1 to +1`;
+    note.dataset.scale = reading ? 'loading' : 'fixed';
+  }
 }
 
 /** A legend stop: its colour, with light text where the text's spans get it. */
@@ -488,13 +634,69 @@ function updateControls() {
   if (el.kind) el.kind.value = state.kind;
   if (el.cell && document.activeElement !== el.cell) el.cell.value = String(state.cell);
   if (el.cell) el.cell.max = String(state.hidden - 1);
-  if (el.cellLink) el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}`;
+  if (el.cellLink) {
+    const part = state.text != null ? textPart(state.text) : null;
+    el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}${part ? '#' + part : ''}`;
+  }
+  if (el.scaleBox) el.scaleBox.hidden = state.kind !== 'c';
+  markActiveResult();
   updateLegend();
   updateClampTarget();
 }
 
 // ---------------------------------------------------------------------------
-// The URL keeps the choice: #layer=1&kind=c&cell=42[&sample=c | &text=...]
+// The URL keeps the view: #layer=1&kind=c&cell=42[&scale=range][&sample=c | &z=...]
+// A pasted text travels as z: its UTF-8, deflate-raw compressed, base64url (up to
+// the 20,000-character limit, a link of a few kB for code). `&text=` (plain, from
+// older links) is still read.
+
+/** base64url of bytes, without padding. */
+function toBase64Url(bytes) {
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+function fromBase64Url(s) {
+  const b64 = s.replace(/-/g, '+').replace(/_/g, '/');
+  const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+}
+
+async function deflateText(text) {
+  const stream = new Blob([new TextEncoder().encode(text)]).stream().pipeThrough(new CompressionStream('deflate-raw'));
+  return toBase64Url(new Uint8Array(await new Response(stream).arrayBuffer()));
+}
+
+async function inflateText(z) {
+  const stream = new Blob([fromBase64Url(z)]).stream().pipeThrough(new DecompressionStream('deflate-raw'));
+  return new TextDecoder('utf-8', { fatal: true }).decode(await new Response(stream).arrayBuffer());
+}
+
+/** The compressed form of one text (the last one asked for), once ready. */
+const packed = { text: null, z: null, busy: null };
+
+/** The hash's text part for `text` (sample=… or z=…), or null while it is being compressed. */
+function textPart(text) {
+  const sample = sampleIdFor(text);
+  if (sample) return `sample=${encodeURIComponent(sample)}`;
+  if (packed.text === text && packed.z != null) return `z=${packed.z}`;
+  if (typeof CompressionStream !== 'function') {
+    return text.length <= HASH_TEXT_MAX ? `text=${encodeURIComponent(text)}` : '';
+  }
+  if (packed.text !== text) {
+    packed.text = text;
+    packed.z = null;
+    const busy = (packed.busy = deflateText(text).then((z) => {
+      if (packed.busy !== busy) return;
+      packed.z = z;
+      writeHash();
+    }, () => {
+      if (packed.busy === busy) packed.z = '';
+    }));
+  }
+  return packed.z === '' ? '' : null;
+}
 
 function sampleIdFor(text) {
   return state.samples.find((s) => s.text === text)?.id ?? null;
@@ -515,12 +717,23 @@ function scheduleHash() {
 function writeHash() {
   clearTimeout(hashTimer);
   let h = `#layer=${state.layer}&kind=${state.kind}&cell=${state.cell}`;
+  if (state.scale === 'range') h += '&scale=range';
   if (state.text != null) {
-    const sample = sampleIdFor(state.text);
-    if (sample) h += `&sample=${encodeURIComponent(sample)}`;
-    else if (state.text.length <= HASH_TEXT_MAX) h += `&text=${encodeURIComponent(state.text)}`;
+    const part = textPart(state.text);
+    if (part == null) return; // written when the text is compressed
+    if (part) h += '&' + part;
+    updateCellLinks(part);
   }
   if (location.hash !== h) history.replaceState(null, '', h);
+}
+
+/** Cell page links carry the text, so that their "colour the main text by it" brings it back. */
+function updateCellLinks(part) {
+  const tail = part ? '#' + part : '';
+  if (el.cellLink) el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}${tail}`;
+  el.results?.querySelectorAll('a.cellpage').forEach((a) => {
+    a.href = a.getAttribute('href').replace(/#.*$/, '') + tail;
+  });
 }
 
 function readHash() {
@@ -546,9 +759,26 @@ function applyHash(h) {
   if (KINDS.includes(h.kind)) state.kind = h.kind;
   const cell = parseInt(h.cell, 10);
   if (Number.isInteger(cell)) state.cell = clampCell(cell);
+  setScale(h.scale === 'range' ? 'range' : 'tanh', false);
   if (h.text != null) return h.text;
   if (h.sample != null) return state.samples.find((s) => s.id === h.sample)?.text ?? null;
   return null;
+}
+
+/** applyHash, plus a compressed text (z=…): answers the text the hash names, if any. */
+async function textOfHash(h) {
+  const text = applyHash(h);
+  if (h.z == null) return text;
+  try {
+    const t = await inflateText(h.z);
+    packed.text = t;
+    packed.z = h.z;
+    packed.busy = null;
+    return t;
+  } catch (e) {
+    setStatus(`error: the link's text could not be read (${e.message}); showing the sample`, true);
+    return null;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -567,6 +797,7 @@ async function loadView(text) {
   }
   const seq = ++state.seq;
   state.requestedText = text;
+  setTracing(true);
   const layer = state.layer;
   const allKinds = wantsAllKinds(text);
   const kinds = allKinds ? KINDS : [state.kind];
@@ -579,11 +810,13 @@ async function loadView(text) {
   } catch (e) {
     if (seq === state.seq) {
       state.requestedText = state.text; // layer and kind changes go on with the shown text
+      setTracing(false);
       showError(e);
     }
     return;
   }
   if (seq !== state.seq) return; // a newer request superseded this one
+  setTracing(false);
   const fetched = performance.now() - t0;
   timings.fetch = fetched;
   const newText = text !== state.text || !state.view || state.view.header.length !== view.header.length;
@@ -591,15 +824,20 @@ async function loadView(text) {
   state.hidden = view.header.hidden;
   state.text = text;
   if (newText) {
+    state.textNo++;
     hideTooltip();
     buildSpans(view.header);
     $('#error')?.remove();
     clampTextChanged(text);
+    autoWrap(text);
+    // The intro describes the server's first text and its cell, not another text.
+    if (el.text && text !== el.text.defaultValue) $('#intro')?.remove();
   }
   recolor();
   drawHeatmap();
   updateControls();
   writeHash();
+  if (newText) finderTextChanged();
   timings.total = performance.now() - t0;
   state.runs++;
   setStatus(`traced ${view.header.length} characters in ${Math.round(fetched)} ms` +
@@ -624,9 +862,68 @@ async function refresh() {
   scheduleHash();
 }
 
+/** Prose (few code characters, few indented lines) wraps; code keeps its lines. */
+function looksLikeProse(text) {
+  const lines = text.split('\n').filter((l) => l.trim());
+  if (lines.length === 0) return false;
+  const code = (text.match(/[{};=<>#()[\]/*&|\\]/g) ?? []).length / text.length;
+  const indented = lines.filter((l) => /^[ \t]/.test(l)).length / lines.length;
+  return code < 0.02 && indented < 0.2;
+}
+
+function setWrap(on) {
+  el.colored?.classList.toggle('wrap', on);
+  if (el.wrap) el.wrap.checked = on;
+}
+
+function autoWrap(text) {
+  if (!state.wrapTouched) setWrap(looksLikeProse(text));
+}
+
 function run() {
   const text = el.text ? el.text.value : '';
+  if (!checkTextLength()) {
+    const n = charCount(text);
+    setStatus(`error: text has ${n} characters; this server accepts at most ${state.maxChars}`, true);
+    return Promise.resolve();
+  }
   return loadView(text);
+}
+
+/** The finder waits while a trace is on its way: its results must belong to the shown text. */
+function setTracing(on) {
+  state.tracing = on;
+  for (const b of [el.rank, el.rankSelection]) {
+    if (!b) continue;
+    b.disabled = on;
+    if (on) b.dataset.wait = '1';
+    else delete b.dataset.wait;
+  }
+}
+
+const fmtInt = (n) => n.toLocaleString('en-US');
+
+/**
+ * Shows or hides the limit message under the text box; answers whether the text
+ * is within the limit. Pastes that would pass it are refused in wire().
+ */
+function checkTextLength() {
+  const n = charCount(el.text ? el.text.value : '');
+  const over = n > state.maxChars;
+  if (over) {
+    showTextLimit(`The text has ${fmtInt(n)} characters; the limit is ${fmtInt(state.maxChars)}. ` +
+      'Shorten it before Run: nothing is cut for you.');
+  } else if (el.textLimit && el.textLimit.dataset.kind === 'over') {
+    el.textLimit.hidden = true;
+  }
+  return !over;
+}
+
+function showTextLimit(msg, kind = 'over') {
+  if (!el.textLimit) return;
+  el.textLimit.textContent = msg;
+  el.textLimit.dataset.kind = kind;
+  el.textLimit.hidden = false;
 }
 
 // ---------------------------------------------------------------------------
@@ -640,11 +937,29 @@ function clampCell(c) {
 function setCell(c) {
   leaveClampView();
   state.cell = clampCell(c);
+  if (el.cellError) el.cellError.hidden = true;
+  el.cell?.removeAttribute('aria-invalid');
   updateControls();
   recolor();
   moveHeatmapMarker();
   refreshTooltip();
   scheduleHash();
+}
+
+/** The cell typed into #cell, or null (with a visible message) when there is no such cell. */
+function typedCell() {
+  const raw = el.cell.value.trim();
+  const v = Number(raw);
+  const ok = raw !== '' && Number.isInteger(v) && v >= 0 && v < state.hidden;
+  if (el.cellError) {
+    el.cellError.hidden = ok || raw === '';
+    if (!ok && raw !== '') {
+      el.cellError.textContent = `no cell ${raw}: this layer has ${state.hidden} cells, 0–${state.hidden - 1}; ` +
+        `still showing cell ${state.cell}`;
+    }
+  }
+  el.cell.setAttribute('aria-invalid', String(!ok && raw !== ''));
+  return ok ? v : null;
 }
 
 function stepCell(delta) {
@@ -654,6 +969,8 @@ function stepCell(delta) {
 
 function choose({ layer = state.layer, kind = state.kind, cell = state.cell }) {
   leaveClampView();
+  if (el.cellError) el.cellError.hidden = true;
+  el.cell?.removeAttribute('aria-invalid');
   const heatmapStale = layer !== state.layer || kind !== state.kind;
   state.layer = layer;
   state.kind = kind;
@@ -726,6 +1043,11 @@ function tooltipContent(t) {
   sw.style.background = CSS_COLORS[q + 128];
   val.append(sw, `layer ${state.layer} · cell ${state.cell}: ${valueLabel(state.kind)} = `,
     node('b', null, GATES.has(state.kind) ? v.toFixed(3) : formatSigned(v, 3)));
+  const ex = rangeScale();
+  if (ex) {
+    sw.style.background = CSS_COLORS[unitToQ((ex.values[t] - ex.centre) / ex.half) + 128];
+    val.append(' · c = ', node('b', null, formatSigned(ex.values[t], 3)));
+  }
   out.push(val);
   if (showingClamp()) out.push(clampTooltipLine(t));
 
@@ -806,22 +1128,81 @@ function activityOrder(data, T, H) {
   return Array.from({ length: H }, (_, c) => c).sort((a, b) => variance[b] - variance[a] || a - b);
 }
 
-function rankOrder(H) {
-  const seen = new Set();
-  const order = [];
-  for (const r of state.ranking) {
-    if (r.layer === state.layer && r.kind === state.kind && r.cell < H && !seen.has(r.cell)) {
-      seen.add(r.cell);
-      order.push(r.cell);
-    }
+/**
+ * Rows by relevance to the last finder query on this text: the whole layer and
+ * kind ranked (POST /api/cells/rank with top_k = H), fetched once per query, layer
+ * and kind. Answers {order, note}; order is null while the ranking is on its way.
+ */
+function relevanceOrder(H) {
+  const q = state.lastQuery;
+  if (!q || q.textNo !== state.textNo) {
+    return { order: null, note: `no finder query for this text yet: run "Rank cells" to sort rows by relevance; rows by index` };
   }
-  const ranked = order.length;
-  for (let c = 0; c < H; c++) if (!seen.has(c)) order.push(c);
-  return { order, ranked };
+  const key = `${state.textNo}:${JSON.stringify(q.request)}:${state.layer}:${state.kind}`;
+  const rel = state.relevance.get(key);
+  if (rel === undefined) {
+    state.relevance.set(key, null);
+    loadRelevance(key, q, H);
+  }
+  if (!rel) return { order: null, note: `ranking every cell of layer ${state.layer} · ${state.kind} for ${q.label}…; rows by index meanwhile` };
+  if (rel.error) return { order: null, note: `${rel.error}; rows by index` };
+  const seen = new Set(rel.cells);
+  const order = rel.cells.concat(Array.from({ length: H }, (_, c) => c).filter((c) => !seen.has(c)));
+  return { order, note: `rows sorted by relevance to ${q.label} (${rel.metric}, best first)` };
+}
+
+async function loadRelevance(key, q, H) {
+  const { layer, kind, text } = state;
+  let res;
+  try {
+    res = await post('/api/cells/rank', { text, layers: [layer], kinds: [kind], top_k: H, ...q.request });
+  } catch (e) {
+    state.relevance.set(key, { error: e.code === 'bad_feature' ? explainBadLabels(e.message, q.request) : `ranking failed: ${e.message}` });
+    if (el.heatmapSort?.value === 'rank') drawHeatmap();
+    return;
+  }
+  if (!state.relevance.has(key)) return; // the text changed meanwhile
+  state.relevance.set(key, { cells: res.cells.filter((c) => c.cell < H).map((c) => c.cell), metric: METRIC_LABEL[res.metric] ?? res.metric });
+  if (el.heatmapSort?.value === 'rank') drawHeatmap();
+}
+
+/** A round step (1, 2 or 5 × 10^k) that cuts n into about `target` parts. */
+function niceStep(n, target) {
+  const raw = Math.max(1, n / target);
+  const p = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw);
+}
+
+/** Character ticks under the heatmap and cell ticks beside it (the cell at each tick's row). */
+function drawHeatmapAxes(T, H, order, rowH) {
+  if (el.hmX) {
+    const step = niceStep(T, 8);
+    const ticks = [];
+    for (let t = 0; t < T; t += step) {
+      const s = node('span', 'hm-tick', String(t));
+      s.style.left = `${(100 * t) / T}%`;
+      ticks.push(s);
+    }
+    const title = node('span', 'hm-axis-title', 'character →');
+    el.hmX.replaceChildren(title, ...ticks);
+  }
+  if (el.hmY) {
+    el.hmY.style.height = `${H * rowH}px`;
+    const step = niceStep(H, Math.max(2, Math.floor((H * rowH) / 40)));
+    const ticks = [];
+    for (let r = 0; r < H; r += step) {
+      const s = node('span', 'hm-tick', String(order[r]));
+      s.style.top = `${r * rowH}px`;
+      ticks.push(s);
+    }
+    const sel = node('span', 'hm-sel');
+    sel.id = 'hm-sel';
+    el.hmY.replaceChildren(...ticks, sel);
+  }
 }
 
 function heatmapNote(text) {
-  const wrap = el.heatmap?.parentElement;
+  const wrap = el.heatBox ?? el.heatmap?.parentElement;
   if (!wrap) return;
   let note = document.getElementById('heatmap-note');
   if (!note) {
@@ -838,21 +1219,22 @@ function drawHeatmap() {
   if (!canvas || !data) return;
   const t0 = performance.now();
   const { length: T, hidden: H } = state.view.header;
+  if (el.heatBox) el.heatBox.hidden = T === 0;
+  if (T === 0) {
+    heat.rowOf = null;
+    heatmapNote('no characters to draw: the text is empty');
+    return;
+  }
   const sort = el.heatmapSort ? el.heatmapSort.value : 'index';
-  let order;
+  let order = null;
   let note = '';
   if (sort === 'activity') {
     order = activityOrder(data, T, H);
     note = 'rows sorted by variance over the text, most active first';
   } else if (sort === 'rank') {
-    const r = rankOrder(H);
-    order = r.order;
-    note = r.ranked
-      ? `first ${r.ranked} rows: the last ranking (${state.rankingLabel}) for layer ${state.layer} · ${state.kind}; then by index`
-      : `no ranking for layer ${state.layer} · ${state.kind} yet: run "Rank cells"; rows by index`;
-  } else {
-    order = Array.from({ length: H }, (_, c) => c);
+    ({ order, note } = relevanceOrder(H));
   }
+  order ??= Array.from({ length: H }, (_, c) => c);
   const rowOf = new Int32Array(H);
   order.forEach((c, r) => (rowOf[c] = r));
 
@@ -863,7 +1245,8 @@ function drawHeatmap() {
   const height = H * rowH;
   canvas.width = width;
   canvas.height = height;
-  canvas.style.width = `${width}px`;
+  // Scaled to the box's width (never a horizontal scrollbar); rows stay 1:1.
+  canvas.style.width = '100%';
   canvas.style.height = `${height}px`;
   const ctx = canvas.getContext('2d');
   const img = ctx.createImageData(width, height);
@@ -904,7 +1287,12 @@ function drawHeatmap() {
   ctx.putImageData(img, 0, 0);
   Object.assign(heat, { order, rowOf, rowH, colW, width, height, perCol: T > HEATMAP_MAX_WIDTH ? T / cols : 1 / colW });
   const scale = T > HEATMAP_MAX_WIDTH ? ` · each column averages ${(T / cols).toFixed(1)} characters` : '';
-  heatmapNote(`${H} cells × ${T} characters${scale}${note ? ' · ' + note : ''}`);
+  heatmapNote(`layer ${state.layer} · ${valueLabel(state.kind)}: ${H} cells (rows) × ${fmtInt(T)} characters (columns)${scale}${note ? ' · ' + note : ''}`);
+  canvas.dataset.order = order.slice(0, 8).join(',');
+  canvas.dataset.sort = sort;
+  el.heatWrap?.setAttribute('aria-label', `heatmap of layer ${state.layer} · ${valueLabel(state.kind)}: rows are the ${H} cells, ` +
+    `columns the ${fmtInt(T)} characters; the chosen cell's row is marked`);
+  drawHeatmapAxes(T, H, order, rowH);
   moveHeatmapMarker();
   timings.heatmap = performance.now() - t0;
 }
@@ -924,21 +1312,28 @@ function moveHeatmapMarker() {
     marker.setAttribute('aria-hidden', 'true');
     wrap.append(marker);
   }
-  // The canvas is the wrapper's first, block-level child: its rows start at y = 0.
+  // The canvas is the plot's first, block-level child: its rows start at y = 0.
   const top = (heat.rowOf[state.cell] ?? 0) * heat.rowH;
   marker.style.top = `${top}px`;
-  marker.style.width = `${heat.width}px`;
+  marker.style.width = '100%';
   marker.style.height = `${heat.rowH}px`;
   marker.dataset.cell = String(state.cell);
+  const sel = document.getElementById('hm-sel');
+  if (sel) {
+    sel.textContent = `▸ ${state.cell}`;
+    sel.style.top = `${top + heat.rowH / 2}px`;
+    sel.dataset.cell = String(state.cell);
+  }
+  const wrap2 = el.heatWrap ?? wrap;
   // Keep the marked row in view when the wrapper scrolls vertically.
   const { scrollTop, clientHeight } = heatBox;
   if (clientHeight > 0 && (top < scrollTop || top + heat.rowH > scrollTop + clientHeight)) {
-    wrap.scrollTop = Math.max(0, top - clientHeight / 2);
+    wrap2.scrollTop = Math.max(0, top - clientHeight / 2);
   }
 }
 
 function watchHeatmapBox() {
-  const wrap = el.heatmap?.parentElement;
+  const wrap = el.heatWrap ?? el.heatmap?.parentElement;
   if (!wrap) return;
   wrap.addEventListener('scroll', () => (heatBox.scrollTop = wrap.scrollTop), { passive: true });
   if ('ResizeObserver' in window) {
@@ -969,37 +1364,158 @@ function finderKinds() {
 
 const METRIC_LABEL = { auc: 'AUC', pearson: 'r', spearman: 'ρ' };
 
-async function rank(request, label) {
+/** Ranks cells for a query; `quiet` (the re-rank after a new text) leaves the status line to the trace. */
+async function rank(request, label, { quiet = false } = {}) {
   if (state.text == null) {
     setStatus('run the text first', true);
     return;
   }
-  const body = { text: state.text, kinds: finderKinds(), top_k: 20, ...request };
-  setStatus(`ranking cells for ${label}…`);
+  if (state.tracing) {
+    setStatus('wait for the trace to finish: the finder ranks the text shown', true);
+    return;
+  }
+  const text = state.text;
+  const textNo = state.textNo;
+  state.lastQuery = { request, label, textNo };
+  const seq = ++state.rankSeq;
+  const empty = finderEmptyState(request, label);
+  if (empty) {
+    showFinderEmpty(empty);
+    return;
+  }
+  const body = { text, kinds: finderKinds(), top_k: 20, ...request };
+  const say = quiet ? () => {} : setStatus;
+  say(`ranking cells for ${label}…`);
   el.results?.setAttribute('aria-busy', 'true');
   const t0 = performance.now();
   let res;
   try {
     res = await post('/api/cells/rank', body);
   } catch (e) {
-    showError(e);
+    if (seq !== state.rankSeq) return;
     el.results?.removeAttribute('aria-busy');
+    if (e.code === 'bad_feature') {
+      showFinderEmpty(explainBadLabels(e.message, request, label));
+      say(`no ranking for ${label} on this text`);
+    } else if (quiet) {
+      showFinderEmpty(`Ranking ${label} on the new text failed: ${e.message}`);
+    } else {
+      showError(e);
+    }
     return;
   }
+  // A newer query, or a new text, took over: these results belong to neither.
+  if (seq !== state.rankSeq || textNo !== state.textNo) return;
   el.results?.removeAttribute('aria-busy');
   state.ranking = res.cells.map(({ layer, kind, cell }) => ({ layer, kind, cell }));
   state.rankingLabel = label;
-  showResults(res);
+  showResults(res, label);
   if (el.heatmapSort?.value === 'rank') drawHeatmap();
-  setStatus(`ranked cells for ${label} in ${Math.round(performance.now() - t0)} ms`);
+  say(`ranked cells for ${label} in ${Math.round(performance.now() - t0)} ms`);
+  flagSaturated(res.cells, text, textNo, seq);
 }
 
-function showResults(res) {
+/** What the concept option says it means ("inside a "string literal""), for messages. */
+function conceptMeaning(request) {
+  if (request.feature) return el.concept?.querySelector(`option[value="${request.feature}"]`)?.title || request.feature;
+  if (request.regex) return `matched by /${request.regex}/`;
+  return 'selected';
+}
+
+/** An empty state known before asking the server (an empty text), or null. */
+function finderEmptyState(request) {
+  if ((state.view?.header.length ?? 0) > 0) return null;
+  return 'The text is empty: paste some text (code with strings, comments and if conditions works best) and Run, then rank.';
+}
+
+/** The server's "bad labels" errors, said for this page. */
+function explainBadLabels(message, request) {
+  const what = conceptMeaning(request);
+  if (/no positive/.test(message)) {
+    return request.regex ? `The regex /${request.regex}/ matches nothing in this text; try another pattern.`
+      : `This text has no characters ${what}; paste code with such characters or pick another concept.`;
+  }
+  if (/no negative/.test(message)) return `Every character of this text is ${what}, so nothing tells the cells apart; add text where it does not hold.`;
+  if (/constant/.test(message)) return `The ${request.feature ?? 'quantity'} (${what}) is the same everywhere in this text; paste text where it changes.`;
+  return message;
+}
+
+/** The finder's caption, created on first use. */
+function finderCaption() {
+  let cap = document.getElementById('finder-caption');
+  if (!cap && el.results) {
+    cap = node('p', 'muted finder-caption');
+    cap.id = 'finder-caption';
+    el.results.before(cap);
+  }
+  return cap;
+}
+
+/** "text #2 (719 characters: “/* parse one line of the config file…”)" */
+function textLabel() {
+  const text = state.text ?? '';
+  const n = state.view?.header.length ?? charCount(text);
+  const first = [...text].slice(0, 40).join('').replace(/\s+/g, ' ').trim();
+  return `text #${state.textNo} (${fmtInt(n)} characters${first ? `: “${first}${n > 40 ? '…' : ''}”` : ''})`;
+}
+
+function setCaption(cap, msg, extra = {}) {
+  cap.textContent = msg;
+  cap.dataset.textNo = String(state.textNo);
+  cap.dataset.textLength = String(state.view?.header.length ?? 0);
+  for (const k of ['feature', 'state']) delete cap.dataset[k];
+  Object.assign(cap.dataset, extra);
+}
+
+function showFinderEmpty(msg) {
+  state.ranking = [];
+  el.results?.removeAttribute('aria-busy');
+  el.results?.replaceChildren();
+  if (el.results) el.results.hidden = true;
+  const cap = finderCaption();
+  if (cap) {
+    setCaption(cap, msg, { state: 'empty' });
+    cap.classList.add('finder-empty');
+  }
+  if (el.heatmapSort?.value === 'rank') drawHeatmap();
+}
+
+/**
+ * A new text is shown: results ranked on the old one go. A concept or regex query
+ * is ranked again on the new text; a selection belonged to the old text, so it is not.
+ */
+function finderTextChanged() {
+  state.ranking = [];
+  state.relevance.clear();
+  const q = state.lastQuery;
+  if (!q) return;
+  state.rankSeq++; // a ranking on its way is about the old text
+  if (q.request.spans) {
+    state.lastQuery = null;
+    el.results?.replaceChildren();
+    if (el.results) el.results.hidden = true;
+    const cap = finderCaption();
+    if (cap) setCaption(cap, `The text changed (now ${textLabel()}): the results for the old selection are gone. Select characters of this text, then "Cells on selection".`, { state: 'cleared' });
+    if (el.heatmapSort?.value === 'rank') drawHeatmap();
+    return;
+  }
+  const cap = finderCaption();
+  if (cap) setCaption(cap, `The text changed: ranking ${q.label} again on ${textLabel()}…`, { state: 'ranking' });
+  el.results?.replaceChildren();
+  rank(q.request, q.label, { quiet: true });
+}
+
+function showResults(res, label) {
   const list = el.results;
   if (!list) return;
+  list.hidden = false;
   const metric = METRIC_LABEL[res.metric] ?? res.metric;
+  const part = state.text != null ? textPart(state.text) : null;
   const items = res.cells.map((c) => {
     const li = node('li');
+    li.dataset.layer = c.layer;
+    li.dataset.kind = c.kind;
+    li.dataset.cell = c.cell;
     const sign = c.sign > 0 ? '+' : c.sign < 0 ? '−' : '±';
     const pick = node('a', 'rank-pick', `layer ${c.layer} · ${c.kind} · cell ${c.cell} — ${metric} ${c.score.toFixed(3)} (${sign})`);
     pick.href = `#layer=${c.layer}&kind=${c.kind}&cell=${c.cell}`;
@@ -1008,21 +1524,65 @@ function showResults(res) {
     pick.dataset.cell = c.cell;
     pick.title = `colour the text by this cell (signed ${metric} ${c.raw.toFixed(3)})`;
     const page = node('a', 'cellpage', 'cell page');
-    page.href = `/cell/${c.layer}/${c.kind}/${c.cell}`;
+    page.href = `/cell/${c.layer}/${c.kind}/${c.cell}${part ? '#' + part : ''}`;
     li.append(pick, ' ', page);
     return li;
   });
   if (items.length === 0) items.push(node('li', 'muted', 'no cells'));
   list.replaceChildren(...items);
-  let cap = document.getElementById('finder-caption');
-  if (!cap) {
-    cap = node('p', 'muted finder-caption');
-    cap.id = 'finder-caption';
-    list.before(cap);
+  markActiveResult();
+  const cap = finderCaption();
+  cap.classList.remove('finder-empty');
+  const what = res.feature === 'spans' ? 'the selected characters' : res.feature === 'regex' ? label : res.feature;
+  setCaption(cap, `Best ${res.cells.length} cells for ${what}, by ${metric}, on ${textLabel()}; ` +
+    '(+) = higher where it holds. Click one to colour the text by it.', { feature: res.feature });
+}
+
+/** Marks the result that is the chosen cell, if any. */
+function markActiveResult() {
+  el.results?.querySelectorAll('li[data-cell]').forEach((li) => {
+    const on = Number(li.dataset.layer) === state.layer && li.dataset.kind === state.kind && Number(li.dataset.cell) === state.cell;
+    li.classList.toggle('active', on);
+    const a = li.querySelector('a.rank-pick');
+    if (on) a?.setAttribute('aria-current', 'true');
+    else a?.removeAttribute('aria-current');
+  });
+}
+
+/**
+ * Marks the c results that sit at |c| > 2 on ≥ 90% of the text: tanh(c) shows
+ * them as one flat colour. One /api/trace of just those cells' exact c.
+ */
+async function flagSaturated(cells, text, textNo, seq) {
+  const cs = cells.filter((c) => c.kind === 'c');
+  if (cs.length === 0) return;
+  const layers = [...new Set(cs.map((c) => c.layer))].sort((a, b) => a - b);
+  const ids = [...new Set(cs.map((c) => c.cell))].sort((a, b) => a - b);
+  let res;
+  try {
+    res = await post('/api/trace', { text, layers, kinds: ['c'], cells: ids, top_k: 0 });
+  } catch {
+    return; // the flag is a hint; the results stand without it
   }
-  const what = res.feature === 'spans' ? 'the selected characters' : res.feature;
-  cap.textContent = `best ${res.cells.length} cells for ${what}, by ${metric}; (+) = higher where it holds. Click to colour the text.`;
-  cap.dataset.feature = res.feature;
+  if (seq !== state.rankSeq || textNo !== state.textNo || !el.results) return;
+  for (const l of res.layers) {
+    const rows = l.c;
+    const T = rows.length;
+    ids.forEach((cell, j) => {
+      const li = el.results.querySelector(`li[data-layer="${l.layer}"][data-kind="c"][data-cell="${cell}"]`);
+      if (!li || T === 0) return;
+      let n = 0;
+      for (const row of rows) if (Math.abs(row[j]) > SAT_ABS) n++;
+      li.dataset.saturation = (n / T).toFixed(3);
+      if (n / T >= SAT_FRACTION && !li.querySelector('.sat-flag')) {
+        const b = node('button', 'sat-flag', 'saturated — try scale: this cell’s range');
+        b.type = 'button';
+        b.title = `|c| > ${SAT_ABS} on ${Math.round((100 * n) / T)}% of the characters: tanh(c) shows it nearly flat. ` +
+          "Colour it by this cell's own range instead.";
+        li.append(' ', b);
+      }
+    });
+  }
 }
 
 /** The span at a selection boundary: the first selected one (start) or the last (end). */
@@ -1608,6 +2168,26 @@ function wire() {
     ev.preventDefault();
     run();
   });
+  // Over the limit is refused where it happens, never cut: a paste that would pass
+  // it is not pasted, and typing past it says so (Run then refuses too).
+  el.text?.addEventListener('paste', (ev) => {
+    const add = (ev.clipboardData?.getData('text/plain') ?? '').replace(/\r\n?/g, '\n');
+    const t = el.text;
+    const n = charCount(t.value.slice(0, t.selectionStart)) + charCount(add) + charCount(t.value.slice(t.selectionEnd));
+    if (n <= state.maxChars) return;
+    ev.preventDefault();
+    showTextLimit(`Paste refused: the text would have ${fmtInt(n)} characters, and the limit is ${fmtInt(state.maxChars)}. ` +
+      `Nothing was pasted; paste at most ${fmtInt(Math.max(0, state.maxChars - (n - charCount(add))))} characters here.`, 'paste');
+  });
+  el.text?.addEventListener('input', () => {
+    if (el.textLimit?.dataset.kind === 'paste') el.textLimit.hidden = true;
+    checkTextLength();
+  });
+  el.scale?.addEventListener('change', () => setScale(el.scale.value));
+  el.wrap?.addEventListener('change', () => {
+    state.wrapTouched = true;
+    setWrap(el.wrap.checked);
+  });
   el.text?.addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
       ev.preventDefault();
@@ -1625,13 +2205,14 @@ function wire() {
   });
   el.layer?.addEventListener('change', () => choose({ layer: Number(el.layer.value) }));
   el.kind?.addEventListener('change', () => choose({ kind: el.kind.value }));
+  // A cell number out of range is refused with a message, never clamped silently.
   el.cell?.addEventListener('input', () => {
-    const v = parseInt(el.cell.value, 10);
-    if (Number.isInteger(v)) setCell(v);
+    const v = typedCell();
+    if (v != null) setCell(v);
   });
   el.cell?.addEventListener('change', () => {
-    const v = parseInt(el.cell.value, 10);
-    setCell(Number.isInteger(v) ? v : state.cell);
+    const v = typedCell();
+    if (v != null && v !== state.cell) setCell(v);
     el.cell.value = String(state.cell);
   });
   el.prev?.addEventListener('click', () => stepCell(-1));
@@ -1650,8 +2231,8 @@ function wire() {
   window.addEventListener('pagehide', () => {
     if (state.text != null) writeHash(); // flush a pending update before reload or leaving
   });
-  window.addEventListener('hashchange', () => {
-    const text = applyHash(readHash());
+  window.addEventListener('hashchange', async () => {
+    const text = await textOfHash(readHash());
     if (text != null && text !== state.text) {
       if (el.text) el.text.value = text;
       loadView(text);
@@ -1750,10 +2331,16 @@ function wire() {
     rank({ spans }, `the selection (${n} characters)`);
   });
   el.results?.addEventListener('click', (ev) => {
-    const a = ev.target instanceof Element ? ev.target.closest('a.rank-pick') : null;
+    const t = ev.target instanceof Element ? ev.target : null;
+    const flag = t?.closest('button.sat-flag');
+    const a = flag ? flag.closest('li')?.querySelector('a.rank-pick') : t?.closest('a.rank-pick');
     if (!a) return;
     ev.preventDefault();
+    if (flag) setScale('range', false);
     choose({ layer: Number(a.dataset.layer), kind: a.dataset.kind, cell: Number(a.dataset.cell) });
+    markActiveResult();
+    // Show the text the result now colours (the finder sits below it).
+    (el.view ?? el.colored)?.scrollIntoView({ block: 'start' });
   });
 
   // Clamping.
@@ -1807,14 +2394,42 @@ function wire() {
   el.samplePrime?.addEventListener('input', () => (state.primeEdited = true));
 }
 
-function start() {
-  if (!initial || !el.colored) return;
+async function start() {
+  if (!initial || !el.colored) {
+    cellPage();
+    return;
+  }
   state.spans = Array.from(el.colored.querySelectorAll('.ch'));
-  const text = applyHash(readHash());
+  wire();
+  const text = await textOfHash(readHash());
   if (text != null && el.text) el.text.value = text;
   updateControls();
-  wire();
   run();
+}
+
+// ---------------------------------------------------------------------------
+// Cell pages (templates/cell.html, no #initial): the links keep the text a main
+// page passed in the hash, and light text goes on dark backgrounds.
+
+function cellPage() {
+  const part = location.hash.replace(/^#/, '').split('&').filter((p) => /^(z|text|sample)=/.test(p)).join('&');
+  document.querySelectorAll('p.cellnav a').forEach((a) => {
+    const href = a.getAttribute('href');
+    const m = href.match(/^\/\?layer=(\d+)&kind=([hcifgo])&cell=(\d+)$/);
+    if (m) {
+      if (part) a.href = `${href}#layer=${m[1]}&kind=${m[2]}&cell=${m[3]}&${part}`;
+      a.dataset.keepsText = part ? 'true' : 'false';
+    } else if (part && href.startsWith('/cell/')) {
+      a.href = `${href}#${part}`;
+    }
+  });
+  document.querySelectorAll('pre.colored .ch, .legend .stop').forEach((s) => {
+    const m = getComputedStyle(s).backgroundColor.match(/\d+/g);
+    if (!m) return;
+    const [r, g, b] = m.map(Number);
+    const lum = relativeLuminance(r, g, b);
+    if (contrastRatio(lum, 1) > contrastRatio(lum, 0)) s.style.color = '#fff';
+  });
 }
 
 start();

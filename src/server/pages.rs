@@ -459,38 +459,102 @@ fn context_rows(
                 Kind::Cell => format!("tanh(c) {:+.3}", w.value),
                 _ => format!("{:.3}", (w.value + 1.0) / 2.0),
             };
-            ContextRow {
-                value: shown,
-                html: colored_text_html(&rt.chars[w.start..w.end], |t| values[w.start + t], &none, w.start),
-            }
+            // The character the value belongs to is wrapped in `.centre` (outlined by
+            // style.css), so a reader sees which one of the window's characters it is.
+            let part = |a: usize, b: usize| colored_text_html(&rt.chars[a..b], |t| values[a + t], &none, a);
+            let c = w.center.clamp(w.start, w.end.saturating_sub(1).max(w.start));
+            let html = if c < w.end {
+                format!(
+                    "{}<span class=\"centre\" title=\"the value listed is this character's (position {c})\">{}</span>{}",
+                    part(w.start, c),
+                    part(c, c + 1),
+                    part(c + 1, w.end)
+                )
+            } else {
+                part(w.start, w.end)
+            };
+            ContextRow { value: shown, html }
         })
         .collect()
 }
 
-/// An SVG bar chart of a histogram over [lo, hi].
+/// An SVG bar chart of a histogram over [lo, hi], with value ticks under it and
+/// the tallest bar's count beside it. `lo` "0" means a gate (ticks 0 … 1).
 fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
-    let (w, h) = (480.0, 140.0);
-    let max = counts.iter().copied().max().unwrap_or(1).max(1) as f32;
+    let (left, w, h) = (34.0, 480.0, 140.0);
+    let max = counts.iter().copied().max().unwrap_or(1).max(1);
     let bw = w / counts.len() as f32;
     let mut s = format!(
-        "<svg class=\"hist\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"activation histogram\">",
-        h + 20.0
+        "<svg class=\"hist\" viewBox=\"0 0 {} {}\" role=\"img\" aria-label=\"activation histogram\">",
+        left + w + 8.0,
+        h + 36.0
     );
     for (i, &c) in counts.iter().enumerate() {
-        let bh = h * c as f32 / max;
+        let bh = h * c as f32 / max as f32;
         let u = -1.0 + 2.0 * (i as f32 + 0.5) / counts.len() as f32;
         let _ = write!(
             s,
             "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" stroke=\"#888\" stroke-width=\"0.3\"><title>{c}</title></rect>",
-            i as f32 * bw,
+            left + i as f32 * bw,
             h - bh,
             bw,
             bh,
             css_color(u)
         );
     }
-    let _ = write!(s, "<text x=\"0\" y=\"{}\" font-size=\"11\">{lo}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{hi}</text></svg>", h + 15.0, w, h + 15.0);
+    // Axes: the count scale on the left, the value ticks below.
+    let _ = write!(
+        s,
+        "<line x1=\"{left}\" y1=\"{h}\" x2=\"{0}\" y2=\"{h}\" stroke=\"#333\"/><line x1=\"{left}\" y1=\"0\" x2=\"{left}\" y2=\"{h}\" stroke=\"#333\"/>\
+         <text x=\"{1}\" y=\"10\" font-size=\"11\" text-anchor=\"end\">{max}</text><text x=\"{1}\" y=\"{h}\" font-size=\"11\" text-anchor=\"end\">0</text>",
+        left + w,
+        left - 4.0
+    );
+    let gate = lo == "0";
+    let labels: [&str; 5] =
+        if gate { ["0", "0.25", "0.5", "0.75", "1"] } else { ["−1", "−0.5", "0", "+0.5", "+1"] };
+    for (i, label) in labels.iter().enumerate() {
+        let x = left + w * i as f32 / 4.0;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            s,
+            "<line x1=\"{x:.1}\" y1=\"{h}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#333\"/><text x=\"{x:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"{anchor}\">{label}</text>",
+            h + 4.0,
+            h + 16.0
+        );
+    }
+    let what = if lo.contains("tanh") { "tanh(c)" } else { "value" };
+    let _ = write!(
+        s,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#555\">{what} ({lo} … {hi}); bar height = characters</text></svg>",
+        left + w / 2.0,
+        h + 32.0
+    );
     s
+}
+
+/// `n` with thousands separators: 3402337 → "3,402,337".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A round step (1, 2 or 5 × 10^k) cutting `span` into about `parts` pieces.
+fn nice_step(span: f64, parts: f64) -> f64 {
+    let raw = (span / parts).max(f64::MIN_POSITIVE);
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
 }
 
 /// Parses `/cell/{layer}/{kind}/{n}`'s parts, or says what a valid path looks like.
@@ -696,7 +760,7 @@ fn curve_svg(train: &serde_json::Value) -> String {
     if pts.len() < 2 {
         return "<p class=\"muted\">Too few points to plot.</p>".into();
     }
-    let (w, h, pad) = (560.0, 240.0, 36.0);
+    let (w, h, pad) = (560.0, 250.0, 40.0);
     let max_step = pts.iter().map(|p| p.0).fold(1.0, f64::max);
     let ys: Vec<f64> = pts.iter().flat_map(|p| [p.1, p.2]).flatten().collect();
     let y_lo = ys.iter().copied().fold(f64::INFINITY, f64::min).floor().max(0.0);
@@ -721,19 +785,40 @@ fn curve_svg(train: &serde_json::Value) -> String {
         h - pad,
         w - pad
     );
+    // Tick labels: steps along x, loss along y.
+    let x_step = nice_step(max_step, 5.0);
+    let mut t = 0.0;
+    while t <= max_step + 1e-9 {
+        let _ = write!(
+            s,
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#333\"/><text x=\"{0:.1}\" y=\"{3}\" font-size=\"11\" text-anchor=\"middle\">{4}</text>",
+            x(t),
+            h - pad,
+            h - pad + 4.0,
+            h - pad + 15.0,
+            thousands(t as u64)
+        );
+        t += x_step;
+    }
+    let y_step = nice_step(y_hi - y_lo, 4.0);
+    for i in 0..=((y_hi - y_lo) / y_step + 1e-9).floor() as usize {
+        let v = ((y_lo + i as f64 * y_step) * 100.0).round() / 100.0;
+        let _ = write!(
+            s,
+            "<line x1=\"{pad}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#e1e4e8\"/><text x=\"{2}\" y=\"{3:.1}\" font-size=\"11\" text-anchor=\"end\">{v}</text>",
+            y(v),
+            w - pad,
+            pad - 4.0,
+            y(v) + 4.0
+        );
+    }
     let _ = write!(
         s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{max_step} steps</text>",
-        w - pad,
-        h - 8.0
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#555\">training step</text>",
+        w / 2.0,
+        h - 4.0
     );
-    let _ = write!(
-        s,
-        "<text x=\"4\" y=\"{}\" font-size=\"11\">{y_hi}</text><text x=\"4\" y=\"{}\" font-size=\"11\">{y_lo}</text>",
-        pad,
-        h - pad
-    );
-    s.push_str("<text x=\"60\" y=\"20\" font-size=\"12\" fill=\"#999\">train loss</text><text x=\"150\" y=\"20\" font-size=\"12\" fill=\"#b2182b\">validation loss (nats/char)</text></svg>");
+    s.push_str("<text x=\"60\" y=\"20\" font-size=\"12\" fill=\"#6a737d\">train loss</text><text x=\"150\" y=\"20\" font-size=\"12\" fill=\"#b2182b\">validation loss (nats/char)</text></svg>");
     s
 }
 
@@ -742,7 +827,7 @@ fn curve_svg(train: &serde_json::Value) -> String {
 fn saturation_svg(rt: &ReferenceTrace) -> String {
     let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
     let size = 200.0;
-    let pad = 24.0;
+    let pad = 34.0;
     let mut s = String::from("<div class=\"sat\">");
     for (gi, gate) in [Kind::Input, Kind::Forget, Kind::Output].iter().enumerate() {
         let _ = write!(
@@ -772,11 +857,31 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
             }
         }
         let _ = write!(s, "<text x=\"{pad}\" y=\"14\" font-size=\"12\">{}</text>", gate.describe());
+        // Ticks at 0, 0.5 and 1 on both axes (fractions of the characters).
+        for f in [0.0, 0.5, 1.0] {
+            let (x, y) = (pad + size * f, pad + size * (1.0 - f));
+            let _ = write!(
+                s,
+                "<line x1=\"{x}\" y1=\"{0}\" x2=\"{x}\" y2=\"{1}\" stroke=\"#333\"/><text x=\"{x}\" y=\"{2}\" font-size=\"10\" text-anchor=\"middle\">{f}</text>\
+                 <line x1=\"{pad}\" y1=\"{y}\" x2=\"{3}\" y2=\"{y}\" stroke=\"#333\"/><text x=\"{4}\" y=\"{5}\" font-size=\"10\" text-anchor=\"end\">{f}</text>",
+                pad + size,
+                pad + size + 4.0,
+                pad + size + 13.0,
+                pad - 4.0,
+                pad - 6.0,
+                y + 3.5
+            );
+        }
         let _ = write!(
             s,
-            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">right-saturated →</text>",
-            pad + size,
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">fraction right-saturated (&gt; 0.9) →</text>",
+            pad + size / 2.0,
             size + 2.0 * pad - 4.0
+        );
+        let _ = write!(
+            s,
+            "<text x=\"10\" y=\"{0}\" font-size=\"10\" text-anchor=\"middle\" transform=\"rotate(-90 10 {0})\">left-saturated (&lt; 0.1) →</text>",
+            pad + size / 2.0
         );
         s.push_str("</svg></figure>");
     }
@@ -799,7 +904,7 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
     let num = |k: &str| t.get(k).and_then(|v| v.as_f64()).map_or("—".to_string(), |v| format!("{v:.4}"));
     let rows = vec![
         ("Architecture".into(), format!("{} × {} LSTM", model.layers(), model.hidden_size())),
-        ("Parameters".into(), model.weights.param_count().to_string()),
+        ("Parameters".into(), thousands(model.weights.param_count() as u64)),
         ("Vocabulary".into(), format!("{} characters", model.vocab.len())),
         ("Input".into(), if model.weights.embedding.is_some() { "embedding".into() } else { "one-hot".into() }),
         ("Best validation loss (nats/char)".into(), num("best_val_loss")),
@@ -863,6 +968,14 @@ mod tests {
         assert!(!j.contains("</script>") && !j.contains('<') && !j.contains('&'));
         let back: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(back["t"], "</script><b>&");
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(3_402_337), "3,402,337");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(0), "0");
     }
 
     #[test]
