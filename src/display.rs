@@ -49,6 +49,32 @@ pub fn diverging_rgb(u: f32) -> (u8, u8, u8) {
     }
 }
 
+/// WCAG relative luminance of an sRGB colour.
+fn luminance((r, g, b): (u8, u8, u8)) -> f64 {
+    let lin = |c: u8| {
+        let c = c as f64 / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+}
+
+/// The text colour on the background of `u`: white or black, whichever contrasts
+/// more (the page's script applies the same rule), so every point of the scale
+/// reads at WCAG AA (≥ 4.5:1).
+pub fn text_on(u: f32) -> &'static str {
+    let l = luminance(diverging_rgb(u));
+    // Contrast against white (1.05 / (l + 0.05)) beats black ((l + 0.05) / 0.05)?
+    if 1.05 / (l + 0.05) > (l + 0.05) / 0.05 {
+        "#fff"
+    } else {
+        "#000"
+    }
+}
+
 /// [`diverging_rgb`] as a CSS colour.
 pub fn css_color(u: f32) -> String {
     let (r, g, b) = diverging_rgb(u);
@@ -76,5 +102,16 @@ mod tests {
         assert_eq!(diverging_rgb(1.0), (178, 24, 43));
         assert_eq!(diverging_rgb(f32::NAN), (255, 255, 255));
         assert_eq!(css_color(5.0), "#b2182b");
+    }
+
+    #[test]
+    fn text_reads_on_every_colour() {
+        for i in 0..=200 {
+            let u = -1.0 + i as f32 / 100.0;
+            let l = luminance(diverging_rgb(u));
+            let ratio = if text_on(u) == "#fff" { 1.05 / (l + 0.05) } else { (l + 0.05) / 0.05 };
+            assert!(ratio >= 4.5, "u = {u}: contrast {ratio:.2}");
+        }
+        assert_eq!((text_on(1.0), text_on(0.0), text_on(-1.0)), ("#fff", "#000", "#fff"));
     }
 }

@@ -337,3 +337,18 @@ async fn over_a_real_socket() {
     tx.send(()).unwrap();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn server_rendered_colours_keep_text_readable_without_scripts() {
+    let (s, page) = get(app(), "/?sample=c&layer=1&kind=c&cell=3").await;
+    assert_eq!(s, 200);
+    // The legend's ends are dark: white text on them, black on white.
+    assert!(page.contains("background:#2166ac;color:#fff"), "blue end lacks white text");
+    assert!(page.contains("background:#b2182b;color:#fff"), "red end lacks white text");
+    assert!(page.contains("background:#ffffff;color:#000"), "white middle lacks black text");
+    // Every coloured character names its text colour.
+    let spans = page.matches("data-t=").count();
+    let stops = page.matches("class=\"stop\"").count();
+    assert!(spans > 100 && stops == 9, "{spans} characters, {stops} legend stops");
+    assert_eq!(page.matches(";color:#").count(), spans + stops);
+}

@@ -86,7 +86,13 @@ pub fn colored_text_html(chars: &[char], u: impl Fn(usize) -> f32, unknown: &Has
         if unknown.contains(&(t + offset)) {
             class.push_str(" unk");
         }
-        let _ = write!(out, "<span class=\"{class}\" data-t=\"{}\" style=\"background:{}\">", t + offset, css_color(v));
+        let _ = write!(
+            out,
+            "<span class=\"{class}\" data-t=\"{}\" style=\"background:{};color:{}\">",
+            t + offset,
+            css_color(v),
+            crate::display::text_on(v)
+        );
         match c {
             '\n' => out.push('\u{21b5}'),
             c if c.is_control() && c != '\t' => out.push('\u{fffd}'),
@@ -100,12 +106,15 @@ pub fn colored_text_html(chars: &[char], u: impl Fn(usize) -> f32, unknown: &Has
     out
 }
 
-/// Legend stops for a kind: (css colour, label).
+/// Legend stops for a kind: (inline style: background and a readable text colour, label).
 fn legend(kind: Kind) -> Vec<(String, String)> {
     (0..=8)
         .map(|i| {
             let u = -1.0 + i as f32 * 0.25;
-            (css_color(u), crate::display::legend_label(kind, u))
+            (
+                format!("background:{};color:{}", css_color(u), crate::display::text_on(u)),
+                crate::display::legend_label(kind, u),
+            )
         })
         .collect()
 }
