@@ -11,11 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-3918}
-cargo build --release --bin cellscope >/dev/null 2>&1
-target/release/cellscope serve --addr 127.0.0.1:$PORT 2>/dev/null &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf localhost:$PORT/healthz >/dev/null && break; sleep 0.2; done
+source scripts/with-server.sh
 
 PORT=$PORT python3 - <<'PY'
 import json, os, urllib.request

@@ -16,9 +16,7 @@ PORT=${PORT:-3917}
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || as_root apt-get install -y --no-install-recommends wrk >/dev/null
 
-cargo build --release --bin cellscope >/dev/null 2>&1
 work=$(mktemp -d)
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 
 python3 - "$work" <<'EOF'
 import json, sys
@@ -57,9 +55,9 @@ function done(summary, latency, requests)
 end
 EOF
 
-target/release/cellscope serve --addr 127.0.0.1:$PORT 2>"$work/server.log" &
-server=$!
-for _ in $(seq 100); do curl -sf localhost:$PORT/healthz >/dev/null && break; sleep 0.2; done
+SERVER_LOG="$work/server.log"
+CLEANUP="rm -rf $work"
+source scripts/with-server.sh
 rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$server/status; }
 hwm() { awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$server/status; }
 

@@ -49,6 +49,17 @@ pub fn diverging_rgb(u: f32) -> (u8, u8, u8) {
     }
 }
 
+/// A character as a person can read it in a list: ↵ for a newline, → for a
+/// tab, ␣ for a space.
+pub fn shown_char(c: &str) -> String {
+    match c {
+        "\n" => "↵".into(),
+        "\t" => "→".into(),
+        " " => "␣".into(),
+        c => c.into(),
+    }
+}
+
 /// WCAG relative luminance of an sRGB colour.
 fn luminance((r, g, b): (u8, u8, u8)) -> f64 {
     let lin = |c: u8| {

@@ -99,6 +99,21 @@ impl<'m> Stepper<'m> {
         &self.outs[k]
     }
 
+    /// One recorded value of the last step: `kind` of cell `cell` in layer `layer`.
+    pub fn value(&self, layer: usize, kind: super::lstm::Kind, cell: usize) -> f32 {
+        use super::lstm::Kind;
+        let out = &self.outs[layer];
+        let row = match kind {
+            Kind::Hidden => &out.h,
+            Kind::Cell => &out.c,
+            Kind::Input => &out.i,
+            Kind::Forget => &out.f,
+            Kind::Candidate => &out.g,
+            Kind::Output => &out.o,
+        };
+        row[cell]
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> usize {
         self.t

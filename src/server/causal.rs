@@ -311,18 +311,7 @@ impl SampleJob {
     /// Runs the sampler, handing each character (and the watched value) to `emit`.
     fn run(&self, model: &Model, mut emit: impl FnMut(char, Option<f32>) -> bool) {
         crate::model::sample(model, &self.prime, self.length, self.how, &self.clamps, |c, stepper| {
-            let value = self.watch.map(|w| {
-                let rec = stepper.recorded(w.layer);
-                let row = match w.kind {
-                    Kind::Hidden => &rec.h,
-                    Kind::Cell => &rec.c,
-                    Kind::Input => &rec.i,
-                    Kind::Forget => &rec.f,
-                    Kind::Candidate => &rec.g,
-                    Kind::Output => &rec.o,
-                };
-                row[w.cell]
-            });
+            let value = self.watch.map(|w| stepper.value(w.layer, w.kind, w.cell));
             emit(c, value)
         });
     }

@@ -8,17 +8,6 @@ use serde_json::json;
 use crate::display::unit_value;
 use crate::model::{Kind, Model, Trace};
 
-/// A character as a person can read it in a list: ↵ for a newline, → for a
-/// tab, ␣ for a space.
-pub fn shown_char(c: &str) -> String {
-    match c {
-        "\n" => "↵".into(),
-        "\t" => "→".into(),
-        " " => "␣".into(),
-        c => c.into(),
-    }
-}
-
 /// One guess for the next character.
 #[derive(Debug, Serialize)]
 pub struct Guess {

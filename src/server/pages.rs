@@ -713,7 +713,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         })
         .collect();
     let effect = |gs: &[super::json::Guess]| {
-        gs.iter().map(|g| (super::json::shown_char(&g.char), format!("{:+.2}", g.p))).collect::<Vec<_>>()
+        gs.iter().map(|g| (crate::display::shown_char(&g.char), format!("{:+.2}", g.p))).collect::<Vec<_>>()
     };
     let page = CellPage {
         model_name: model.name.clone(),
