@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! h, g:     u = v              (they live in [−1, 1])
-//! c:        u = tanh(c)        (as in the paper's figures; raw c reaches ±100)
+//! write:    u = v              (i·g lives in [−1, 1])
+//! c, keep:  u = tanh(v)        (as in the paper's figures; raw c reaches ±100)
 //! i, f, o:  u = 2v − 1         (gates live in [0, 1])
 //! colour:   u = −1 → blue (33, 102, 172), 0 → white, +1 → red (178, 24, 43)
 //! ```
@@ -15,8 +16,8 @@ use crate::model::Kind;
 #[inline]
 pub fn unit_value(kind: Kind, v: f32) -> f32 {
     match kind {
-        Kind::Hidden | Kind::Candidate => v,
-        Kind::Cell => v.tanh(),
+        Kind::Hidden | Kind::Candidate | Kind::Write => v,
+        Kind::Cell | Kind::Keep => v.tanh(),
         Kind::Input | Kind::Forget | Kind::Output => 2.0 * v - 1.0,
     }
 }
@@ -25,6 +26,7 @@ pub fn unit_value(kind: Kind, v: f32) -> f32 {
 pub fn shows(kind: Kind) -> &'static str {
     match kind {
         Kind::Cell => "tanh(c)",
+        Kind::Keep => "tanh(keep)",
         k => k.letter(),
     }
 }

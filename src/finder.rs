@@ -292,8 +292,8 @@ impl LabelKind {
 #[inline]
 fn pre_activation(kind: Kind, v: f32) -> f32 {
     match kind {
-        Kind::Cell => v,
-        Kind::Hidden | Kind::Candidate => {
+        Kind::Cell | Kind::Keep => v,
+        Kind::Hidden | Kind::Candidate | Kind::Write => {
             let v = v.clamp(-1.0, 1.0);
             ((1.0 + v) / (1.0 - v)).ln()
         }
@@ -958,8 +958,8 @@ mod tests {
             let u = (u / (1.0 + 0.15 * j as f32) - 0.5) * width; // back into ±width/2
             match kind {
                 Kind::Input | Kind::Forget | Kind::Output => 0.5 + u,
-                Kind::Hidden | Kind::Candidate => 2.0 * u,
-                Kind::Cell => 10.0 * u,
+                Kind::Hidden | Kind::Candidate | Kind::Write => 2.0 * u,
+                Kind::Cell | Kind::Keep => 10.0 * u,
             }
         })
     }
@@ -1006,8 +1006,8 @@ mod tests {
         for kind in Kind::ALL {
             let (lo, hi) = match kind {
                 Kind::Input | Kind::Forget | Kind::Output => (-0.5f32, 1.5f32),
-                Kind::Hidden | Kind::Candidate => (-1.5, 1.5),
-                Kind::Cell => (-1e6, 1e6),
+                Kind::Hidden | Kind::Candidate | Kind::Write => (-1.5, 1.5),
+                Kind::Cell | Kind::Keep => (-1e6, 1e6),
             };
             let mut values: Vec<f32> = (0..=200_000).map(|i| lo + (hi - lo) * i as f32 / 200_000.0).collect();
             values.extend([0.0, 1.0, -1.0, 1.0 - 1e-7, f32::INFINITY, f32::NEG_INFINITY]);
@@ -1026,8 +1026,8 @@ mod tests {
             // Near the middle of the range, bins are narrow.
             let mid = match kind {
                 Kind::Input | Kind::Forget | Kind::Output => [0.5, 0.5015],
-                Kind::Hidden | Kind::Candidate => [0.0, 0.003],
-                Kind::Cell => [0.0, 0.005],
+                Kind::Hidden | Kind::Candidate | Kind::Write => [0.0, 0.003],
+                Kind::Cell | Kind::Keep => [0.0, 0.005],
             };
             let mut b = [0u16; 2];
             bins_into(kind, unit, &mid, &mut b);

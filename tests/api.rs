@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use cellscope::model::Kind;
 use cellscope::server::{router, AppState, Limits};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -215,8 +216,8 @@ async fn view_is_one_layer_of_int8_with_a_json_header() {
     let header: Value = serde_json::from_slice(&bytes[4..4 + n]).unwrap();
     assert_eq!(header["length"], 5);
     assert_eq!(header["hidden"], 16);
-    assert_eq!(header["kinds"].as_array().unwrap().len(), 6);
-    assert_eq!(bytes.len(), 4 + n + 6 * 5 * 16);
+    assert_eq!(header["kinds"].as_array().unwrap().len(), Kind::ALL.len());
+    assert_eq!(bytes.len(), 4 + n + Kind::ALL.len() * 5 * 16);
     // The h block equals round(127 h).
     let model = tiny_model(None, 21);
     let t = model.trace("ab(c)");

@@ -47,7 +47,7 @@ fn planted_cell_ranks_first_with_auc_one() {
         .expect("some layer-1 cell changes sign over the text");
     let labels = Labels::Binary(c.column(cell).iter().map(|&v| v > 0.0).collect());
     let ranked = rank_trace(&trace, &labels, &[0, 1], &Kind::ALL, GradedMetric::Pearson).expect("both classes present");
-    assert_eq!(ranked.len(), 2 * 6 * 16);
+    assert_eq!(ranked.len(), 2 * Kind::ALL.len() * 16);
     // h = o·tanh(c) with o > 0 has c's sign, so h ties with c; h sorts first (kind order).
     let top: Vec<_> = ranked[..2].iter().map(|s| (key(s), s.score, s.sign)).collect();
     assert_eq!(

@@ -102,7 +102,17 @@ fn check_fixture(name: &str) {
     };
     for (k, layer) in trace.layers.iter().enumerate() {
         for kind in Kind::ALL {
-            let want = get(&format!("{}_l{k}", kind.letter()));
+            // PyTorch records the six; the memory terms follow from its values.
+            let want = match kind {
+                Kind::Write => get(&format!("i_l{k}")) * get(&format!("g_l{k}")),
+                Kind::Keep => {
+                    let c = get(&format!("c_l{k}"));
+                    let mut c_prev = Array2::zeros(c.raw_dim());
+                    c_prev.slice_mut(ndarray::s![1.., ..]).assign(&c.slice(ndarray::s![..-1, ..]));
+                    get(&format!("f_l{k}")) * c_prev
+                }
+                _ => get(&format!("{}_l{k}", kind.letter())),
+            };
             let diff = max_abs_diff(layer.get(kind).view(), want.view());
             assert!(diff < 1e-5, "{name}: layer {k} {kind:?} differs from PyTorch by {diff}");
         }

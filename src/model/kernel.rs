@@ -348,6 +348,51 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f
     }
 }
 
+/// `y = W x` for the 4H × H matrix `w` holds (packed as [`PackedHh`]), on the
+/// same loop as the recurrence minus the cell update: one step's input projection
+/// of a layer ≥ 1 (sampling, clamped steps), where a whole text's would be a GEMM.
+/// Reads W once, contiguously, with eight independent accumulators per block.
+pub fn packed_matvec(w: &PackedHh, x: &[f32], y: &mut [f32]) {
+    let n = w.hidden;
+    assert!(x.len() == n && y.len() == 4 * n, "packed_matvec: x must be H = {n} long and y 4H");
+    // SAFETY: `w` holds blocks·H·4·lanes floats packed for `lanes`, x holds H and y
+    // 4H floats (checked above); each kernel reads only those and writes y once.
+    unsafe {
+        match (simd(), w.lanes) {
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512, 16) => x86::matvec_avx512(w.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512 | Simd::Avx2, 8) => x86::matvec_avx2(w.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+            (_, 16) => matvec_portable::<16>(w.as_ptr(), n, x, y),
+            (_, 8) => matvec_portable::<8>(w.as_ptr(), n, x, y),
+            (_, lanes) => unreachable!("PackedHh with {lanes} lanes"),
+        }
+    }
+}
+
+/// [`packed_matvec`] in plain Rust.
+///
+/// # Safety
+/// `w` is a [`PackedHh`] with `L` lanes and `n` units; x is H and y 4H long.
+unsafe fn matvec_portable<const L: usize>(w: *const f32, n: usize, x: &[f32], y: &mut [f32]) {
+    for b in 0..n.div_ceil(L) {
+        let j0 = b * L;
+        let mut acc = [[0f32; L]; 4];
+        let flat = acc.as_flattened_mut();
+        // SAFETY: block b's weights are the n·4·L floats from b·n·4·L.
+        let wb = unsafe { std::slice::from_raw_parts(w.add(b * n * 4 * L), n * 4 * L) };
+        for (wc, &xc) in wb.chunks_exact(4 * L).zip(x) {
+            for (a, wv) in flat.iter_mut().zip(wc) {
+                *a += wv * xc;
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            let width = L.min(n - j0);
+            y[q * n + j0..q * n + j0 + width].copy_from_slice(&a[..width]);
+        }
+    }
+}
+
 /// The order in which step `t` visits the `blocks` unit blocks: forward on even
 /// steps, backward on odd ones. When W_hh is larger than the L2 cache (H = 512:
 /// 4 MiB against 2 MiB), a fixed order evicts every block just before it is needed
@@ -479,32 +524,9 @@ mod x86 {
                         let at = q * n + j0;
                         _mm512_add_ps(_mm512_maskz_loadu_ps(m, x.add(at)), _mm512_maskz_loadu_ps(m, raw.bias.add(at)))
                     };
-                    let mut even = [start(0), start(1), start(2), start(3)];
-                    let mut odd = [_mm512_setzero_ps(); 4];
-                    let mut p = w.add(b * n * 4 * L);
-                    let mut c = 0;
-                    while c + 2 <= n {
-                        let h0 = _mm512_set1_ps(*h_prev.add(c));
-                        let h1 = _mm512_set1_ps(*h_prev.add(c + 1));
-                        for q in 0..4 {
-                            even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
-                        }
-                        for q in 0..4 {
-                            odd[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), h1, odd[q]);
-                        }
-                        p = p.add(8 * L);
-                        c += 2;
-                    }
-                    if c < n {
-                        let h0 = _mm512_set1_ps(*h_prev.add(c));
-                        for q in 0..4 {
-                            even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), h0, even[q]);
-                        }
-                    }
-                    let i = sigmoid16(_mm512_add_ps(even[0], odd[0]));
-                    let f = sigmoid16(_mm512_add_ps(even[1], odd[1]));
-                    let g = tanh16(_mm512_add_ps(even[2], odd[2]));
-                    let o = sigmoid16(_mm512_add_ps(even[3], odd[3]));
+                    let [i, f, g, o] =
+                        block_dot16(w.add(b * n * 4 * L), h_prev, n, [start(0), start(1), start(2), start(3)]);
+                    let (i, f, g, o) = (sigmoid16(i), sigmoid16(f), tanh16(g), sigmoid16(o));
                     let cp = _mm512_maskz_loadu_ps(m, c_prev.add(j0));
                     let cell = _mm512_fmadd_ps(f, cp, _mm512_mul_ps(i, g));
                     let hidden = _mm512_mul_ps(o, tanh16(cell));
@@ -555,6 +577,122 @@ mod x86 {
         _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)), one)
     }
 
+    /// `start + W_block x` for one block of 16 units: the four gates' sums over the
+    /// `n` columns of a packed block at `p`, with two partial sums per gate (even
+    /// and odd columns) so consecutive FMAs do not wait on each other.
+    ///
+    /// # Safety
+    /// `p` is a 64-byte aligned packed block of `n·4·16` floats; `x` holds `n`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_dot16(mut p: *const f32, x: *const f32, n: usize, start: [__m512; 4]) -> [__m512; 4] {
+        const L: usize = 16;
+        let mut even = start;
+        let mut odd = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        // SAFETY: the caller's contract; c < n and p stays inside the block.
+        unsafe {
+            while c + 2 <= n {
+                let x0 = _mm512_set1_ps(*x.add(c));
+                let x1 = _mm512_set1_ps(*x.add(c + 1));
+                for q in 0..4 {
+                    even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), x0, even[q]);
+                }
+                for q in 0..4 {
+                    odd[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add((4 + q) * L)), x1, odd[q]);
+                }
+                p = p.add(8 * L);
+                c += 2;
+            }
+            if c < n {
+                let x0 = _mm512_set1_ps(*x.add(c));
+                for q in 0..4 {
+                    even[q] = _mm512_fmadd_ps(_mm512_load_ps(p.add(q * L)), x0, even[q]);
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|q| _mm512_add_ps(even[q], odd[q]))
+    }
+
+    /// [`block_dot16`] for blocks of 8 units.
+    ///
+    /// # Safety
+    /// `p` is a 32-byte aligned packed block of `n·4·8` floats (blocks start on
+    /// 64-byte lines and advance by 32 bytes); `x` holds `n`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_dot8(mut p: *const f32, x: *const f32, n: usize, start: [__m256; 4]) -> [__m256; 4] {
+        const L: usize = 8;
+        let mut even = start;
+        let mut odd = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        // SAFETY: as in `block_dot16`.
+        unsafe {
+            while c + 2 <= n {
+                let x0 = _mm256_broadcast_ss(&*x.add(c));
+                let x1 = _mm256_broadcast_ss(&*x.add(c + 1));
+                for q in 0..4 {
+                    even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), x0, even[q]);
+                }
+                for q in 0..4 {
+                    odd[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), x1, odd[q]);
+                }
+                p = p.add(8 * L);
+                c += 2;
+            }
+            if c < n {
+                let x0 = _mm256_broadcast_ss(&*x.add(c));
+                for q in 0..4 {
+                    even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), x0, even[q]);
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|q| _mm256_add_ps(even[q], odd[q]))
+    }
+
+    /// [`super::packed_matvec`] with L = 16.
+    ///
+    /// # Safety
+    /// As [`super::matvec_portable`], on a CPU with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn matvec_avx512(w: *const f32, n: usize, x: *const f32, y: *mut f32) {
+        const L: usize = 16;
+        // SAFETY: the caller's contract; the masked stores write only the valid
+        // units of the last block.
+        unsafe {
+            for b in 0..n.div_ceil(L) {
+                let j0 = b * L;
+                let width = L.min(n - j0);
+                let m: __mmask16 = if width == L { !0 } else { (1u16 << width) - 1 };
+                let sums = block_dot16(w.add(b * n * 4 * L), x, n, [_mm512_setzero_ps(); 4]);
+                for (q, sum) in sums.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(y.add(q * n + j0), m, sum);
+                }
+            }
+        }
+    }
+
+    /// [`super::packed_matvec`] with L = 8.
+    ///
+    /// # Safety
+    /// As [`super::matvec_portable`], on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn matvec_avx2(w: *const f32, n: usize, x: *const f32, y: *mut f32) {
+        const L: usize = 8;
+        // SAFETY: as in `matvec_avx512`.
+        unsafe {
+            for b in 0..n.div_ceil(L) {
+                let j0 = b * L;
+                let width = (L.min(n - j0)) as i32;
+                let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                let sums = block_dot8(w.add(b * n * 4 * L), x, n, [_mm256_setzero_ps(); 4]);
+                for (q, sum) in sums.into_iter().enumerate() {
+                    _mm256_maskstore_ps(y.add(q * n + j0), m, sum);
+                }
+            }
+        }
+    }
+
     /// # Safety
     /// As [`super::layer_portable`] with L = 8, on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -576,33 +714,9 @@ mod x86 {
                         let at = q * n + j0;
                         _mm256_add_ps(_mm256_maskload_ps(x.add(at), m), _mm256_maskload_ps(raw.bias.add(at), m))
                     };
-                    let mut even = [start(0), start(1), start(2), start(3)];
-                    let mut odd = [_mm256_setzero_ps(); 4];
-                    // 32-byte aligned: blocks start on 64-byte lines and advance by 32 bytes.
-                    let mut p = w.add(b * n * 4 * L);
-                    let mut c = 0;
-                    while c + 2 <= n {
-                        let h0 = _mm256_broadcast_ss(&*h_prev.add(c));
-                        let h1 = _mm256_broadcast_ss(&*h_prev.add(c + 1));
-                        for q in 0..4 {
-                            even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), h0, even[q]);
-                        }
-                        for q in 0..4 {
-                            odd[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add((4 + q) * L)), h1, odd[q]);
-                        }
-                        p = p.add(8 * L);
-                        c += 2;
-                    }
-                    if c < n {
-                        let h0 = _mm256_broadcast_ss(&*h_prev.add(c));
-                        for q in 0..4 {
-                            even[q] = _mm256_fmadd_ps(_mm256_load_ps(p.add(q * L)), h0, even[q]);
-                        }
-                    }
-                    let i = sigmoid8(_mm256_add_ps(even[0], odd[0]));
-                    let f = sigmoid8(_mm256_add_ps(even[1], odd[1]));
-                    let g = tanh8(_mm256_add_ps(even[2], odd[2]));
-                    let o = sigmoid8(_mm256_add_ps(even[3], odd[3]));
+                    let [i, f, g, o] =
+                        block_dot8(w.add(b * n * 4 * L), h_prev, n, [start(0), start(1), start(2), start(3)]);
+                    let (i, f, g, o) = (sigmoid8(i), sigmoid8(f), tanh8(g), sigmoid8(o));
                     let cp = _mm256_maskload_ps(c_prev.add(j0), m);
                     let cell = _mm256_fmadd_ps(f, cp, _mm256_mul_ps(i, g));
                     let hidden = _mm256_mul_ps(o, tanh8(cell));
@@ -814,6 +928,38 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn packed_matvec_matches_the_row_major_product_on_every_kernel() {
+        // H = 13: a partial last block for both 8 and 16 lanes, and an odd column count.
+        for n in [13usize, 32] {
+            let w: Vec<f32> = (0..4 * n * n).map(|k| ((k * 37 % 101) as f32 - 50.0) / 97.0).collect();
+            let x: Vec<f32> = (0..n).map(|k| ((k * 11 % 17) as f32 - 8.0) / 9.0).collect();
+            let want: Vec<f32> = (0..4 * n).map(|r| (0..n).map(|c| w[r * n + c] * x[c]).sum()).collect();
+            for kernel in kernels() {
+                let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
+                let packed = PackedHh::with_lanes(&w, n, lanes);
+                let mut y = vec![f32::NAN; 4 * n];
+                // SAFETY: sizes as `packed_matvec` checks; SIMD kernels only where the CPU has them.
+                unsafe {
+                    match kernel {
+                        "portable8" => matvec_portable::<8>(packed.as_ptr(), n, &x, &mut y),
+                        "portable16" => matvec_portable::<16>(packed.as_ptr(), n, &x, &mut y),
+                        #[cfg(target_arch = "x86_64")]
+                        "avx512" => x86::matvec_avx512(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+                        #[cfg(target_arch = "x86_64")]
+                        "avx2" => x86::matvec_avx2(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+                        _ => unreachable!(),
+                    }
+                }
+                let worst = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-5, "{kernel}, H = {n}: worst difference {worst}");
+            }
+            let mut y = vec![0.0; 4 * n];
+            packed_matvec(&PackedHh::new(&w, n), &x, &mut y);
+            assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5), "dispatched kernel, H = {n}");
+        }
     }
 
     fn kernels() -> Vec<&'static str> {

@@ -230,6 +230,9 @@ pub struct Model {
     pub(super) bias: Vec<Vec<f32>>,
     /// Per layer, W_hh in the order the step kernel streams it.
     pub(super) packed_hh: Vec<PackedHh>,
+    /// Per layer ≥ 1 (index k − 1), W_ih packed the same way, for one step at a
+    /// time ([`super::Stepper`]); a whole text's projections are one GEMM instead.
+    pub(super) packed_ih: Vec<PackedHh>,
 }
 
 /// Hidden and cell state of every layer, carried between calls to trace a text in pieces.
@@ -261,12 +264,22 @@ pub enum Kind {
     Candidate,
     #[serde(rename = "o")]
     Output,
+    /// What the step writes into the memory: `i ⊙ g`.
+    #[serde(rename = "write")]
+    Write,
+    /// What the step keeps of the previous memory: `f ⊙ c_{t−1}`, so that
+    /// `c_t = keep + write` (except where a clamp overwrote `c_t`).
+    #[serde(rename = "keep")]
+    Keep,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::Hidden, Kind::Cell, Kind::Input, Kind::Forget, Kind::Candidate, Kind::Output];
+    /// Every kind a trace holds: the six the LSTM computes, then the two memory
+    /// terms derived from them.
+    pub const ALL: [Kind; 8] =
+        [Kind::Hidden, Kind::Cell, Kind::Input, Kind::Forget, Kind::Candidate, Kind::Output, Kind::Write, Kind::Keep];
 
-    /// The one-letter name used in URLs, the API and the CLI.
+    /// The name used in URLs, the API and the CLI: one letter, or `write` and `keep`.
     pub fn letter(self) -> &'static str {
         match self {
             Kind::Hidden => "h",
@@ -275,6 +288,8 @@ impl Kind {
             Kind::Forget => "f",
             Kind::Candidate => "g",
             Kind::Output => "o",
+            Kind::Write => "write",
+            Kind::Keep => "keep",
         }
     }
 
@@ -287,6 +302,8 @@ impl Kind {
             Kind::Forget => "forget gate f",
             Kind::Candidate => "candidate g",
             Kind::Output => "output gate o",
+            Kind::Write => "write i·g",
+            Kind::Keep => "keep f·c₋₁",
         }
     }
 
@@ -304,12 +321,34 @@ pub struct LayerTrace {
     pub f: Array2<f32>,
     pub g: Array2<f32>,
     pub o: Array2<f32>,
+    /// `i ⊙ g`: what each step writes into the memory.
+    pub write: Array2<f32>,
+    /// `f ⊙ c_{t−1}`: what each step keeps of the memory before it.
+    pub keep: Array2<f32>,
 }
 
 impl LayerTrace {
-    fn from_kernel(out: LayerOut, t: usize, n: usize) -> Self {
+    /// The layer's matrices from the kernel's output, with the memory terms
+    /// derived from them; `c0` is the layer's cell state before the first step.
+    fn from_kernel(out: LayerOut, t: usize, n: usize, c0: &[f32]) -> Self {
         let m = |v: Vec<f32>| Array2::from_shape_vec((t, n), v).expect("the kernel writes T × H values");
-        Self { h: m(out.h), c: m(out.c), i: m(out.i), f: m(out.f), g: m(out.g), o: m(out.o) }
+        let write: Vec<f32> = out.i.iter().zip(&out.g).map(|(i, g)| i * g).collect();
+        let keep: Vec<f32> = (0..t * n)
+            .map(|at| {
+                let c_prev = if at < n { c0[at] } else { out.c[at - n] };
+                out.f[at] * c_prev
+            })
+            .collect();
+        Self {
+            h: m(out.h),
+            c: m(out.c),
+            i: m(out.i),
+            f: m(out.f),
+            g: m(out.g),
+            o: m(out.o),
+            write: m(write),
+            keep: m(keep),
+        }
     }
 
     pub fn get(&self, kind: Kind) -> &Array2<f32> {
@@ -320,6 +359,8 @@ impl LayerTrace {
             Kind::Forget => &self.f,
             Kind::Candidate => &self.g,
             Kind::Output => &self.o,
+            Kind::Write => &self.write,
+            Kind::Keep => &self.keep,
         }
     }
 }
@@ -446,6 +487,7 @@ impl Model {
             input_table: Array2::zeros((0, 0)),
             bias: Vec::new(),
             packed_hh: Vec::new(),
+            packed_ih: Vec::new(),
         };
         model.refresh();
         Ok(model)
@@ -469,6 +511,10 @@ impl Model {
             .layers
             .iter()
             .map(|l| PackedHh::new(l.weight_hh.as_slice().expect("weights are kept in standard layout"), n))
+            .collect();
+        self.packed_ih = w.layers[1..]
+            .iter()
+            .map(|l| PackedHh::new(l.weight_ih.as_slice().expect("weights are kept in standard layout"), n))
             .collect();
     }
 
@@ -654,8 +700,12 @@ impl Model {
         let n = self.hidden_size();
         assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
         let job = Job { model: self, ids: &ids, state, clamps, block };
-        let layers: Vec<LayerTrace> =
-            job.run(stages).into_iter().map(|out| LayerTrace::from_kernel(out, t_len, n)).collect();
+        let layers: Vec<LayerTrace> = job
+            .run(stages)
+            .into_iter()
+            .zip(&state.c)
+            .map(|(out, c0)| LayerTrace::from_kernel(out, t_len, n, c0))
+            .collect();
         let final_state = if t_len == 0 {
             state.clone()
         } else {

@@ -20,6 +20,8 @@ pub struct Stepper<'m> {
     state: State,
     /// Per layer, the last step's h, c and gates (one row each; capacity reused).
     outs: Vec<LayerOut>,
+    /// Per layer, the cell state before the last step (for `keep = f ⊙ c_{t−1}`).
+    c_prev: Vec<Vec<f32>>,
     /// 4H: the input projection of layers ≥ 1.
     x_proj: Vec<f32>,
     /// V: the distribution over the next character after the last step.
@@ -38,6 +40,7 @@ impl<'m> Stepper<'m> {
         );
         Self {
             model,
+            c_prev: state.c.clone(),
             state,
             outs: (0..model.layers()).map(|_| LayerOut::with_capacity(1, n)).collect(),
             x_proj: vec![0.0; GATES * n],
@@ -59,8 +62,7 @@ impl<'m> Stepper<'m> {
                 let row = m.input_table.row(v);
                 self.x_proj.copy_from_slice(row.as_slice().expect("standard layout"));
             } else {
-                let w_ih = m.weights.layers[k].weight_ih.as_slice().expect("standard layout");
-                matvec(w_ih, &self.state.h[k - 1], &mut self.x_proj);
+                kernel::packed_matvec(&m.packed_ih[k - 1], &self.state.h[k - 1], &mut self.x_proj);
             }
             let out = &mut self.outs[k];
             for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
@@ -71,6 +73,7 @@ impl<'m> Stepper<'m> {
             if !mine.is_empty() {
                 apply_clamps(out, n, self.t, &mine);
             }
+            self.c_prev[k].copy_from_slice(&self.state.c[k]);
             self.state.h[k].copy_from_slice(&out.h);
             self.state.c[k].copy_from_slice(&out.c);
         }
@@ -110,6 +113,8 @@ impl<'m> Stepper<'m> {
             Kind::Forget => &out.f,
             Kind::Candidate => &out.g,
             Kind::Output => &out.o,
+            Kind::Write => return out.i[cell] * out.g[cell],
+            Kind::Keep => return out.f[cell] * self.c_prev[layer][cell],
         };
         row[cell]
     }
@@ -121,9 +126,9 @@ impl<'m> Stepper<'m> {
 }
 
 /// y = W x for a row-major W (rows = y.len(), cols = x.len()), on the widest
-/// SIMD the CPU has (as `kernel::softmax_rows` picks it). The per-step input
-/// projection of layers ≥ 1 streams a 4H × H matrix, as large as W_hh, so it
-/// must run at the same speed as the recurrence kernel.
+/// SIMD the CPU has (as `kernel::softmax_rows` picks it): the decoder, V × H,
+/// small enough to stay in L2. (The 4H × H input projections of layers ≥ 1 use
+/// [`kernel::packed_matvec`], which streams like the recurrence.)
 fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(w.len(), x.len() * y.len());
     #[cfg(target_arch = "x86_64")]
