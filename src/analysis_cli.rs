@@ -30,7 +30,7 @@ pub struct FindCellsArgs {
     /// Rank every built-in concept in one pass and print the best cell of each.
     #[arg(long)]
     pub all_concepts: bool,
-    /// Kinds to rank, comma-separated (h, c, i, f, g, o), or `all`.
+    /// Kinds to rank, comma-separated (h, c, i, f, g, o, write, keep), or `all`.
     #[arg(long, default_value = "h,c")]
     pub kinds: String,
     /// Layers to rank, comma-separated (0-based), or `all`.
@@ -189,7 +189,7 @@ fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
     s.split(',')
         .map(|k| {
             Kind::parse(k.trim()).with_context(|| {
-                format!("unknown kind {k:?} in --kinds (use h, c, i, f, g, o, comma-separated, or all)")
+                format!("unknown kind {k:?} in --kinds (use {}, comma-separated, or all)", crate::display::kind_names())
             })
         })
         .collect()

@@ -46,6 +46,11 @@ pub enum Command {
     FindCells(crate::analysis_cli::FindCellsArgs),
     /// Generate text from the model.
     Sample(SampleArgs),
+    /// How the model remembers at one character: the chosen cell's step written
+    /// out with its numbers (f, i, g, c = f·c₋₁ + i·g, o, h), and how far back the
+    /// prediction made there looks (the gradient against distance, and where it
+    /// falls below 1% of its peak).
+    Explain(ExplainArgs),
     /// Cross-entropy (nats per character) of the model on a text file.
     Eval(EvalArgs),
 }
@@ -152,7 +157,7 @@ impl ColorChoice {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::parse(s).ok_or_else(|| format!("unknown kind {s:?} (use h, c, i, f, g or o)"))
+    Kind::parse(s).ok_or_else(|| format!("unknown kind {s:?} (use one of {})", crate::display::kind_names()))
 }
 
 /// Arguments of `cellscope trace` (the output forms are described on [`Command::Trace`]).
@@ -160,16 +165,12 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 pub struct TraceArgs {
     #[command(flatten)]
     pub model: ModelArg,
-    /// The text to trace.
-    #[arg(long, conflicts_with = "file")]
-    pub text: Option<String>,
-    /// A file to trace (UTF-8).
-    #[arg(long)]
-    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: TextArg,
     /// Layer (0-based). Default 0; with --json, every layer.
     #[arg(long)]
     pub layer: Option<usize>,
-    /// h, c, i, f, g or o. Default c; with --json, h and c.
+    /// h, c, i, f, g, o, write (i·g) or keep (f·c₋₁). Default c; with --json, h and c.
     #[arg(long, value_parser = parse_kind)]
     pub kind: Option<Kind>,
     /// Cell (0-based). Default 0; with --json, every cell.
@@ -182,6 +183,44 @@ pub struct TraceArgs {
     /// Colour the output: auto (when stdout is a terminal), always or never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+}
+
+/// The text a command reads: given inline or as a file.
+#[derive(Args, Debug)]
+pub struct TextArg {
+    /// The text.
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    /// A file holding the text (UTF-8).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+impl TextArg {
+    pub fn read(&self) -> Result<String> {
+        match (&self.text, &self.file) {
+            (Some(t), None) => Ok(t.clone()),
+            (None, Some(f)) => Ok(train::read_text(f)?),
+            _ => bail!("give the text with --text STR or --file PATH"),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub input: TextArg,
+    /// The character (0-based index).
+    #[arg(long)]
+    pub position: usize,
+    /// Layer of the cell to explain (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub layer: usize,
+    /// The cell to explain (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub cell: usize,
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +270,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Trace(args) => cmd_trace(args),
         Command::FindCells(args) => crate::analysis_cli::cmd_find_cells(args),
         Command::Sample(args) => cmd_sample(args),
+        Command::Explain(args) => cmd_explain(args),
         Command::Eval(args) => cmd_eval(args),
     };
     // The reader of stdout left (`| head`): it has all it wants, so stop quietly.
@@ -342,12 +382,65 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_explain(a: ExplainArgs) -> Result<()> {
+    let text = a.input.read()?;
+    let model = a.model.load()?;
+    let len = text.chars().count();
+    if a.position >= len {
+        bail!(
+            "--position {} is past the text's end: it has {len} characters (0..={})",
+            a.position,
+            len.saturating_sub(1)
+        );
+    }
+    if a.layer >= model.layers() {
+        bail!("--layer {} is out of range: the model has layers 0..={}", a.layer, model.layers() - 1);
+    }
+    if a.cell >= model.hidden_size() {
+        bail!("--cell {} is out of range: layers have cells 0..={}", a.cell, model.hidden_size() - 1);
+    }
+    // Nothing after the position matters.
+    let text: String = text.chars().take(a.position + 2).collect();
+    let trace = model.trace(&text);
+    let step = crate::model::explain_step(&trace, a.layer, a.cell, a.position).context("indices were checked")?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    writeln!(
+        out,
+        "layer {} cell {} reading {:?} at position {}:",
+        a.layer, a.cell, trace.chars[a.position], a.position
+    )?;
+    for line in &step.lines {
+        writeln!(out, "  {line}")?;
+    }
+    writeln!(
+        out,
+        "  write = i·g = {:+.3}   keep = f·c₋₁ = {:+.3}   erase = (1 − f)·|c₋₁| = {:.3}",
+        step.write, step.keep, step.erase
+    )?;
+    match crate::model::saliency(&model, &trace, a.position, crate::server::memory::MAX_SALIENCY_STEPS) {
+        None => {
+            writeln!(out, "\nno prediction to trace back: the next character is missing or outside the vocabulary")?
+        }
+        Some(s) => {
+            let peak = s.grad_norm.iter().copied().fold(0.0, f32::max).max(f32::MIN_POSITIVE);
+            let target = s.target.map_or(String::new(), |c| format!("{c:?}"));
+            writeln!(out, "\nhow far back the prediction of {target} (ln p = {:.3}) looks:", s.logp)?;
+            writeln!(out, "  distance  ‖∂ ln p / ∂x‖ / peak")?;
+            for d in [0usize, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] {
+                if d > s.position - s.first {
+                    break;
+                }
+                writeln!(out, "  {d:>8}  {:.2e}", s.grad_norm[s.position - d - s.first] / peak)?;
+            }
+            writeln!(out, "  stays above 1% of its peak up to {} characters back", crate::model::horizon_1pct(&s))?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn cmd_trace(a: TraceArgs) -> Result<()> {
-    let text = match (&a.text, &a.file) {
-        (Some(t), None) => t.clone(),
-        (None, Some(f)) => train::read_text(f)?,
-        _ => bail!("give the text with --text STR or --file PATH"),
-    };
+    let text = a.input.read()?;
     let model = a.model.load()?;
     if let Some(layer) = a.layer.filter(|&l| l >= model.layers()) {
         bail!("--layer {layer} is out of range: the model has layers 0..={}", model.layers() - 1);

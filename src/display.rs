@@ -12,13 +12,33 @@
 
 use crate::model::Kind;
 
+/// How a kind's values map onto the colour scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Values in [−1, 1], shown as they are (h, g, write).
+    Signed,
+    /// Unbounded values, shown as tanh(v) (c, keep).
+    Squashed,
+    /// Gates in [0, 1], shown as 2v − 1 (i, f, o).
+    Gate,
+}
+
+/// The scale of a kind (see the module doc).
+pub fn scale(kind: Kind) -> Scale {
+    match kind {
+        Kind::Hidden | Kind::Candidate | Kind::Write => Scale::Signed,
+        Kind::Cell | Kind::Keep => Scale::Squashed,
+        Kind::Input | Kind::Forget | Kind::Output => Scale::Gate,
+    }
+}
+
 /// Maps a recorded value onto [−1, 1] for colouring (see the module doc).
 #[inline]
 pub fn unit_value(kind: Kind, v: f32) -> f32 {
-    match kind {
-        Kind::Hidden | Kind::Candidate | Kind::Write => v,
-        Kind::Cell | Kind::Keep => v.tanh(),
-        Kind::Input | Kind::Forget | Kind::Output => 2.0 * v - 1.0,
+    match scale(kind) {
+        Scale::Signed => v,
+        Scale::Squashed => v.tanh(),
+        Scale::Gate => 2.0 * v - 1.0,
     }
 }
 
@@ -31,10 +51,32 @@ pub fn shows(kind: Kind) -> &'static str {
     }
 }
 
+/// Every kind with its display rule, for the page's script (which applies the
+/// same rules to the bytes of a view): `[{letter, label, shows, scale}]`, scale
+/// one of `signed` (u = v), `squashed` (u = tanh v), `gate` (u = 2v − 1).
+pub fn kind_table() -> serde_json::Value {
+    Kind::ALL
+        .iter()
+        .map(|&k| {
+            let scale = match scale(k) {
+                Scale::Signed => "signed",
+                Scale::Squashed => "squashed",
+                Scale::Gate => "gate",
+            };
+            serde_json::json!({"letter": k.letter(), "label": k.describe(), "shows": shows(k), "scale": scale})
+        })
+        .collect()
+}
+
+/// Every kind's name, for messages: `h, c, i, f, g, o, write, keep`.
+pub fn kind_names() -> String {
+    Kind::ALL.iter().map(|k| k.letter()).collect::<Vec<_>>().join(", ")
+}
+
 /// The legend label of the point `u` ∈ [−1, 1] for a kind: the shown value there.
 pub fn legend_label(kind: Kind, u: f32) -> String {
-    match kind {
-        Kind::Input | Kind::Forget | Kind::Output => format!("{:.2}", (u + 1.0) / 2.0),
+    match scale(kind) {
+        Scale::Gate => format!("{:.2}", (u + 1.0) / 2.0),
         _ => format!("{u:+.2}"),
     }
 }

@@ -10,8 +10,21 @@
 // Pasted text is untrusted. It reaches the DOM only through textContent or through
 // `escapeChar` below; never through innerHTML as it is.
 
-const KINDS = ['h', 'c', 'i', 'f', 'g', 'o'];
-const GATES = new Set(['i', 'f', 'o']);
+// Kinds and their display rules come from the server (src/display.rs), read from
+// the page's #initial data below; these are the fallback for pages without it.
+const KIND_TABLE = (() => {
+  const data = document.getElementById('initial');
+  const kinds = data ? JSON.parse(data.textContent).kinds : null;
+  return kinds ?? [
+    { letter: 'h', shows: 'h', scale: 'signed' }, { letter: 'c', shows: 'tanh(c)', scale: 'squashed' },
+    { letter: 'i', shows: 'i', scale: 'gate' }, { letter: 'f', shows: 'f', scale: 'gate' },
+    { letter: 'g', shows: 'g', scale: 'signed' }, { letter: 'o', shows: 'o', scale: 'gate' },
+  ];
+})();
+const KINDS = KIND_TABLE.map((k) => k.letter);
+const SCALE_OF = new Map(KIND_TABLE.map((k) => [k.letter, k.scale]));
+const SHOWS = new Map(KIND_TABLE.map((k) => [k.letter, k.shows]));
+const GATES = new Set(KIND_TABLE.filter((k) => k.scale === 'gate').map((k) => k.letter));
 /** Above this many bytes (T × H × 6 kinds) only the current kind is fetched. */
 const ALL_KINDS_MAX_BYTES = 16_000_000;
 /** The heatmap's canvas is at most this wide; longer texts are averaged into columns. */
@@ -90,7 +103,8 @@ function displayValue(kind, q) {
  * (the server's): u = tanh(c) for c, 2v − 1 for the gates, v for h and g.
  */
 function rawToQ(kind, v) {
-  const u = kind === 'c' ? Math.tanh(v) : GATES.has(kind) ? 2 * v - 1 : v;
+  const scale = SCALE_OF.get(kind);
+  const u = scale === 'squashed' ? Math.tanh(v) : scale === 'gate' ? 2 * v - 1 : v;
   return unitToQ(u);
 }
 
@@ -100,7 +114,7 @@ function unitToQ(u) {
 }
 
 function valueLabel(kind) {
-  return kind === 'c' ? 'tanh(c)' : kind;
+  return SHOWS.get(kind) ?? kind;
 }
 
 /** "+0.50" / "−0.25" with a true minus sign; `ascii` uses "-" (as the server's legend). */
@@ -316,6 +330,16 @@ const el = {
   scale: $('#scale'),
   scaleBox: $('#scale-box'),
   scaleNote: $('#scale-note'),
+  memoryMode: $('#memory-mode'),
+  memoryHint: $('#memory-hint'),
+  memoryStep: $('#memory-step'),
+  memoryStepTitle: $('#memory-step-title'),
+  memoryLines: $('#memory-lines'),
+  memoryGrad: $('#memory-grad'),
+  memoryGradTitle: $('#memory-grad-title'),
+  memoryPlot: $('#memory-plot'),
+  memoryGradCaption: $('#memory-grad-caption'),
+  gradMode: $('#grad-mode'),
   wrap: $('#wrap'),
   heatWrap: $('#heatmap-wrap'),
   heatBox: $('#heatmap-box'),
@@ -387,6 +411,21 @@ const state = {
     selection: [],
     /** The character marked from the "most affected" list, or −1. */
     marked: -1,
+  },
+  /** How the model remembers: see "Memory" below. */
+  memory: {
+    /** What takes over the text's colours: 'off', 'writes' (the cell's writes and erases) or 'gradient'. */
+    mode: 'off',
+    /** The chosen cell's writes and erases, by `${textNo}:${layer}:${cell}`. */
+    writes: new Map(),
+    writesPending: null,
+    /** The clicked position (−1: none) and what was read for it. */
+    at: -1,
+    /** POST /api/saliency's answer for `at`, with textNo and peak. */
+    grad: null,
+    /** The key of the shown step explanation. */
+    stepKey: '',
+    seq: 0,
   },
   /** The running pair of samples: an AbortController, or null. */
   sampling: null,
@@ -468,6 +507,7 @@ function currentData() {
  * when that is shown; touches only changed spans.
  */
 function recolor() {
+  if (recolorMemory()) return;
   if (showingClamp()) {
     recolorClamp();
     return;
@@ -574,6 +614,10 @@ function paintText(n, qAt, colour) {
 }
 
 function updateLegend() {
+  if (memoryShown()) {
+    updateMemoryLegend();
+    return;
+  }
   if (showingClamp()) {
     updateClampLegend();
     return;
@@ -829,14 +873,17 @@ async function loadView(text) {
     buildSpans(view.header);
     $('#error')?.remove();
     clampTextChanged(text);
+    memoryTextChanged();
     autoWrap(text);
     // The intro describes the server's first text and its cell, not another text.
     if (el.text && text !== el.text.defaultValue) $('#intro')?.remove();
   }
   recolor();
+  updateLegend();
   drawHeatmap();
   updateControls();
   writeHash();
+  loadStep();
   if (newText) finderTextChanged();
   timings.total = performance.now() - t0;
   state.runs++;
@@ -944,6 +991,7 @@ function setCell(c) {
   moveHeatmapMarker();
   refreshTooltip();
   scheduleHash();
+  loadStep();
 }
 
 /** The cell typed into #cell, or null (with a visible message) when there is no such cell. */
@@ -1049,6 +1097,8 @@ function tooltipContent(t) {
     val.append(' · c = ', node('b', null, formatSigned(ex.values[t], 3)));
   }
   out.push(val);
+  const mem = memoryTooltipLine(t);
+  if (mem) out.push(mem);
   if (showingClamp()) out.push(clampTooltipLine(t));
 
   const pred = header.predictions?.[t];
@@ -1233,6 +1283,8 @@ function drawHeatmap() {
     note = 'rows sorted by variance over the text, most active first';
   } else if (sort === 'rank') {
     ({ order, note } = relevanceOrder(H));
+  } else if (sort === 'memory') {
+    ({ order, note } = memoryOrder(T, H));
   }
   order ??= Array.from({ length: H }, (_, c) => c);
   const rowOf = new Int32Array(H);
@@ -2273,6 +2325,7 @@ function wire() {
     showTooltip(span);
     state.pinned = t;
     el.tooltip.classList.add('pinned');
+    memoryAt(t);
   });
   document.addEventListener('click', (ev) => {
     if (state.pinned >= 0 && !el.colored.contains(ev.target) && !el.tooltip.contains(ev.target)) hideTooltip();
@@ -2385,6 +2438,10 @@ function wire() {
     markChar(Number(b.dataset.t));
   });
 
+  // Memory.
+  el.memoryMode?.addEventListener('change', () => setMemoryMode(el.memoryMode.checked ? 'writes' : 'off'));
+  el.gradMode?.addEventListener('change', () => setMemoryMode(el.gradMode.checked ? 'gradient' : 'off'));
+
   // Steered sampling.
   el.sampleForm?.addEventListener('submit', (ev) => {
     ev.preventDefault();
@@ -2395,6 +2452,17 @@ function wire() {
 }
 
 async function start() {
+  const horizon = document.getElementById('horizon');
+  if (horizon?.dataset.pending) {
+    fetch('/api/horizon')
+      .then(async (res) => {
+        const body = await res.json();
+        horizon.textContent = res.ok ? body.summary : `could not measure it: ${body.error?.message ?? res.status}`;
+        delete horizon.dataset.pending;
+      })
+      .catch((e) => (horizon.textContent = `could not measure it: ${e.message}`));
+    return;
+  }
   if (!initial || !el.colored) {
     cellPage();
     return;
@@ -2408,6 +2476,293 @@ async function start() {
 }
 
 // ---------------------------------------------------------------------------
+// Memory: what the chosen cell writes and erases (exact values from POST
+// /api/trace, kinds write, f and c), how far back one prediction looks (POST
+// /api/saliency) and one step of the cell explained (POST /api/explain). The
+// writes/erases and the gradient colourings take over the text until switched off.
+//
+//   write = i·g            erase = (1 − f)·|c₋₁|
+//   a character is red by its write when |write| ≥ erase, else blue by its erase
+//   (both over the largest of either on this text)
+//   gradient: u = 1 + log₁₀(g / peak) / 4, so the peak is full red and 10⁻⁴ of it white
+
+/** Orders of magnitude below the peak the gradient colouring spans. */
+const GRAD_DECADES = 4;
+
+const memoryKey = () => `${state.textNo}:${state.layer}:${state.cell}`;
+
+/** The writes/erases of the chosen cell when loaded (and that mode is on), else null. */
+function shownWrites() {
+  return state.memory.mode === 'writes' ? state.memory.writes.get(memoryKey()) ?? null : null;
+}
+
+/** The gradient when that mode is on and it belongs to the shown text, else null. */
+function shownGrad() {
+  const g = state.memory.grad;
+  return state.memory.mode === 'gradient' && g && g.textNo === state.textNo ? g : null;
+}
+
+function memoryShown() {
+  return Boolean(shownWrites() || shownGrad());
+}
+
+function setMemoryMode(mode) {
+  state.memory.mode = mode;
+  if (el.memoryMode) el.memoryMode.checked = mode === 'writes';
+  if (el.gradMode) el.gradMode.checked = mode === 'gradient';
+  if (mode !== 'off') leaveClampView();
+  if (el.legend) el.legend.dataset.colour = mode === 'off' ? 'cell' : mode;
+  recolor();
+  updateLegend();
+  refreshTooltip();
+}
+
+/** Paints the text by the memory mode when its data is there; false lets the cell colouring run. */
+function recolorMemory() {
+  const n = state.spans.length;
+  if (state.memory.mode === 'writes' && state.text != null) {
+    const w = shownWrites();
+    if (!w) {
+      loadWrites();
+      return false;
+    }
+    paintText(n, (t) => unitToQ(w.u[t]), 'writes');
+    return true;
+  }
+  const g = shownGrad();
+  if (!g) return false;
+  paintText(n, (t) => unitToQ(gradUnit(g, t)), 'gradient');
+  return true;
+}
+
+async function loadWrites() {
+  const m = state.memory;
+  const key = memoryKey();
+  if (m.writesPending === key || m.writes.has(key)) return;
+  m.writesPending = key;
+  const { text, layer, cell } = state;
+  let res;
+  try {
+    res = await post('/api/trace', { text, layers: [layer], kinds: ['write', 'f', 'c'], cells: [cell], top_k: 0 });
+  } catch (e) {
+    if (m.writesPending === key) m.writesPending = null;
+    showError(e);
+    return;
+  }
+  if (m.writesPending === key) m.writesPending = null;
+  if (text !== state.text) return;
+  const col = (k) => Float64Array.from(res.layers[0][k], (row) => row[0]);
+  const write = col('write');
+  const f = col('f');
+  const c = col('c');
+  const T = write.length;
+  const erase = new Float64Array(T);
+  let max = 1e-6;
+  for (let t = 0; t < T; t++) {
+    erase[t] = (1 - f[t]) * Math.abs(t > 0 ? c[t - 1] : 0);
+    max = Math.max(max, Math.abs(write[t]), erase[t]);
+  }
+  const u = Float64Array.from(write, (w, t) => (Math.abs(w) >= erase[t] ? Math.abs(w) / max : -erase[t] / max));
+  if (m.writes.size >= 32) m.writes.delete(m.writes.keys().next().value);
+  m.writes.set(key, { write, erase, f, c, u, max });
+  if (key === memoryKey() && m.mode === 'writes') {
+    recolor();
+    updateLegend();
+    refreshTooltip();
+  }
+}
+
+function gradUnit(g, t) {
+  if (t < g.first || t > g.position) return 0;
+  const v = g.grad_norm[t - g.first] / g.peak;
+  return v > 0 ? Math.max(0, 1 + Math.log10(v) / GRAD_DECADES) : 0;
+}
+
+/** "1e-3" style label of 10^e. */
+const decade = (e) => (e === 0 ? '1' : `1e${e}`);
+
+function updateMemoryLegend() {
+  const w = shownWrites();
+  const g = shownGrad();
+  const stops = el.legend ? el.legend.querySelectorAll('.stop') : [];
+  if (w) {
+    if (el.legendTitle) {
+      el.legendTitle.textContent = `layer ${state.layer} · cell ${state.cell}: red = written |i·g|, blue = erased (1 − f)·|c₋₁|`;
+      el.legendTitle.title = 'each character shows what this step did to the cell\'s memory: what it wrote (i·g), or, where larger, how much of the old memory it let go ((1 − f)·|c₋₁|)';
+    }
+    stops.forEach((s, i) => {
+      const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
+      paintStop(s, unitToQ(u));
+      s.textContent = u < 0 ? `erase ${(-u * w.max).toFixed(2)}` : u > 0 ? `write ${(u * w.max).toFixed(2)}` : '0';
+    });
+  } else if (g) {
+    if (el.legendTitle) {
+      el.legendTitle.textContent = `how far back: ‖∂ ln p(${charName(g.target)}) / ∂x‖ for the prediction after position ${g.position}, against its peak (log scale)`;
+      el.legendTitle.title = 'each earlier character is coloured by how much the input there moves this one prediction (the gradient\'s size), relative to the largest';
+    }
+    stops.forEach((s, i) => {
+      const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
+      paintStop(s, unitToQ(Math.max(0, u)));
+      s.textContent = u <= 0 ? (i === 0 ? `≤ ${decade(-GRAD_DECADES)}` : '') : decade(Math.round((u - 1) * GRAD_DECADES));
+    });
+  }
+  if (el.scaleNote) {
+    el.scaleNote.textContent = '';
+    el.scaleNote.dataset.scale = 'memory';
+  }
+}
+
+function memoryTooltipLine(t) {
+  const w = shownWrites();
+  if (w && t < w.write.length) {
+    return node('div', 'tt-mem', `write ${formatSigned(w.write[t], 3)} · erase ${w.erase[t].toFixed(3)} · f ${w.f[t].toFixed(3)} · c ${formatSigned(w.c[t], 3)}`);
+  }
+  const g = shownGrad();
+  if (g && t >= g.first && t <= g.position) {
+    const v = g.grad_norm[t - g.first];
+    return node('div', 'tt-mem', `gradient ${v.toExponential(2)} (${(100 * v / g.peak).toPrecision(2)}% of the peak), ${g.position - t} characters back`);
+  }
+  return null;
+}
+
+/** Rows by memory time scale −1/ln(mean f) from the view's 8-bit forget gates, longest first. */
+function memoryOrder(T, H) {
+  const f = state.view?.layer === state.layer ? state.view.data.get('f') : null;
+  if (!f) return { order: null, note: 'the forget gates of this layer are not loaded (a long text loads one kind): choose kind f to sort by memory; rows by index' };
+  const mean = new Float64Array(H);
+  for (let t = 0; t < T; t++) {
+    const base = t * H;
+    for (let c = 0; c < H; c++) mean[c] += f[base + c];
+  }
+  for (let c = 0; c < H; c++) mean[c] = (mean[c] / T / 127 + 1) / 2;
+  const order = Array.from({ length: H }, (_, c) => c).sort((a, b) => mean[b] - mean[a] || a - b);
+  const top = mean[order[0]];
+  const scale = top >= 1 ? '∞' : (-1 / Math.log(top)).toFixed(1);
+  return { order, note: `rows sorted by memory time scale −1/ln(mean f), longest first (cell ${order[0]}: ${scale} characters; from the view's 8-bit gates, the cell page has the exact value)` };
+}
+
+/** A new text: what was clicked on the old one no longer applies. */
+function memoryTextChanged() {
+  const m = state.memory;
+  m.at = -1;
+  m.grad = null;
+  m.stepKey = '';
+  m.seq++;
+  if (el.memoryStep) el.memoryStep.hidden = true;
+  if (el.memoryGrad) el.memoryGrad.hidden = true;
+  if (el.memoryHint) el.memoryHint.hidden = false;
+}
+
+/** A click on character t: its prediction's gradient and the chosen cell's step there. */
+function memoryAt(t) {
+  if (!el.memoryStep && !el.memoryGrad) return;
+  state.memory.at = t;
+  loadStep();
+  loadGrad(t);
+}
+
+async function loadStep() {
+  const m = state.memory;
+  const t = m.at;
+  if (!el.memoryStep || t < 0 || state.text == null) return;
+  const key = `${memoryKey()}:${t}`;
+  if (m.stepKey === key) return;
+  m.stepKey = key;
+  const { text, layer, cell } = state;
+  let res;
+  try {
+    res = await post('/api/explain', { text, position: t, layer, cell });
+  } catch (e) {
+    if (m.stepKey === key) m.stepKey = '';
+    showError(e);
+    return;
+  }
+  if (m.stepKey !== key) return;
+  el.memoryStep.hidden = false;
+  if (el.memoryHint) el.memoryHint.hidden = true;
+  el.memoryStepTitle.textContent = `One step: layer ${layer} · cell ${cell} reading ${charName(res.char)} at position ${t}`;
+  const extra = `write = i·g = ${formatSigned(res.write, 3)} · keep = f·c₋₁ = ${formatSigned(res.keep, 3)} · erase = (1 − f)·|c₋₁| = ${res.erase.toFixed(3)}`;
+  el.memoryLines.textContent = [...res.lines, extra].join('\n');
+}
+
+async function loadGrad(t) {
+  const m = state.memory;
+  if (!el.memoryGrad || state.text == null) return;
+  const seq = ++m.seq;
+  const { text, textNo } = state;
+  if (t + 1 >= charCount(text)) {
+    el.memoryGrad.hidden = false;
+    el.memoryGradTitle.textContent = `How far back: position ${t} is the last character; there is nothing after it to predict`;
+    el.memoryPlot.replaceChildren();
+    el.memoryGradCaption.textContent = '';
+    return;
+  }
+  el.memoryGradCaption.textContent = 'backpropagating…';
+  let res;
+  try {
+    res = await post('/api/saliency', { text, position: t });
+  } catch (e) {
+    if (seq === m.seq) el.memoryGradCaption.textContent = `error: ${e.message}`;
+    return;
+  }
+  if (seq !== m.seq || text !== state.text) return;
+  const peak = res.grad_norm.reduce((a, b) => Math.max(a, b), 0) || 1;
+  m.grad = { ...res, textNo, peak };
+  el.memoryGrad.hidden = false;
+  if (el.memoryHint) el.memoryHint.hidden = true;
+  el.memoryGradTitle.textContent = `How far back the prediction of ${charName(res.target)} after position ${t} looks`;
+  el.memoryPlot.replaceChildren(gradPlot(res, peak));
+  el.memoryGradCaption.textContent = `The gradient of ln p(${charName(res.target)}) = ${res.logp.toFixed(3)} with respect to each earlier input, ` +
+    `against the distance back (log scale). It stays above 1% of its peak up to ${res.horizon_1pct} characters back; ` +
+    'the model card gives the median over its reference text.';
+  el.memoryGrad.dataset.horizon = String(res.horizon_1pct);
+  if (state.memory.mode === 'gradient') {
+    recolor();
+    updateLegend();
+  }
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs, text) {
+  const n = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+  if (text != null) n.textContent = text;
+  return n;
+}
+
+/** grad_norm against distance back, log y, with the 1% line and the horizon marked. */
+function gradPlot(res, peak) {
+  const W = 560;
+  const H = 210;
+  const pad = { l: 52, r: 12, t: 10, b: 34 };
+  const n = res.grad_norm.length;
+  const maxD = Math.max(1, n - 1);
+  const lo = Math.floor(Math.log10(Math.max(peak * 1e-8, Math.min(...res.grad_norm.filter((v) => v > 0)))));
+  const hi = Math.ceil(Math.log10(peak));
+  const x = (d) => pad.l + ((W - pad.l - pad.r) * d) / maxD;
+  const y = (v) => pad.t + ((H - pad.t - pad.b) * (hi - Math.log10(Math.max(v, 10 ** lo)))) / Math.max(1, hi - lo);
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'grad-plot', role: 'img', 'aria-label': 'gradient size against distance back, log scale' });
+  for (let e = lo; e <= hi; e++) {
+    root.append(svg('line', { x1: pad.l, x2: W - pad.r, y1: y(10 ** e), y2: y(10 ** e), class: 'grid' }));
+    root.append(svg('text', { x: pad.l - 6, y: y(10 ** e) + 4, 'text-anchor': 'end', class: 'tick' }, decade(e)));
+  }
+  const step = niceStep(maxD, 6);
+  for (let d = 0; d <= maxD; d += step) {
+    root.append(svg('text', { x: x(d), y: H - pad.b + 16, 'text-anchor': 'middle', class: 'tick' }, String(d)));
+  }
+  root.append(svg('text', { x: (pad.l + W - pad.r) / 2, y: H - 4, 'text-anchor': 'middle', class: 'axis' }, 'characters back'));
+  root.append(svg('line', { x1: pad.l, x2: W - pad.r, y1: y(peak / 100), y2: y(peak / 100), class: 'one-percent' }));
+  root.append(svg('line', { x1: x(res.horizon_1pct), x2: x(res.horizon_1pct), y1: pad.t, y2: H - pad.b, class: 'horizon' }));
+  let d = '';
+  for (let i = 0; i < n; i++) {
+    const dist = res.position - (res.first + i);
+    d += `${d ? 'L' : 'M'}${x(dist).toFixed(1)},${y(res.grad_norm[i]).toFixed(1)}`;
+  }
+  root.append(svg('path', { d, class: 'curve' }));
+  return root;
+}
+
+// ---------------------------------------------------------------------------
 // Cell pages (templates/cell.html, no #initial): the links keep the text a main
 // page passed in the hash, and light text goes on dark backgrounds.
 
@@ -2415,7 +2770,7 @@ function cellPage() {
   const part = location.hash.replace(/^#/, '').split('&').filter((p) => /^(z|text|sample)=/.test(p)).join('&');
   document.querySelectorAll('p.cellnav a').forEach((a) => {
     const href = a.getAttribute('href');
-    const m = href.match(/^\/\?layer=(\d+)&kind=([hcifgo])&cell=(\d+)$/);
+    const m = href.match(/^\/\?layer=(\d+)&kind=([a-z]+)&cell=(\d+)$/);
     if (m) {
       if (part) a.href = `${href}#layer=${m[1]}&kind=${m[2]}&cell=${m[3]}&${part}`;
       a.dataset.keepsText = part ? 'true' : 'false';

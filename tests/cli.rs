@@ -424,3 +424,21 @@ fn trace_json_keeps_only_the_layer_kind_and_cell_asked_for() {
     assert!(rows.iter().all(|r| r.as_array().unwrap().len() == 1), "only cell 3");
     assert_eq!(one["cells"], serde_json::json!([3]));
 }
+
+#[test]
+fn explain_prints_the_step_and_the_gradient_and_refuses_bad_positions() {
+    let d = ModelDir::new("explain");
+    let (m, f) = (d.model(), d.path("code.c"));
+    let out = cellscope()
+        .args(["explain", "--model", &m, "--file", &f, "--position", "20", "--layer", "1", "--cell", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("c = f·c₋₁ + i·g = "), "{text}");
+    assert!(text.contains("stays above 1% of its peak up to"), "{text}");
+    fails(&["explain", "--model", &m, "--file", &f, "--position", "9999"], "past the text's end");
+    fails(&["explain", "--model", &m, "--file", &f, "--position", "1", "--cell", "999"], "--cell 999 is out of range");
+    fails(&["explain", "--model", &m, "--position", "1"], "give the text");
+    fails(&["trace", "--model", &m, "--file", &f, "--kind", "erase"], "use one of h, c, i, f, g, o, write, keep");
+}

@@ -8,6 +8,7 @@ mod finder;
 mod fuzz;
 mod hardening;
 mod loader_corpus;
+mod memory;
 mod model_load;
 mod trace;
 mod train;

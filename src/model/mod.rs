@@ -5,6 +5,7 @@ pub mod kernel;
 mod lstm;
 pub mod safetensors;
 pub(crate) use lstm::read_tensor_file;
+mod memory;
 mod saliency;
 mod step;
 mod vocab;
@@ -13,6 +14,7 @@ pub use lstm::{
     softmax_in_place, write_atomic, Arch, Clamp, ClampError, Kind, LayerTrace, LayerWeights, LoadError, Model, State,
     Trace, Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
+pub use memory::{explain_step, horizon_1pct, memory_horizon, time_scale, Horizon, StepExplained};
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};

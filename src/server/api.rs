@@ -66,12 +66,16 @@ pub fn parse_kinds(kinds: Option<&[String]>, default: &[Kind]) -> Result<Vec<Kin
         return Ok(default.to_vec());
     };
     if kinds.is_empty() {
-        return Err(AppError::invalid("bad_kind", "kinds is empty; give some of h, c, i, f, g, o"));
+        return Err(AppError::invalid(
+            "bad_kind",
+            format!("kinds is empty; give some of {}", crate::display::kind_names()),
+        ));
     }
     let mut out = Vec::new();
     for k in kinds {
-        let kind = Kind::parse(k)
-            .ok_or_else(|| AppError::invalid("bad_kind", format!("unknown kind {k:?}; use h, c, i, f, g or o")))?;
+        let kind = Kind::parse(k).ok_or_else(|| {
+            AppError::invalid("bad_kind", format!("unknown kind {k:?}; use one of {}", crate::display::kind_names()))
+        })?;
         if !out.contains(&kind) {
             out.push(kind);
         }
@@ -100,7 +104,7 @@ pub fn parse_layers(state: &AppState, layers: Option<&[usize]>) -> Result<Vec<us
     }
 }
 
-fn parse_cells(state: &AppState, cells: Option<&[usize]>) -> Result<Option<Vec<usize>>, AppError> {
+pub fn parse_cells(state: &AppState, cells: Option<&[usize]>) -> Result<Option<Vec<usize>>, AppError> {
     let h = state.model.hidden_size();
     match cells {
         None => Ok(None),

@@ -194,10 +194,10 @@ pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<
 /// How the page turns a stored byte back into the displayed value u ∈ [−1, 1]
 /// (its colour) and the value shown on hover.
 pub fn view_decode(kind: Kind) -> serde_json::Value {
-    match kind {
-        Kind::Hidden | Kind::Candidate => json!({"shows": kind.letter(), "value": "q/127"}),
-        Kind::Cell => json!({"shows": crate::display::shows(kind), "value": "q/127"}),
-        _ => json!({"shows": kind.letter(), "value": "(q/127 + 1)/2"}),
+    use crate::display::{scale, shows, Scale};
+    match scale(kind) {
+        Scale::Signed | Scale::Squashed => json!({"shows": shows(kind), "value": "q/127"}),
+        Scale::Gate => json!({"shows": shows(kind), "value": "(q/127 + 1)/2"}),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod causal;
 pub mod error;
 pub mod guard;
 pub mod json;
+pub mod memory;
 pub mod net;
 pub mod pages;
 pub mod queue;
@@ -114,6 +115,8 @@ pub struct AppState {
     /// Per built-in sample, the cell the home page opens on (the finder's best
     /// string or if cell on it), chosen on first use.
     pub first_views: Arc<Vec<OnceCell<Option<pages::FirstView>>>>,
+    /// The memory horizon over the reference text, computed on first use.
+    pub horizon: Arc<OnceCell<crate::model::Horizon>>,
 }
 
 impl AppState {
@@ -130,6 +133,7 @@ impl AppState {
             reference_trace: Arc::new(OnceCell::new()),
             sample_traces: Arc::new(pages::SAMPLES.iter().map(|_| OnceCell::new()).collect()),
             first_views: Arc::new(pages::SAMPLES.iter().map(|_| OnceCell::new()).collect()),
+            horizon: Arc::new(OnceCell::new()),
         }
     }
 
@@ -191,7 +195,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/cells/rank", post(api::rank_cells))
         .route("/api/intervene", post(causal::intervene))
         .route("/api/sample", post(causal::sample))
-        .route("/api/saliency", post(causal::saliency))
+        .route("/api/saliency", post(memory::saliency))
+        .route("/api/explain", post(memory::explain))
+        .route("/api/horizon", get(memory::horizon))
         .route("/api/cell/{layer}/{kind}/{n}", get(causal::cell))
         .route("/api/openapi.json", get(api::openapi))
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))

@@ -293,6 +293,7 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         "layers": model.layers(), "hidden": model.hidden_size(),
         "samples": SAMPLES.iter().map(|s| serde_json::json!({"id": s.id, "title": s.title, "text": s.text})).collect::<Vec<_>>(),
         "max_text_chars": state.limits.max_text_chars,
+        "kinds": crate::display::kind_table(),
     });
     let page = IndexPage {
         model_name: model.name.clone(),
@@ -355,6 +356,8 @@ pub struct ReferenceTrace {
     /// Per layer, per gate (i, f, o): per cell (fraction > 0.9, fraction < 0.1).
     pub saturation: Vec<Vec<GateSaturation>>,
     pub labels: Vec<(Concept, Labels)>,
+    /// Per layer, per cell: the mean of the exact forget gate over the text.
+    pub mean_forget: Vec<Vec<f64>>,
 }
 
 impl ReferenceTrace {
@@ -391,7 +394,17 @@ impl ReferenceTrace {
             .collect();
         let feats = c_features(&trace.chars);
         let labels = CONCEPTS.iter().map(|&c| (c, feats.labels(c))).collect();
-        Self { chars: trace.chars, hidden, data, saturation, labels }
+        let mean_forget = trace
+            .layers
+            .iter()
+            .map(|l| {
+                l.f.columns()
+                    .into_iter()
+                    .map(|col| col.iter().map(|&v| f64::from(v)).sum::<f64>() / t_len.max(1) as f64)
+                    .collect()
+            })
+            .collect();
+        Self { chars: trace.chars, hidden, data, saturation, labels, mean_forget }
     }
 
     /// One cell's values as unit values u ∈ [−1, 1].
@@ -451,6 +464,10 @@ struct CellPage {
     /// Top-layer h cells: (character, decoder weight) most promoted / suppressed.
     promotes: Vec<(String, String)>,
     suppresses: Vec<(String, String)>,
+    /// Every kind's letter, for the links to the same cell's other kinds.
+    kinds: Vec<&'static str>,
+    /// The cell's memory time scale, in words.
+    memory: String,
 }
 
 fn context_rows(
@@ -463,10 +480,10 @@ fn context_rows(
     windows
         .iter()
         .map(|w| {
-            let shown = match kind {
-                Kind::Hidden | Kind::Candidate => format!("{:+.3}", w.value),
-                Kind::Cell => format!("tanh(c) {:+.3}", w.value),
-                _ => format!("{:.3}", (w.value + 1.0) / 2.0),
+            let shown = match crate::display::scale(kind) {
+                crate::display::Scale::Signed => format!("{:+.3}", w.value),
+                crate::display::Scale::Squashed => format!("{} {:+.3}", crate::display::shows(kind), w.value),
+                crate::display::Scale::Gate => format!("{:.3}", (w.value + 1.0) / 2.0),
             };
             // The character the value belongs to is wrapped in `.centre` (outlined by
             // style.css), so a reader sees which one of the window's characters it is.
@@ -579,8 +596,9 @@ pub fn parse_cell_path(
     match (l, k, c) {
         (Some(l), Some(k), Some(c)) => Ok((l, k, c)),
         _ => Err(format!(
-            "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}",
+            "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of {}, N in 0..={}",
             model.layers() - 1,
+            crate::display::kind_names(),
             model.hidden_size() - 1
         )),
     }
@@ -626,6 +644,11 @@ pub struct CellProfile {
     /// For top-layer h cells: the characters it promotes and suppresses directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logit_effect: Option<super::causal::LogitEffect>,
+    /// The cell's mean forget gate over the reference text.
+    pub mean_forget: f64,
+    /// Its memory time scale, `−1 / ln(mean f)` characters (`null` when mean f
+    /// rounds to 1: the cell never forgets).
+    pub time_scale: Option<f64>,
     #[serde(skip)]
     values: Vec<f32>,
     #[serde(skip)]
@@ -665,7 +688,11 @@ pub async fn cell_profile(state: &AppState, layer: usize, kind: Kind, cell: usiz
             .collect()
     };
     let model = &state.model;
+    let mean_forget = rt.mean_forget[layer][cell];
+    let time_scale = Some(crate::model::time_scale(mean_forget)).filter(|t| t.is_finite());
     Ok(CellProfile {
+        mean_forget,
+        time_scale,
         layer,
         kind: kind.letter(),
         cell,
@@ -733,6 +760,15 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         legend: legend(kind),
         promotes: profile.logit_effect.as_ref().map(|e| effect(&e.promotes)).unwrap_or_default(),
         suppresses: profile.logit_effect.as_ref().map(|e| effect(&e.suppresses)).unwrap_or_default(),
+        kinds: Kind::ALL.iter().map(|k| k.letter()).collect(),
+        memory: match profile.time_scale {
+            Some(t) => format!(
+                "Memory time scale: {t:.1} characters (−1 / ln of its mean forget gate, {:.4}, over the reference text): \
+                 left alone, its memory shrinks by 1/e in that many steps.",
+                profile.mean_forget
+            ),
+            None => "Memory time scale: unbounded (its forget gate averages 1 over the reference text).".into(),
+        },
     };
     match page.render() {
         Ok(html) => Html(html).into_response(),
@@ -750,6 +786,22 @@ struct ModelPage {
     saturation_svg: String,
     train_json: String,
     reference_name: String,
+    /// The memory horizon in words, when it has been measured.
+    horizon: Option<String>,
+    horizon_positions: usize,
+    horizon_max_back: usize,
+}
+
+/// The memory horizon in words, for the model card (and the page's script, which
+/// fills it in from `GET /api/horizon` when it was not measured yet).
+pub fn horizon_words(h: &crate::model::Horizon) -> String {
+    format!(
+        "Median {:.0} characters (quartiles {:.0}–{:.0}) over {} positions.",
+        h.median,
+        h.quartiles[0],
+        h.quartiles[1],
+        h.horizons.len()
+    )
 }
 
 /// A line chart of training and validation loss from `train.curve`
@@ -938,6 +990,9 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
         saturation_svg: saturation_svg(&rt),
         train_json: serde_json::to_string_pretty(&train).unwrap_or_default(),
         reference_name: state.reference_name.to_string(),
+        horizon: state.horizon.get().map(horizon_words),
+        horizon_positions: super::memory::HORIZON_POSITIONS,
+        horizon_max_back: super::memory::HORIZON_MAX_BACK,
     };
     match page.render() {
         Ok(html) => Html(html).into_response(),
