@@ -209,7 +209,7 @@ fn saliency_matches_finite_differences() {
             let nudged = |d: f32| {
                 let mut w = model.weights.clone();
                 w.embedding.as_mut().unwrap()[[id, e]] += d;
-                let m = Model::new("fd".into(), model.vocab.clone(), w, serde_json::json!({})).unwrap();
+                let m = Model::new("fd".into(), model.vocab.clone(), w, Default::default()).unwrap();
                 target_logp(&m, text, p)
             };
             let g = (nudged(eps) - nudged(-eps)) / (2.0 * eps as f64);

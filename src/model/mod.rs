@@ -3,6 +3,7 @@
 
 pub mod kernel;
 mod lstm;
+mod meta;
 pub mod safetensors;
 pub(crate) use lstm::read_tensor_file;
 mod saliency;
@@ -13,6 +14,7 @@ pub use lstm::{
     softmax_in_place, write_atomic, Arch, Clamp, ClampError, Kind, LayerTrace, LayerWeights, LoadError, Model, State,
     Trace, Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
+pub use meta::{CurvePoint, Recorded, TrainMeta};
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};

@@ -24,7 +24,7 @@ pub struct ModelInfo<'a> {
     pub vocab: Vec<String>,
     pub params: usize,
     /// The model file's `cellscope.train` metadata.
-    pub train: &'a serde_json::Value,
+    pub train: &'a crate::model::TrainMeta,
     pub limits: LimitsInfo,
 }
 
