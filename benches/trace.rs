@@ -82,7 +82,7 @@ fn c_vocab() -> Vocab {
 fn random_model(vocab: &Vocab, hidden: usize, layers: usize, seed: u64) -> Model {
     let scale = 1.0 / (hidden as f32).sqrt();
     let w = Weights::random_scaled(vocab.len(), None, hidden, layers, seed, scale);
-    Model::new(format!("random-{layers}x{hidden}"), vocab.clone(), w, serde_json::json!({})).expect("consistent")
+    Model::new(format!("random-{layers}x{hidden}"), vocab.clone(), w, Default::default()).expect("consistent")
 }
 
 /// About `n` characters of C-looking text (indentation, keywords, operators,

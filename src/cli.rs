@@ -594,12 +594,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(name) = &a.record {
         let path = a.model.model.clone().unwrap_or_else(default_model_path);
         let mut model = model;
-        if !model.train.is_object() {
-            model.train = serde_json::json!({});
-        }
-        model.train[format!("{name}_loss")] = serde_json::json!(loss);
-        model.train[format!("{name}_sha256")] = serde_json::json!(train::sha256_hex(text.as_bytes()));
-        model.train[format!("{name}_chars")] = serde_json::json!(count);
+        model.train.record(name, loss, train::sha256_hex(text.as_bytes()), count as u64);
         model.save(&path).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("recorded {name}_loss = {loss:.4} in {}", path.display());
     }

@@ -209,7 +209,7 @@ fn saliency_matches_finite_differences() {
             let nudged = |d: f32| {
                 let mut w = model.weights.clone();
                 w.embedding.as_mut().unwrap()[[id, e]] += d;
-                let m = Model::new("fd".into(), model.vocab.clone(), w, serde_json::json!({})).unwrap();
+                let m = Model::new("fd".into(), model.vocab.clone(), w, Default::default()).unwrap();
                 target_logp(&m, text, p)
             };
             let g = (nudged(eps) - nudged(-eps)) / (2.0 * eps as f64);
@@ -444,31 +444,6 @@ mod http {
         ] {
             let (s, v) = post("/api/saliency", body.clone()).await;
             assert_eq!((s, v["error"]["code"].as_str()), (422, Some(code)), "{body}: {v}");
-        }
-    }
-
-    #[tokio::test]
-    async fn the_openapi_document_lists_every_api_route() {
-        let (_, bytes, _) = call(Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await;
-        let doc: Value = serde_json::from_slice(&bytes).unwrap();
-        let routes = [
-            ("/api/model", "get"),
-            ("/api/trace", "post"),
-            ("/api/view", "post"),
-            ("/api/cells/rank", "post"),
-            ("/api/intervene", "post"),
-            ("/api/sample", "post"),
-            ("/api/saliency", "post"),
-            ("/api/cell/{layer}/{kind}/{n}", "get"),
-            ("/api/openapi.json", "get"),
-        ];
-        for (path, method) in routes {
-            assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in the OpenAPI document");
-        }
-        for (path, method) in routes.iter().filter(|r| r.1 == "post") {
-            for code in ["403", "413", "415", "422", "503"] {
-                assert!(doc["paths"][path][method]["responses"][code].is_object(), "{path} lacks {code}");
-            }
         }
     }
 }

@@ -264,7 +264,7 @@ fn a_diverging_run_stops_with_advice_and_keeps_the_last_good_files() {
     assert!(all_finite(&model), "the best model holds non-finite weights");
     assert!(all_finite(&ckpt), "the checkpoint holds non-finite values");
     let best = Model::load(&model).unwrap();
-    assert!(best.train["best_val_loss"].as_f64().is_some_and(f64::is_finite), "{}", best.train);
+    assert!(best.train.best_val_loss.is_some_and(f64::is_finite), "{:?}", best.train);
 
     // Without validation in between, the training loss itself is caught, before the
     // optimiser writes it into the weights.

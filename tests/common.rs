@@ -11,7 +11,7 @@ use cellscope::rng::Rng;
 pub fn tiny_model(embed: Option<usize>, seed: u64) -> Model {
     let vocab = Vocab::from_text("abcdefghijklmnopqrstuvwxyz (){};\"'\n\t=+-*/<>!&|0123456789#_,.").unwrap();
     let w = Weights::random_scaled(vocab.len(), embed, 16, 2, seed, 0.5);
-    Model::new("tiny".into(), vocab, w, serde_json::json!({})).unwrap()
+    Model::new("tiny".into(), vocab, w, Default::default()).unwrap()
 }
 
 pub fn fixture(name: &str) -> std::path::PathBuf {

@@ -10,5 +10,6 @@ mod hardening;
 mod loader_corpus;
 mod memory;
 mod model_load;
+mod openapi;
 mod trace;
 mod train;

@@ -32,7 +32,7 @@ pub fn edit(
 pub fn micro_model() -> Model {
     let vocab = Vocab::from_text("ab").unwrap();
     let weights = Weights::random_scaled(vocab.len(), None, 1, 1, 1, 0.5);
-    Model::new("micro".into(), vocab, weights, json!({})).unwrap()
+    Model::new("micro".into(), vocab, weights, Default::default()).unwrap()
 }
 
 /// A safetensors file from its header (JSON text, taken as is) and data section.

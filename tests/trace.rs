@@ -139,7 +139,7 @@ fn parity_with_pytorch_embedding() {
 fn two_threads_trace_exactly_as_one() {
     let vocab = cellscope::model::Vocab::from_text("abcdefghij (){};\n\t=+-*/<>!&|0123456789#_,.").unwrap();
     let w = cellscope::model::Weights::random_scaled(vocab.len(), None, 64, 2, 3, 0.2);
-    let m = Model::new("pipe".into(), vocab, w, serde_json::json!({})).unwrap();
+    let m = Model::new("pipe".into(), vocab, w, Default::default()).unwrap();
     let text: String = "if (a == b) {\n\tc = d + 1;\n}\n".chars().cycle().take(5000).collect();
     let clamps = [cellscope::model::Clamp { layer: 0, kind: Kind::Cell, cell: 9, value: 0.8, from: 1000, to: 1700 }];
     for clamps in [&[][..], &clamps[..]] {

@@ -177,7 +177,7 @@ pub enum LoadError {
     UnknownArch(String),
     #[error("bad cellscope.vocab: {0}")]
     Vocab(VocabError),
-    #[error("bad cellscope.train: not a JSON object ({0})")]
+    #[error("bad cellscope.train: {0}")]
     TrainMeta(String),
     #[error("model file lacks {name} (expected {expected})")]
     MissingTensor { name: String, expected: String },
@@ -220,8 +220,8 @@ pub struct Model {
     pub arch: Arch,
     pub vocab: Vocab,
     pub weights: Weights,
-    /// The parsed `cellscope.train` metadata (`{}` when absent).
-    pub train: serde_json::Value,
+    /// The parsed `cellscope.train` metadata (empty when absent).
+    pub train: super::TrainMeta,
     /// Layer 0's input projection for each character id: (V + 1, 4H), row v =
     /// W_ih x(v), and a last row of zeros for characters outside the vocabulary.
     /// Derived from `weights`; see [`Model::refresh`].
@@ -471,7 +471,7 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
 
 impl Model {
     /// Builds a model from weights and a vocabulary, checking that they agree.
-    pub fn new(name: String, vocab: Vocab, weights: Weights, train: serde_json::Value) -> Result<Self, LoadError> {
+    pub fn new(name: String, vocab: Vocab, weights: Weights, train: super::TrainMeta) -> Result<Self, LoadError> {
         if weights.layers.is_empty() || weights.hidden_size() == 0 {
             return Err(LoadError::Empty);
         }
@@ -540,14 +540,8 @@ impl Model {
         let vocab =
             Vocab::from_json(meta.get("cellscope.vocab").ok_or(LoadError::MissingMetadata("cellscope.vocab"))?)?;
         let train = match meta.get("cellscope.train") {
-            None => serde_json::json!({}),
-            Some(s) => {
-                let v: serde_json::Value = serde_json::from_str(s).map_err(|e| LoadError::TrainMeta(e.to_string()))?;
-                if !v.is_object() {
-                    return Err(LoadError::TrainMeta("found a non-object value".into()));
-                }
-                v
-            }
+            None => super::TrainMeta::default(),
+            Some(s) => serde_json::from_str(s).map_err(|e| LoadError::TrainMeta(e.to_string()))?,
         };
         let mut tensors = file.tensors;
         let v = vocab.len();
@@ -614,7 +608,7 @@ impl Model {
         let mut meta = BTreeMap::new();
         meta.insert("cellscope.arch".to_string(), self.arch.name().to_string());
         meta.insert("cellscope.vocab".to_string(), self.vocab.to_json());
-        meta.insert("cellscope.train".to_string(), self.train.to_string());
+        meta.insert("cellscope.train".to_string(), serde_json::to_string(&self.train).expect("metadata serialises"));
         safetensors::serialize(&tensors, &meta)
     }
 
@@ -1091,7 +1085,7 @@ mod tests {
         let vocab = Vocab::from_text("abc{}();\n ").unwrap();
         let n = 8;
         let weights = Weights::random_scaled(vocab.len(), None, n, 3, 12, 0.5);
-        let model = Model::new("t".into(), vocab, weights, serde_json::json!({})).unwrap();
+        let model = Model::new("t".into(), vocab, weights, Default::default()).unwrap();
         let text: String = "ab{c(a);}\n b()".chars().cycle().take(700).collect();
         let state = State { h: vec![vec![0.3; n]; 3], c: vec![vec![-0.2; n]; 3] };
         let clamps = [
@@ -1118,7 +1112,7 @@ mod tests {
     fn an_empty_text_passes_through_the_pipeline() {
         let vocab = Vocab::from_text("ab").unwrap();
         let weights = Weights::random_scaled(vocab.len(), None, 4, 2, 1, 0.5);
-        let model = Model::new("t".into(), vocab, weights, serde_json::json!({})).unwrap();
+        let model = Model::new("t".into(), vocab, weights, Default::default()).unwrap();
         let t = model.trace_clamped_with_threads(model.vocab.encode(""), &model.zero_state(), &[], 2);
         assert_eq!((t.len(), t.layers[1].h.dim()), (0, (0, 4)));
         assert_eq!(t.final_state, model.zero_state());
@@ -1131,7 +1125,7 @@ mod tests {
         let vocab = Vocab::from_text("abc{}();\n ").unwrap();
         let n = 8;
         let weights = Weights::random_scaled(vocab.len(), None, n, 2, 11, 0.5);
-        let model = Model::new("t".into(), vocab, weights, serde_json::json!({})).unwrap();
+        let model = Model::new("t".into(), vocab, weights, Default::default()).unwrap();
         let block = PROJ_BLOCK_FLOATS / (GATES * n);
         let text: String = "ab{c(a);}\n b()".chars().cycle().take(block + 300).collect();
         let whole = model.trace(&text);

@@ -3,6 +3,7 @@
 
 pub mod kernel;
 mod lstm;
+mod meta;
 pub mod safetensors;
 pub(crate) use lstm::read_tensor_file;
 mod memory;
@@ -15,6 +16,7 @@ pub use lstm::{
     Trace, Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
 pub use memory::{explain_step, horizon_1pct, memory_horizon, time_scale, Horizon, StepExplained};
+pub use meta::{CurvePoint, Recorded, TrainMeta};
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};

@@ -5,8 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::error::{AppError, JsonBody};
 use super::json::{trace_json, trace_json_size, trace_npy, view_bytes};
@@ -14,14 +13,45 @@ use super::AppState;
 use crate::analysis::{concept_labels, regex_mask, span_mask, Concept, GradedMetric, Labels};
 use crate::model::{Kind, Model, Trace};
 
+/// `GET /api/model`'s answer: the loaded model and this server's limits.
+#[derive(Serialize)]
+pub struct ModelInfo<'a> {
+    pub name: &'a str,
+    pub arch: &'static str,
+    pub layers: usize,
+    pub hidden_size: usize,
+    /// Each character of the vocabulary, in id order.
+    pub vocab: Vec<String>,
+    pub params: usize,
+    /// The model file's `cellscope.train` metadata.
+    pub train: &'a crate::model::TrainMeta,
+    pub limits: LimitsInfo,
+}
+
+/// The request limits a client should know (serve flags).
+#[derive(Serialize)]
+pub struct LimitsInfo {
+    pub max_body_bytes: usize,
+    pub max_text_chars: usize,
+    pub max_concurrent: usize,
+    pub max_queue: usize,
+    pub max_response_bytes: usize,
+}
+
 /// `GET /api/model`
-pub async fn model_info(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.model_info())
+pub async fn model_info(State(state): State<AppState>) -> Response {
+    Json(state.model_info()).into_response()
+}
+
+/// `GET /healthz`'s answer.
+#[derive(Serialize)]
+pub struct Health {
+    pub status: &'static str,
 }
 
 /// `GET /healthz`
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// `GET /api/openapi.json`
@@ -349,6 +379,17 @@ pub async fn rank_cells(
     })
     .await?
     .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;
-    let cells: Vec<_> = ranked.into_iter().take(top_k).collect();
-    Ok(Json(json!({"feature": feature, "metric": metric_name, "cells": cells})).into_response())
+    let cells = ranked.into_iter().take(top_k).collect();
+    Ok(Json(RankAnswer { feature, metric: metric_name, cells }).into_response())
+}
+
+/// `POST /api/cells/rank`'s answer.
+#[derive(Serialize)]
+pub struct RankAnswer {
+    /// The concept's name, `regex:PATTERN` or `spans`.
+    pub feature: String,
+    /// `auc` for yes/no concepts, else `pearson` or `spearman`.
+    pub metric: &'static str,
+    /// Best first.
+    pub cells: Vec<crate::finder::CellScore>,
 }

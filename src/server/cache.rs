@@ -112,8 +112,7 @@ mod tests {
 
     fn model() -> Model {
         let vocab = Vocab::from_text("abc ").unwrap();
-        Model::new("t".into(), vocab.clone(), Weights::random(vocab.len(), None, 8, 1, 1), serde_json::json!({}))
-            .unwrap()
+        Model::new("t".into(), vocab.clone(), Weights::random(vocab.len(), None, 8, 1, 1), Default::default()).unwrap()
     }
 
     #[test]

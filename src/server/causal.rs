@@ -299,6 +299,13 @@ struct SampleChunk {
     value: Option<f32>,
 }
 
+/// The last line of a streamed sample: the whole answer.
+#[derive(Serialize)]
+struct SampleDone {
+    done: bool,
+    answer: SampleAnswer,
+}
+
 struct SampleJob {
     prime: String,
     length: usize,
@@ -419,8 +426,8 @@ pub async fn sample(
             line.push(b'\n');
             tx.blocking_send(Bytes::copy_from_slice(&line)).is_ok()
         });
-        let mut last = serde_json::to_vec(&serde_json::json!({"done": true, "answer": answer(text, values, &job)}))
-            .unwrap_or_default();
+        let mut last =
+            serde_json::to_vec(&SampleDone { done: true, answer: answer(text, values, &job) }).unwrap_or_default();
         last.push(b'\n');
         let _ = tx.blocking_send(Bytes::from(last));
     }));

@@ -72,13 +72,26 @@ impl IntoResponse for AppError {
         } else {
             self.message.clone()
         };
-        let body = serde_json::json!({"error": {"code": self.code, "message": message}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message } };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         resp
     }
+}
+
+/// Every error answer's body: `{"error": {"code", "message"}}`.
+#[derive(serde::Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a code for programs, a message for people.
+#[derive(serde::Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// Parses a JSON body into `T`, mapping syntax errors to 400 `malformed_json` and

@@ -3,7 +3,6 @@
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
-use serde_json::json;
 
 use crate::display::unit_value;
 use crate::model::{Kind, Model, Trace};
@@ -193,12 +192,36 @@ pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<
 
 /// How the page turns a stored byte back into the displayed value u ∈ [−1, 1]
 /// (its colour) and the value shown on hover.
-pub fn view_decode(kind: Kind) -> serde_json::Value {
-    use crate::display::{scale, shows, Scale};
-    match scale(kind) {
-        Scale::Signed | Scale::Squashed => json!({"shows": shows(kind), "value": "q/127"}),
-        Scale::Gate => json!({"shows": shows(kind), "value": "(q/127 + 1)/2"}),
-    }
+#[derive(Debug, Serialize)]
+pub struct ViewDecode {
+    /// What the colour shows: the kind's letter, or `tanh(c)`.
+    pub shows: &'static str,
+    /// The value shown on hover, from the stored byte q.
+    pub value: &'static str,
+}
+
+pub fn view_decode(kind: Kind) -> ViewDecode {
+    use crate::display::{scale, Scale};
+    let value = match scale(kind) {
+        Scale::Signed | Scale::Squashed => "q/127",
+        Scale::Gate => "(q/127 + 1)/2",
+    };
+    ViewDecode { shows: crate::display::shows(kind), value }
+}
+
+/// The JSON header of a view (see [`view_bytes`]).
+#[derive(Serialize)]
+pub struct ViewHeader<'a> {
+    pub length: usize,
+    pub layer: usize,
+    pub layers: usize,
+    pub hidden: usize,
+    pub kinds: Vec<&'static str>,
+    /// Per kind letter, in `kinds` order.
+    pub decode: std::collections::BTreeMap<&'static str, ViewDecode>,
+    pub chars: Vec<String>,
+    pub unknown: &'a [usize],
+    pub predictions: Vec<Prediction>,
 }
 
 /// One layer of a trace in the page's compact format: a little-endian u32 header
@@ -206,17 +229,17 @@ pub fn view_decode(kind: Kind) -> serde_json::Value {
 /// q = round(127 · unit_value), row = character.
 pub fn view_bytes(model: &Model, trace: &Trace, layer: usize, kinds: &[Kind], top_k: usize) -> Vec<u8> {
     let hidden = model.hidden_size();
-    let header = json!({
-        "length": trace.len(),
-        "layer": layer,
-        "layers": model.layers(),
-        "hidden": hidden,
-        "kinds": kinds.iter().map(|k| k.letter()).collect::<Vec<_>>(),
-        "decode": kinds.iter().map(|&k| (k.letter().to_string(), view_decode(k))).collect::<serde_json::Map<_, _>>(),
-        "chars": trace.chars.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        "unknown": trace.unknown,
-        "predictions": predictions(model, trace, top_k),
-    });
+    let header = ViewHeader {
+        length: trace.len(),
+        layer,
+        layers: model.layers(),
+        hidden,
+        kinds: kinds.iter().map(|k| k.letter()).collect(),
+        decode: kinds.iter().map(|&k| (k.letter(), view_decode(k))).collect(),
+        chars: trace.chars.iter().map(|c| c.to_string()).collect(),
+        unknown: &trace.unknown,
+        predictions: predictions(model, trace, top_k),
+    };
     let header = serde_json::to_vec(&header).expect("json");
     let mut out = Vec::with_capacity(4 + header.len() + kinds.len() * trace.len() * hidden);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());

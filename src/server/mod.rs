@@ -138,24 +138,25 @@ impl AppState {
     }
 
     /// `GET /api/model`'s body.
-    pub fn model_info(&self) -> serde_json::Value {
+    pub fn model_info(&self) -> api::ModelInfo<'_> {
         let m = &self.model;
-        serde_json::json!({
-            "name": m.name,
-            "arch": m.arch.name(),
-            "layers": m.layers(),
-            "hidden_size": m.hidden_size(),
-            "vocab": m.vocab.chars().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            "params": m.weights.param_count(),
-            "train": m.train,
-            "limits": {
-                "max_body_bytes": self.limits.max_body_bytes,
-                "max_text_chars": self.limits.max_text_chars,
-                "max_concurrent": self.limits.max_concurrent,
-                "max_queue": self.limits.max_queue,
-                "max_response_bytes": self.limits.max_response_bytes,
+        let l = &self.limits;
+        api::ModelInfo {
+            name: &m.name,
+            arch: m.arch.name(),
+            layers: m.layers(),
+            hidden_size: m.hidden_size(),
+            vocab: m.vocab.chars().iter().map(|c| c.to_string()).collect(),
+            params: m.weights.param_count(),
+            train: &m.train,
+            limits: api::LimitsInfo {
+                max_body_bytes: l.max_body_bytes,
+                max_text_chars: l.max_text_chars,
+                max_concurrent: l.max_concurrent,
+                max_queue: l.max_queue,
+                max_response_bytes: l.max_response_bytes,
             },
-        })
+        }
     }
 }
 

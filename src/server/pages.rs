@@ -804,20 +804,13 @@ pub fn horizon_words(h: &crate::model::Horizon) -> String {
     )
 }
 
-/// A line chart of training and validation loss from `train.curve`
-/// (`[[step, train_loss, val_loss|null], ...]`).
-fn curve_svg(train: &serde_json::Value) -> String {
-    let Some(points) = train.get("curve").and_then(|c| c.as_array()) else {
+/// A line chart of training and validation loss from the metadata's curve.
+fn curve_svg(curve: &[crate::model::CurvePoint]) -> String {
+    if curve.is_empty() {
         return "<p class=\"muted\">This model's metadata has no training curve.</p>".into();
-    };
+    }
     type Point = (f64, Option<f64>, Option<f64>);
-    let pts: Vec<Point> = points
-        .iter()
-        .filter_map(|p| {
-            let a = p.as_array()?;
-            Some((a.first()?.as_f64()?, a.get(1).and_then(|v| v.as_f64()), a.get(2).and_then(|v| v.as_f64())))
-        })
-        .collect();
+    let pts: Vec<Point> = curve.iter().map(|p| (p.0 as f64, Some(p.1), p.2)).collect();
     if pts.len() < 2 {
         return "<p class=\"muted\">Too few points to plot.</p>".into();
     }
@@ -962,31 +955,26 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
         Err(e) => return e.into_response(),
     };
     let t = &model.train;
-    let num = |k: &str| t.get(k).and_then(|v| v.as_f64()).map_or("—".to_string(), |v| format!("{v:.4}"));
+    let num = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
     let rows = vec![
         ("Architecture".into(), format!("{} × {} LSTM", model.layers(), model.hidden_size())),
         ("Parameters".into(), thousands(model.weights.param_count() as u64)),
         ("Vocabulary".into(), format!("{} characters", model.vocab.len())),
         ("Input".into(), if model.weights.embedding.is_some() { "embedding".into() } else { "one-hot".into() }),
-        ("Best validation loss (nats/char)".into(), num("best_val_loss")),
-        ("Test loss (nats/char)".into(), num("test_loss")),
-        ("Training steps".into(), t.get("steps").map_or("—".into(), |v| v.to_string())),
-        (
-            "Training time".into(),
-            t.get("train_seconds").and_then(|v| v.as_f64()).map_or("—".into(), |s| format!("{:.1} h", s / 3600.0)),
-        ),
-        ("Corpus".into(), t.get("corpus").and_then(|v| v.as_str()).unwrap_or("—").to_string()),
+        ("Best validation loss (nats/char)".into(), num(t.best_val_loss)),
+        ("Test loss (nats/char)".into(), num(t.test_loss)),
+        ("Training steps".into(), t.steps.map_or("—".into(), |v| v.to_string())),
+        ("Training time".into(), t.train_seconds.map_or("—".into(), |s| format!("{:.1} h", s / 3600.0))),
+        ("Corpus".into(), t.corpus.as_deref().unwrap_or("—").to_string()),
     ];
     let tensors = model.weights.named_tensors().into_iter().map(|(n, s, _)| (n, format!("{s:?}"))).collect();
-    let mut train = t.clone();
-    if let Some(o) = train.as_object_mut() {
-        o.remove("curve");
-    }
+    // The curve is drawn; the rest is shown as it is stored.
+    let train = crate::model::TrainMeta { curve: Vec::new(), ..t.clone() };
     let page = ModelPage {
         model_name: model.name.clone(),
         rows,
         tensors,
-        curve_svg: curve_svg(t),
+        curve_svg: curve_svg(&t.curve),
         saturation_svg: saturation_svg(&rt),
         train_json: serde_json::to_string_pretty(&train).unwrap_or_default(),
         reference_name: state.reference_name.to_string(),

@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{safetensors, write_atomic, Model, Vocab, Weights};
+use crate::model::{safetensors, write_atomic, CurvePoint, Model, TrainMeta, Vocab, Weights};
 use backprop::{loss_and_grad, StreamState, Workspace};
 use optim::{clip_grad_norm, OptimState, Optimizer};
 
@@ -435,7 +435,7 @@ struct Run {
     opt: OptimState,
     states: Vec<StreamState>,
     progress: Progress,
-    train_meta: serde_json::Value,
+    train_meta: TrainMeta,
 }
 
 fn shard_sizes(batch: usize, threads: usize) -> Vec<usize> {
@@ -461,7 +461,7 @@ fn save_checkpoint(run: &Run, path: &Path) -> Result<(), TrainError> {
     meta.insert("cellscope.config".into(), serde_json::to_string(&run.config).expect("json"));
     meta.insert("cellscope.progress".into(), serde_json::to_string(&run.progress).expect("json"));
     meta.insert("cellscope.optimizer_t".into(), run.opt.t.to_string());
-    meta.insert("cellscope.train".into(), run.train_meta.to_string());
+    meta.insert("cellscope.train".into(), serde_json::to_string(&run.train_meta).expect("json"));
     let bytes = safetensors::serialize(&tensors, &meta);
     write_atomic(path, &bytes).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
 }
@@ -485,8 +485,7 @@ fn load_checkpoint(path: &Path, fresh: &Run) -> Result<Run, TrainError> {
     }
     let progress: Progress = serde_json::from_str(&meta("cellscope.progress")?).map_err(|e| bad(e.to_string()))?;
     let t: u64 = meta("cellscope.optimizer_t")?.parse().map_err(|_| bad("bad optimizer_t".into()))?;
-    let train_meta: serde_json::Value =
-        serde_json::from_str(&meta("cellscope.train")?).map_err(|e| bad(e.to_string()))?;
+    let train_meta: TrainMeta = serde_json::from_str(&meta("cellscope.train")?).map_err(|e| bad(e.to_string()))?;
     let mut run = Run {
         config,
         vocab,
@@ -535,7 +534,7 @@ fn fmt_duration(s: f64) -> String {
 /// The loss curve for the model card, from the JSON-lines log: one point per
 /// `every` steps, `[step, mean training loss since the last point, validation loss
 /// or null]`, plus a point at every validation.
-pub fn curve_from_log(path: &Path, every: u64) -> Vec<serde_json::Value> {
+pub fn curve_from_log(path: &Path, every: u64) -> Vec<CurvePoint> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -552,7 +551,7 @@ pub fn curve_from_log(path: &Path, every: u64) -> Vec<serde_json::Value> {
         n += 1;
         let val = r.get("val_loss").and_then(|v| v.as_f64());
         if step % every == 0 || val.is_some() {
-            out.push(serde_json::json!([step, sum / n as f64, val]));
+            out.push(CurvePoint(step, sum / n as f64, val));
             sum = 0.0;
             n = 0;
         }
@@ -657,13 +656,14 @@ pub fn train(
     let batches_per_epoch = (stream_len / config.seq) as u64;
     let shards = shard_sizes(config.batch, config.threads);
     let weights = Weights::random_scaled(vocab.len(), None, config.hidden, config.layers, config.seed, config.init);
-    let train_meta = serde_json::json!({
-        "corpus": train_path.file_name().map(|s| s.to_string_lossy().into_owned()),
-        "train_sha256": sha256_hex(train_text.as_bytes()),
-        "val_sha256": sha256_hex(val_text.as_bytes()),
-        "train_chars": ids.len(),
-        "config": config,
-    });
+    let train_meta = TrainMeta {
+        corpus: train_path.file_name().map(|s| s.to_string_lossy().into_owned()),
+        train_sha256: Some(sha256_hex(train_text.as_bytes())),
+        val_sha256: Some(sha256_hex(val_text.as_bytes())),
+        train_chars: Some(ids.len() as u64),
+        config: Some(config.clone()),
+        ..TrainMeta::default()
+    };
     let fresh = Run {
         opt: OptimState::new(config.optimizer, &weights),
         states: shards.iter().map(|&b| StreamState::zeros(config.layers, b, config.hidden)).collect(),
@@ -824,7 +824,7 @@ pub fn train(
                 opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()),
                 run.vocab.clone(),
                 run.weights.clone(),
-                serde_json::Value::Null,
+                TrainMeta::default(),
             )
             .map_err(|e| TrainError::Config(e.to_string()))?;
             let val = evaluate_batched(&run.weights, &val_ids, config.batch, config.seq, config.threads);
@@ -836,12 +836,12 @@ pub fn train(
                 run.progress.best_val = Some(val);
                 run.progress.best_step = Some(step);
                 let mut meta = run.train_meta.clone();
-                meta["steps"] = serde_json::json!(step);
-                meta["epochs"] = serde_json::json!(epoch_f);
-                meta["best_val_loss"] = serde_json::json!(val);
-                meta["train_seconds"] = serde_json::json!(run.progress.elapsed_s);
+                meta.steps = Some(step);
+                meta.epochs = Some(epoch_f);
+                meta.best_val_loss = Some(val);
+                meta.train_seconds = Some(run.progress.elapsed_s);
                 let _ = log.flush();
-                meta["curve"] = serde_json::json!(curve_from_log(&log_path, 100));
+                meta.curve = curve_from_log(&log_path, 100);
                 let mut best = model;
                 best.train = meta;
                 best.save(&opts.out)
@@ -877,8 +877,8 @@ pub fn train(
             let mut best = Model::load(&opts.out)
                 .map_err(|e| TrainError::Config(format!("cannot reload the best model to score the test text: {e}")))?;
             let (loss, _) = evaluate(&best, text, |_, _| {});
-            best.train["test_loss"] = serde_json::json!(loss);
-            best.train["test_sha256"] = serde_json::json!(sha256_hex(text.as_bytes()));
+            best.train.test_loss = Some(loss);
+            best.train.test_sha256 = Some(sha256_hex(text.as_bytes()));
             best.save(&opts.out)
                 .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
             test_loss = Some(loss);
