@@ -9,5 +9,6 @@ mod fuzz;
 mod hardening;
 mod loader_corpus;
 mod model_load;
+mod probe;
 mod trace;
 mod train;
