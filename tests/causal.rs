@@ -456,6 +456,8 @@ mod http {
             ("/api/trace", "post"),
             ("/api/view", "post"),
             ("/api/cells/rank", "post"),
+            ("/api/probe", "post"),
+            ("/api/probe/score", "post"),
             ("/api/intervene", "post"),
             ("/api/sample", "post"),
             ("/api/saliency", "post"),
