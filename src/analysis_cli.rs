@@ -4,6 +4,10 @@
 //!
 //! Files are read and lexed whole, traced from the zero state in chunks, and all fed to one
 //! [`StreamingRanker`], so memory stays bounded on a corpus of any size.
+//!
+//! `--probe` fits a concept direction instead (a sparse logistic probe over many cells,
+//! `finder::probe`), `--save` writes it as JSON and `--score-with` scores a saved one on other
+//! files.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -25,7 +29,7 @@ pub struct FindCellsArgs {
     pub files: Vec<PathBuf>,
     /// string, char, comment, if, paren-depth (or depth), brace-depth, column, preprocessor,
     /// or regex:RE (characters inside a match).
-    #[arg(long, required_unless_present = "all_concepts", conflicts_with = "all_concepts")]
+    #[arg(long, required_unless_present_any = ["all_concepts", "score_with"], conflicts_with = "all_concepts")]
     pub feature: Option<String>,
     /// Rank every built-in concept in one pass and print the best cell of each.
     #[arg(long)]
@@ -42,6 +46,28 @@ pub struct FindCellsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Fit a concept direction (a sparse L1 logistic probe over the cells) instead of ranking
+    /// single cells; prints its cells, weights and held-out AUC beside the best single cell's.
+    #[arg(long, requires = "feature", conflicts_with_all = ["all_concepts", "score_with"])]
+    pub probe: bool,
+    /// With --probe: the L1 strength (default: chosen on held-out characters).
+    #[arg(long, requires = "probe")]
+    pub l1: Option<f64>,
+    /// With --probe: most cells the direction may keep.
+    #[arg(long, requires = "probe", default_value_t = crate::analysis::probe::DEFAULT_MAX_CELLS)]
+    pub max_cells: usize,
+    /// With --probe: most characters fitted on; longer input is sampled in 20 evenly spaced
+    /// windows (the whole of it is still traced).
+    #[arg(long, requires = "probe", default_value_t = 20_000)]
+    pub max_chars: usize,
+    /// With --probe: also write the direction as JSON to PATH (for --score-with or
+    /// POST /api/probe/score).
+    #[arg(long, requires = "probe", value_name = "PATH")]
+    pub save: Option<PathBuf>,
+    /// Score a saved direction (from --save or POST /api/probe) on the files: its AUC against
+    /// --feature and its best single cell's, or with --json the score at every character.
+    #[arg(long, value_name = "PATH", conflicts_with = "all_concepts")]
+    pub score_with: Option<PathBuf>,
     /// Characters traced at once; memory grows with it.
     #[arg(long, default_value_t = CHUNK, hide = true)]
     pub chunk: usize,
@@ -67,6 +93,9 @@ struct FeatureResult {
 }
 
 pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
+    if a.probe || a.score_with.is_some() {
+        return crate::probe_cli::cmd_probe(a);
+    }
     let features: Vec<Feature> = match &a.feature {
         _ if a.all_concepts => CONCEPTS.iter().map(|&c| Feature::Concept(c)).collect(),
         Some(f) => vec![f.parse::<Feature>()?],
@@ -164,7 +193,7 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
 }
 
 /// Says which feature has no usable labels in which text.
-fn explain(e: &AnalysisError, feature: &Feature, files: &str) -> String {
+pub(crate) fn explain(e: &AnalysisError, feature: &Feature, files: &str) -> String {
     match e {
         AnalysisError::NoPositives { len } => format!(
             "feature `{feature}` never holds in {files} ({len} characters); choose text where it \
@@ -182,7 +211,7 @@ fn explain(e: &AnalysisError, feature: &Feature, files: &str) -> String {
     }
 }
 
-fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
+pub(crate) fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
     if s == "all" {
         return Ok(Kind::ALL.to_vec());
     }
@@ -195,7 +224,7 @@ fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
         .collect()
 }
 
-fn parse_layers(s: &str, layers: usize) -> Result<Vec<usize>> {
+pub(crate) fn parse_layers(s: &str, layers: usize) -> Result<Vec<usize>> {
     if s == "all" {
         return Ok((0..layers).collect());
     }
@@ -269,7 +298,7 @@ fn print_concept_table(out: &mut impl Write, results: &[FeatureResult]) -> std::
 
 /// A one-line progress report on stderr, redrawn with `\r` (or a line every 10 s when
 /// stderr is not a terminal).
-struct ProgressBar {
+pub(crate) struct ProgressBar {
     total: usize,
     started: Instant,
     last: Option<Instant>,
@@ -277,11 +306,11 @@ struct ProgressBar {
 }
 
 impl ProgressBar {
-    fn new(total: usize) -> Self {
+    pub(crate) fn new(total: usize) -> Self {
         Self { total, started: Instant::now(), last: None, tty: std::io::stderr().is_terminal() }
     }
 
-    fn update(&mut self, done: usize) {
+    pub(crate) fn update(&mut self, done: usize) {
         let now = Instant::now();
         let every = Duration::from_millis(if self.tty { 200 } else { 10_000 });
         if self.last.is_some_and(|t| now - t < every) && done < self.total {
@@ -300,7 +329,7 @@ impl ProgressBar {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.tty && self.last.is_some() {
             eprintln!();
         }

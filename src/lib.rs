@@ -13,7 +13,8 @@
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
 //! - [`finder`]: traces → analysis: ranks every cell of a trace, or streams whole
-//!   files in chunks (binned AUC with a stated bound); top contexts for cell pages.
+//!   files in chunks (binned AUC with a stated bound); top contexts for cell pages;
+//!   concept directions (sparse probes over many cells, `finder/probe.rs`).
 //! - [`train`]: the trainer: batches of parallel streams, backward pass (BPTT),
 //!   Adam/RMSProp, clipping, checkpoints and resume (`train/backprop.rs` holds the
 //!   gradient formulas).
@@ -25,7 +26,7 @@
 //!   askama pages (`server/pages.rs`), the error policy (`server/error.rs`), the
 //!   request guard (`server/guard.rs`), the model queue (`server/queue.rs`) and
 //!   the accept loop (`server/net.rs`). Pages are enhanced by `static/app.js`.
-//! - [`cli`] and [`analysis_cli`]: the `cellscope` commands; `main.rs` only parses
+//! - [`cli`], [`analysis_cli`] and [`probe_cli`] (`find-cells --probe`): the `cellscope` commands; `main.rs` only parses
 //!   and calls [`cli::run`].
 
 pub mod analysis;
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod display;
 pub mod finder;
 pub mod model;
+pub mod probe_cli;
 pub mod rng;
 pub mod server;
 pub mod train;

@@ -16,7 +16,7 @@ fn state_with(limits: Limits) -> AppState {
     AppState::new(tiny_model(None, 21), limits, "if (a) { b = \"x\"; } /* c */\n".repeat(20), "test reference".into())
 }
 
-fn app() -> Router {
+pub(crate) fn app() -> Router {
     router(state_with(Limits::default()))
 }
 
@@ -28,7 +28,7 @@ async fn send(app: Router, req: Request<Body>) -> (StatusCode, Vec<u8>, axum::ht
     (status, body, headers)
 }
 
-async fn post_json(app: Router, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+pub(crate) async fn post_json(app: Router, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
     let req = Request::post(uri).header("content-type", "application/json").body(body.into()).unwrap();
     let (status, bytes, headers) = send(app, req).await;
     let ct = headers.get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
@@ -45,7 +45,7 @@ async fn get(app: Router, uri: &str) -> (StatusCode, String) {
     (status, String::from_utf8(bytes).unwrap())
 }
 
-fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
+pub(crate) fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status.as_u16(), want_status, "body {body}");
     assert_eq!(body["error"]["code"], want_code, "body {body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.len() > 10), "message should explain: {body}");

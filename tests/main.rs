@@ -11,5 +11,6 @@ mod loader_corpus;
 mod memory;
 mod model_load;
 mod openapi;
+mod probe;
 mod trace;
 mod train;

@@ -410,6 +410,25 @@ fn cases(apps: &Apps) -> Vec<Case> {
     add(main, "post", sample, post("/api/sample?stream=ndjson", &json!({"length": 3, "temperature": 0})), 200);
     let saliency = "/api/saliency";
     add(main, "post", saliency, post(saliency, &json!({"text": C, "position": 10})), 200);
+    // A probe needs 200 characters with strings in both parts of its split.
+    let long_c: String = C.repeat(8).chars().take(LONG).collect();
+    let probe = "/api/probe";
+    add(main, "post", probe, post(probe, &json!({"text": long_c, "feature": "string"})), 200);
+    add(
+        main,
+        "post",
+        probe,
+        post(
+            probe,
+            &json!({"text": long_c, "regex": "\"[a-z]", "layers": [1], "kinds": ["c"], "l1": 0.01, "max_cells": 16}),
+        ),
+        200,
+    );
+    let probe_score = "/api/probe/score";
+    let fitted = json!({"weights": [{"layer": 1, "kind": "c", "cell": 3, "weight": 1.5, "mean": 0.1, "std": 0.5}], "bias": -0.2,
+        "best_cell": {"layer": 1, "kind": "h", "cell": 2, "sign": 1, "auc_train": 0.7, "auc_heldout": 0.6}});
+    add(main, "post", probe_score, post(probe_score, &json!({"probe": fitted, "text": C, "feature": "string"})), 200);
+    add(main, "post", probe_score, post(probe_score, &json!({"probe": fitted, "text": C})), 200);
     let explain = "/api/explain";
     add(main, "post", explain, post(explain, &json!({"text": C, "position": 10, "layer": 1, "cell": 3})), 200);
 
@@ -442,6 +461,18 @@ fn cases(apps: &Apps) -> Vec<Case> {
             json!({"text": "abc", "position": 0}),
             json!({"text": x, "position": 0}),
             json!({"text": "abc", "position": 2}),
+        ),
+        (
+            probe,
+            json!({"text": long_c, "feature": "string"}),
+            json!({"text": x, "feature": "string"}),
+            json!({"text": "abc", "feature": "string"}),
+        ),
+        (
+            probe_score,
+            json!({"probe": fitted, "text": "abc"}),
+            json!({"probe": fitted, "text": x}),
+            json!({"probe": {"weights": [], "bias": "x"}, "text": "abc"}),
         ),
         (
             explain,

@@ -9,6 +9,8 @@
 //!   character spans.
 //! - [`rank`]: scores every column against the labels and sorts the cells best first.
 //! - [`stats`]: a cell's most extreme windows of text, histograms, gate saturation.
+//! - [`probe`]: a concept *direction*: a sparse L1 logistic probe over many cells, its
+//!   strength chosen on held-out characters.
 //!
 //! # Scores
 //!
@@ -43,6 +45,7 @@
 //! cell, NaN activations) gives a neutral answer instead of an error.
 
 pub mod features;
+pub mod probe;
 pub mod rank;
 pub mod stats;
 

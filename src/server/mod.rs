@@ -2,7 +2,7 @@
 //! live in `api.rs` (JSON) and `pages.rs` (askama pages); `error.rs` holds the
 //! error policy; `json.rs` the wire formats. Every request passes `guard.rs`
 //! (host allow-list, JSON only, body size and deadline, security headers); every
-//! model run waits its turn in `queue.rs`; `net.rs` is the accept loop (timeouts,
+//! model run waits its turn in `queue.rs`; `probe.rs` fits and scores concept directions; `net.rs` is the accept loop (timeouts,
 //! connection cap, graceful shutdown). Handlers know nothing of gate equations:
 //! they call [`crate::model::Model::trace`] and the analysis functions.
 
@@ -15,6 +15,7 @@ pub mod json;
 pub mod memory;
 pub mod net;
 pub mod pages;
+pub mod probe;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -194,6 +195,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/trace", post(api::trace))
         .route("/api/view", post(api::view))
         .route("/api/cells/rank", post(api::rank_cells))
+        .route("/api/probe", post(probe::probe))
+        .route("/api/probe/score", post(probe::score))
         .route("/api/intervene", post(causal::intervene))
         .route("/api/sample", post(causal::sample))
         .route("/api/saliency", post(memory::saliency))

@@ -58,6 +58,8 @@
 //! is monotone, so ties stay ties and only same-bin pairs can err. For roughly normal values
 //! the fullest bin holds about 0.08 % of them, a bound of about 4·10⁻⁴.
 
+pub mod probe;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -117,6 +119,12 @@ pub enum FinderError {
         /// The last cell of a layer.
         last: usize,
     },
+    /// A probe that cannot be fitted (too few characters, one class in a part, bad options).
+    #[error(transparent)]
+    Probe(#[from] crate::analysis::probe::ProbeError),
+    /// A probe that cannot be scored on this model.
+    #[error(transparent)]
+    Spec(#[from] probe::SpecError),
     /// Streamed data that does not fit the ranker it is fed to (a caller's mistake).
     #[error("streaming ranker fed mismatched data: {0}")]
     Mismatch(String),
@@ -858,14 +866,21 @@ pub fn cell_values(model: &Model, text: &str, layer: usize, kind: Kind, cell: us
     }
     let chars: Vec<char> = text.chars().collect();
     let mut values = Vec::with_capacity(chars.len());
+    trace_chunks(model, &chars, CHUNK, |_, trace| values.extend(trace.layers[layer].get(kind).column(cell).iter()));
+    Ok(values)
+}
+
+/// Traces `chars` from the zero state in pieces of `chunk` characters, the state carried
+/// across, handing each piece's trace and its first character's position to `each`: memory
+/// holds one piece's trace, not the whole text's.
+pub(crate) fn trace_chunks(model: &Model, chars: &[char], chunk: usize, mut each: impl FnMut(usize, &Trace)) {
     let mut state = model.zero_state();
-    for piece in chars.chunks(CHUNK) {
+    for (k, piece) in chars.chunks(chunk.max(1)).enumerate() {
         let piece: String = piece.iter().collect();
         let trace = model.trace_from(&piece, &state);
-        values.extend(trace.layers[layer].get(kind).column(cell).iter());
+        each(k * chunk.max(1), &trace);
         state = trace.final_state;
     }
-    Ok(values)
 }
 
 /// A stretch of text around one extreme value of a cell.
