@@ -23,6 +23,7 @@
 //!   one place for the terminal, the pages and the API.
 //! - [`server`]: the axum app: `server::router` lists every route; JSON API
 //!   (`server/api.rs`), the causal lab (`server/causal.rs`: clamps, sampling),
+//!   memory views (`server/memory.rs`: saliency, one step explained, horizon),
 //!   askama pages (`server/pages.rs`), the error policy (`server/error.rs`), the
 //!   request guard (`server/guard.rs`), the model queue (`server/queue.rs`) and
 //!   the accept loop (`server/net.rs`). Pages are enhanced by `static/app.js`.

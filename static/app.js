@@ -2452,15 +2452,23 @@ function wire() {
 }
 
 async function start() {
-  const horizon = document.getElementById('horizon');
-  if (horizon?.dataset.pending) {
-    fetch('/api/horizon')
-      .then(async (res) => {
-        const body = await res.json();
-        horizon.textContent = res.ok ? body.summary : `could not measure it: ${body.error?.message ?? res.status}`;
-        delete horizon.dataset.pending;
-      })
-      .catch((e) => (horizon.textContent = `could not measure it: ${e.message}`));
+  const measure = document.getElementById('horizon-measure');
+  if (measure) {
+    measure.addEventListener('click', () => {
+      const horizon = measure.closest('#horizon');
+      measure.disabled = true;
+      horizon.dataset.state = 'measuring';
+      fetch('/api/horizon')
+        .then(async (res) => {
+          const body = await res.json();
+          horizon.textContent = res.ok ? body.summary : `could not measure it: ${body.error?.message ?? res.status}`;
+          horizon.dataset.state = res.ok ? 'done' : 'error';
+        })
+        .catch((e) => {
+          horizon.textContent = `could not measure it: ${e.message}`;
+          horizon.dataset.state = 'error';
+        });
+    });
     return;
   }
   if (!initial || !el.colored) {

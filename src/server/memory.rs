@@ -14,7 +14,7 @@ use super::AppState;
 use crate::model::{Horizon, StepExplained};
 
 /// Positions of the reference text the memory horizon is measured at.
-pub const HORIZON_POSITIONS: usize = 24;
+pub const HORIZON_POSITIONS: usize = 16;
 /// Steps back each of them is followed (the shipped model's gradients fall below
 /// 1% of their peak well within this at most positions; see the README).
 pub const HORIZON_MAX_BACK: usize = 600;

@@ -1210,6 +1210,69 @@ async function withBrowser(server) {
       noPageErrors();
     });
 
+    await step('memory: writes & erases, click a character for its gradient and the step explained, sort by time scale, the horizon', async () => {
+      const best = await colourByBestCell(page, server.base, QUOTE_SNIPPET, 'string');
+      const cellColours = await backgrounds(page, 100_000);
+      // Writes and erases of the chosen cell take over the text and the legend.
+      const trace = page.waitForRequest((r) => r.url().endsWith('/api/trace') && (r.postDataJSON().kinds ?? []).includes('write'));
+      await page.check('#memory-mode');
+      const req = (await trace).postDataJSON();
+      ok(JSON.stringify(req.kinds) === JSON.stringify(['write', 'f', 'c']) && req.cells[0] === best.cell && req.layers[0] === best.layer,
+        `the writes request was ${JSON.stringify({ ...req, text: undefined })}`);
+      await page.waitForFunction(() => document.querySelector('#colored').dataset.colour === 'writes', null, { timeout: TRACE_TIMEOUT });
+      const writeColours = await backgrounds(page, 100_000);
+      ok(differs(cellColours, writeColours), 'writes & erases left the cell\'s colours');
+      ok(/red = written \|i·g\|, blue = erased/.test(await page.textContent('#legend-title')), `legend reads ${JSON.stringify(await page.textContent('#legend-title'))}`);
+      const stops = await page.$$eval('#legend .stop', (s) => s.map((x) => x.textContent));
+      ok(stops[0].startsWith('erase ') && stops[stops.length - 1].startsWith('write '), `legend stops read ${JSON.stringify(stops)}`);
+      await page.hover('#colored .ch[data-t="12"]');
+      ok(/^write [+−]\d\.\d{3} · erase \d\.\d{3} · f \d\.\d{3}/.test(await page.textContent('#tooltip .tt-mem')), 'the tooltip lacks the write/erase line');
+      await page.uncheck('#memory-mode');
+      ok((await page.getAttribute('#colored', 'data-colour')) === 'cell' && !differs(cellColours, await backgrounds(page, 100_000)),
+        'turning writes & erases off did not bring back the cell colouring');
+      // Click a character: the step explained for the chosen cell, and its prediction's gradient.
+      const t = QUOTE_SNIPPET.indexOf('"') + 3;
+      await page.click(`#colored .ch[data-t="${t}"]`);
+      await page.waitForSelector('#memory-step:not([hidden])', { timeout: TRACE_TIMEOUT });
+      const lines = await page.textContent('#memory-lines');
+      ok(/^f = σ\([−\d.]+\) = \d\.\d{3}/.test(lines) && /c = f·c₋₁ \+ i·g = /.test(lines) && /h = o·tanh\(c\) = /.test(lines) && /erase = \(1 − f\)/.test(lines),
+        `#memory-lines reads ${JSON.stringify(lines)}`);
+      ok((await page.textContent('#memory-step-title')).includes(`layer ${best.layer} · cell ${best.cell}`), 'the step title does not name the chosen cell');
+      await page.waitForSelector('#memory-grad:not([hidden]) svg.grad-plot path.curve', { timeout: TRACE_TIMEOUT });
+      const horizon = Number(await page.getAttribute('#memory-grad', 'data-horizon'));
+      ok(Number.isInteger(horizon) && horizon >= 0 && horizon <= t, `the gradient horizon is ${horizon}`);
+      ok((await page.textContent('#memory-grad-caption')).includes(`up to ${horizon} characters back`), 'the caption does not give the horizon');
+      const d = await page.getAttribute('#memory-plot path.curve', 'd');
+      ok((d.match(/[ML]/g) ?? []).length === t + 1, `the curve has ${(d.match(/[ML]/g) ?? []).length} points, expected ${t + 1}`);
+      ok((await page.$$eval('#memory-plot text.tick', (ts) => ts.map((x) => x.textContent))).some((x) => /^1e-\d+$/.test(x)), 'the log axis has no decade labels');
+      await page.keyboard.press('Escape');
+      await page.check('#grad-mode');
+      await page.waitForFunction(() => document.querySelector('#colored').dataset.colour === 'gradient');
+      const gradColours = await backgrounds(page, 100_000);
+      ok(gradColours.slice(t + 1).every((c) => c === 'rgb(255, 255, 255)'), 'characters after the clicked one are coloured by the gradient');
+      ok(gradColours[t] !== 'rgb(255, 255, 255)' || gradColours.slice(0, t).some((c) => c !== 'rgb(255, 255, 255)'), 'the gradient colours nothing before the click');
+      await page.uncheck('#grad-mode');
+      ok((await page.getAttribute('#colored', 'data-colour')) === 'cell', 'turning the gradient colouring off did not bring back the cell');
+      // The heatmap sorts by memory time scale.
+      await page.selectOption('#heatmap-sort', 'memory');
+      await page.waitForFunction(() => /memory time scale/.test(document.querySelector('#heatmap-panel').textContent));
+      await page.selectOption('#heatmap-sort', 'index');
+      // The cell page gives the time scale; the model card measures the horizon on request.
+      const cp = await watchedPage(ctx, pageErrors);
+      try {
+        await cp.goto(`${server.base}/cell/${best.layer}/c/${best.cell}`);
+        ok(/^Memory time scale: (\d+\.\d characters|unbounded)/.test((await cp.textContent('#memory-scale')).trim()), `#memory-scale reads ${JSON.stringify(await cp.textContent('#memory-scale'))}`);
+        ok(await cp.$(`a[href="/cell/${best.layer}/write/${best.cell}"]`) !== null, 'the cell page has no link to the write kind');
+        await cp.goto(server.base + '/model');
+        await cp.click('#horizon-measure');
+        await cp.waitForFunction(() => document.querySelector('#horizon').dataset.state === 'done', null, { timeout: TRACE_TIMEOUT });
+        ok(/^Median \d+ characters \(quartiles \d+–\d+\) over \d+ positions\.$/.test((await cp.textContent('#horizon')).trim()), `#horizon reads ${JSON.stringify(await cp.textContent('#horizon'))}`);
+      } finally {
+        await cp.close();
+      }
+      noPageErrors();
+    });
+
     if (SCREENSHOT && !SHIPPED_MODEL) {
       console.log(`# skipping docs/screenshot.png, docs/quote-cell.png and docs/if-cell.png: the served model is ${MODEL}, not the shipped default`);
     } else if (SCREENSHOT) {
@@ -1256,6 +1319,13 @@ async function withBrowser(server) {
               `for "${fig.concept}" over ${codePoints(fig.text)} characters -> ${path.join(FIGURES, fig.file)}`);
           });
         }
+        await step('figure quote-writes.png: where the best "string" cell writes and erases', async () => {
+          const best = await colourByBestCell(fp, server.base, QUOTE_SNIPPET, 'string');
+          await fp.check('#memory-mode');
+          await fp.waitForFunction(() => document.querySelector('#colored').dataset.colour === 'writes', null, { timeout: TRACE_TIMEOUT });
+          await shootView(fp, path.join(FIGURES, 'quote-writes.png'));
+          console.log(`# quote cell writes & erases: layer ${best.layer} c ${best.cell} -> ${path.join(FIGURES, 'quote-writes.png')}`);
+        });
       } finally {
         await fctx.close();
       }
