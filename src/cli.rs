@@ -152,7 +152,10 @@ impl ColorChoice {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::parse(s).ok_or_else(|| format!("unknown kind {s:?} (use h, c, i, f, g or o)"))
+    Kind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.letter()).collect();
+        format!("unknown kind {s:?} (use one of {}; which exist depends on the model)", all.join(", "))
+    })
 }
 
 /// Arguments of `cellscope trace` (the output forms are described on [`Command::Trace`]).
@@ -355,11 +358,15 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
     if let Some(cell) = a.cell.filter(|&c| c >= model.hidden_size()) {
         bail!("--cell {cell} is out of range: layers have cells 0..={}", model.hidden_size() - 1);
     }
+    let arch = model.arch();
+    if let Some(kind) = a.kind {
+        arch.check_kind(kind).map_err(|e| anyhow::anyhow!("--kind {}: {e}", kind.letter()))?;
+    }
     let trace = model.trace(&text);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if a.json {
         let layers = a.layer.map(|l| vec![l]);
-        let kinds = a.kind.map_or(vec![Kind::Hidden, Kind::Cell], |k| vec![k]);
+        let kinds = a.kind.map_or(arch.default_kinds().to_vec(), |k| vec![k]);
         let cells = a.cell.map(|c| vec![c]);
         let json = crate::server::trace_json(&model, &trace, layers.as_deref(), &kinds, cells.as_deref(), 5);
         serde_json::to_writer(&mut out, &json)?;
@@ -367,7 +374,7 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
         out.flush()?;
         return Ok(());
     }
-    let (layer, kind, cell) = (a.layer.unwrap_or(0), a.kind.unwrap_or(Kind::Cell), a.cell.unwrap_or(0));
+    let (layer, kind, cell) = (a.layer.unwrap_or(0), a.kind.unwrap_or(arch.default_kind()), a.cell.unwrap_or(0));
     let values = trace.layers[layer].get(kind).column(cell).to_vec();
     let title = format!("layer {layer} {} cell {cell} of {} ({} characters)", kind.describe(), model.name, trace.len());
     if a.color.colour_stdout() {

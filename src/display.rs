@@ -3,10 +3,10 @@
 //! point on that scale, and the legend's labels.
 //!
 //! ```text
-//! h, g:     u = v              (they live in [−1, 1])
+//! h, g, n:  u = v              (they live in [−1, 1])
 //! write:    u = v              (i·g lives in [−1, 1])
 //! c, keep:  u = tanh(v)        (as in the paper's figures; raw c reaches ±100)
-//! i, f, o:  u = 2v − 1         (gates live in [0, 1])
+//! i, f, o, r, z:  u = 2v − 1   (gates live in [0, 1])
 //! colour:   u = −1 → blue (33, 102, 172), 0 → white, +1 → red (178, 24, 43)
 //! ```
 
@@ -16,9 +16,9 @@ use crate::model::Kind;
 #[inline]
 pub fn unit_value(kind: Kind, v: f32) -> f32 {
     match kind {
-        Kind::Hidden | Kind::Candidate | Kind::Write => v,
+        Kind::Hidden | Kind::Candidate | Kind::Write | Kind::New => v,
         Kind::Cell | Kind::Keep => v.tanh(),
-        Kind::Input | Kind::Forget | Kind::Output => 2.0 * v - 1.0,
+        Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => 2.0 * v - 1.0,
     }
 }
 
@@ -34,7 +34,7 @@ pub fn shows(kind: Kind) -> &'static str {
 /// The legend label of the point `u` ∈ [−1, 1] for a kind: the shown value there.
 pub fn legend_label(kind: Kind, u: f32) -> String {
     match kind {
-        Kind::Input | Kind::Forget | Kind::Output => format!("{:.2}", (u + 1.0) / 2.0),
+        Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => format!("{:.2}", (u + 1.0) / 2.0),
         _ => format!("{u:+.2}"),
     }
 }

@@ -10,8 +10,10 @@
 // Pasted text is untrusted. It reaches the DOM only through textContent or through
 // `escapeChar` below; never through innerHTML as it is.
 
-const KINDS = ['h', 'c', 'i', 'f', 'g', 'o'];
-const GATES = new Set(['i', 'f', 'o']);
+/** The kinds the model records, as the server lists them in the kind menu (an LSTM's
+ *  h, c, i, f, g, o, write, keep; a GRU's h, r, z, n; an RNN's h). */
+const KINDS = [...document.querySelectorAll('#kind option')].map((o) => o.value);
+const GATES = new Set(['i', 'f', 'o', 'r', 'z']);
 /** Above this many bytes (T × H × 6 kinds) only the current kind is fetched. */
 const ALL_KINDS_MAX_BYTES = 16_000_000;
 /** The heatmap's canvas is at most this wide; longer texts are averaged into columns. */
@@ -330,7 +332,7 @@ const state = {
   samples: initial?.samples ?? [],
   maxChars: initial?.max_text_chars ?? Infinity,
   layer: initial?.layer ?? 0,
-  kind: initial?.kind ?? 'c',
+  kind: initial?.kind ?? (KINDS.includes('c') ? 'c' : 'h'),
   cell: initial?.cell ?? 0,
   /** The text the shown view was traced from. */
   text: null,

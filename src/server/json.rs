@@ -176,7 +176,7 @@ pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
 /// The requested part of a trace as one (layers, kinds, T, cells) f32 array.
 pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<&[usize]>) -> Vec<u8> {
     let t_len = trace.len();
-    let hidden = trace.layers.first().map_or(0, |l| l.h.ncols());
+    let hidden = trace.layers.first().map_or(0, |l| l.h().ncols());
     let all: Vec<usize> = (0..hidden).collect();
     let cells = cells.unwrap_or(&all);
     let mut data = Vec::with_capacity(layers.len() * kinds.len() * t_len * cells.len());
@@ -194,10 +194,10 @@ pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<
 /// How the page turns a stored byte back into the displayed value u ∈ [−1, 1]
 /// (its colour) and the value shown on hover.
 pub fn view_decode(kind: Kind) -> serde_json::Value {
-    match kind {
-        Kind::Hidden | Kind::Candidate => json!({"shows": kind.letter(), "value": "q/127"}),
-        Kind::Cell => json!({"shows": crate::display::shows(kind), "value": "q/127"}),
-        _ => json!({"shows": kind.letter(), "value": "(q/127 + 1)/2"}),
+    if kind.is_gate() {
+        json!({"shows": kind.letter(), "value": "(q/127 + 1)/2"})
+    } else {
+        json!({"shows": crate::display::shows(kind), "value": "q/127"})
     }
 }
 

@@ -138,7 +138,7 @@ impl AppState {
         let m = &self.model;
         serde_json::json!({
             "name": m.name,
-            "arch": m.arch.name(),
+            "arch": m.arch().name(),
             "layers": m.layers(),
             "hidden_size": m.hidden_size(),
             "vocab": m.vocab.chars().iter().map(|c| c.to_string()).collect::<Vec<_>>(),

@@ -22,7 +22,7 @@ use super::json::quantize;
 use super::AppState;
 use crate::analysis::{auc, c_features, pearson, Concept, Labels, CONCEPTS};
 use crate::display::{css_color, unit_value};
-use crate::model::{Kind, Trace};
+use crate::model::{Arch, Kind, Trace};
 
 /// A sample text offered on the page.
 pub struct Sample {
@@ -125,8 +125,12 @@ struct KindOption {
     selected: bool,
 }
 
-fn kind_options(selected: Kind) -> Vec<KindOption> {
-    Kind::ALL.iter().map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected }).collect()
+/// The kinds the model records, for the page's kind menu.
+fn kind_options(arch: Arch, selected: Kind) -> Vec<KindOption> {
+    arch.kinds()
+        .iter()
+        .map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected })
+        .collect()
 }
 
 #[derive(Template)]
@@ -139,6 +143,8 @@ struct IndexPage {
     kind_letter: &'static str,
     kind_label: &'static str,
     kinds: Vec<KindOption>,
+    /// Whether the model has a cell state c (LSTM): the finder offers c then.
+    has_cell: bool,
     cell: usize,
     text: String,
     samples: Vec<(&'static str, &'static str)>,
@@ -191,12 +197,12 @@ pub struct FirstView {
 /// conditions) and keeps the best; `None` when the sample has neither.
 fn choose_first_view(trace: &Trace) -> Option<FirstView> {
     let layers: Vec<usize> = (0..trace.layers.len()).collect();
+    let recorded = trace.layers[0].kinds();
+    let kinds: Vec<Kind> = [Kind::Cell, Kind::Hidden].into_iter().filter(|k| recorded.contains(k)).collect();
     [Concept::String, Concept::If].into_iter().find_map(|concept| {
         let labels = crate::analysis::concept_labels(&trace.chars, concept);
-        let best = crate::finder::rank_trace(trace, &labels, &layers, &[Kind::Cell, Kind::Hidden], Default::default())
-            .ok()?
-            .into_iter()
-            .next()?;
+        let best =
+            crate::finder::rank_trace(trace, &labels, &layers, &kinds, Default::default()).ok()?.into_iter().next()?;
         Some(FirstView {
             layer: best.layer,
             kind: best.kind,
@@ -259,7 +265,9 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         _ => None,
     };
     let layer = first_view.as_ref().map_or(q.layer.unwrap_or(0), |f| f.layer).min(model.layers() - 1);
-    let kind = first_view.as_ref().map_or(q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell), |f| f.kind);
+    let arch = model.arch();
+    let asked = q.kind.as_deref().and_then(Kind::parse).filter(|&k| arch.has(k));
+    let kind = first_view.as_ref().map_or(asked.unwrap_or(arch.default_kind()), |f| f.kind);
     let cell = first_view.as_ref().map_or(q.cell.unwrap_or(0), |f| f.cell).min(model.hidden_size() - 1);
     let intro = first_view.map(|f| {
         format!(
@@ -301,7 +309,8 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         layer,
         kind_letter: kind.letter(),
         kind_label: kind.describe(),
-        kinds: kind_options(kind),
+        kinds: kind_options(arch, kind),
+        has_cell: arch.has_cell(),
         cell,
         text,
         samples: SAMPLES.iter().map(|s| (s.id, s.title)).collect(),
@@ -350,6 +359,8 @@ pub type GateSaturation = (Kind, Vec<(f32, f32)>);
 pub struct ReferenceTrace {
     pub chars: Vec<char>,
     pub hidden: usize,
+    /// The kinds `data` holds, in its order (the model's [`Arch::kinds`]).
+    pub kinds: &'static [Kind],
     /// [layer][kind index][cell · T + t]
     pub data: Vec<Vec<Vec<i8>>>,
     /// Per layer, per gate (i, f, o): per cell (fraction > 0.9, fraction < 0.1).
@@ -366,10 +377,8 @@ impl ReferenceTrace {
             .layers
             .iter()
             .map(|l| {
-                Kind::ALL
-                    .iter()
-                    .map(|&kind| {
-                        let m = l.get(kind);
+                l.iter()
+                    .map(|(kind, m)| {
                         let mut v = vec![0i8; t_len * hidden];
                         for ((t, c), &x) in m.indexed_iter() {
                             v[c * t_len + t] = quantize(unit_value(kind, x)) as i8;
@@ -383,7 +392,9 @@ impl ReferenceTrace {
             .layers
             .iter()
             .map(|l| {
-                [Kind::Input, Kind::Forget, Kind::Output]
+                model
+                    .arch()
+                    .gate_kinds()
                     .iter()
                     .map(|&k| (k, crate::analysis::saturation(l.get(k).view(), 0.1, 0.9)))
                     .collect()
@@ -391,12 +402,12 @@ impl ReferenceTrace {
             .collect();
         let feats = c_features(&trace.chars);
         let labels = CONCEPTS.iter().map(|&c| (c, feats.labels(c))).collect();
-        Self { chars: trace.chars, hidden, data, saturation, labels }
+        Self { chars: trace.chars, hidden, kinds: model.arch().kinds(), data, saturation, labels }
     }
 
     /// One cell's values as unit values u ∈ [−1, 1].
     pub fn column(&self, layer: usize, kind: Kind, cell: usize) -> Vec<f32> {
-        let ki = Kind::ALL.iter().position(|&k| k == kind).expect("kind listed");
+        let ki = self.kinds.iter().position(|&k| k == kind).expect("cell paths are checked against the model's kinds");
         let t_len = self.chars.len();
         self.data[layer][ki][cell * t_len..(cell + 1) * t_len].iter().map(|&q| q as f32 / 127.0).collect()
     }
@@ -464,9 +475,9 @@ fn context_rows(
         .iter()
         .map(|w| {
             let shown = match kind {
-                Kind::Hidden | Kind::Candidate => format!("{:+.3}", w.value),
-                Kind::Cell => format!("tanh(c) {:+.3}", w.value),
-                _ => format!("{:.3}", (w.value + 1.0) / 2.0),
+                Kind::Cell | Kind::Keep => format!("{} {:+.3}", crate::display::shows(kind), w.value),
+                k if k.is_gate() => format!("{:.3}", (w.value + 1.0) / 2.0),
+                _ => format!("{:+.3}", w.value),
             };
             // The character the value belongs to is wrapped in `.centre` (outlined by
             // style.css), so a reader sees which one of the window's characters it is.
@@ -566,22 +577,31 @@ fn nice_step(span: f64, parts: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
 }
 
-/// Parses `/cell/{layer}/{kind}/{n}`'s parts, or says what a valid path looks like.
+/// Parses `/cell/{layer}/{kind}/{n}`'s parts, or gives an error code (`bad_kind` for
+/// a kind this model's architecture lacks, else `bad_cell`) and says what a valid
+/// path looks like.
 pub fn parse_cell_path(
     model: &crate::model::Model,
     layer: &str,
     kind: &str,
     n: &str,
-) -> Result<(usize, Kind, usize), String> {
+) -> Result<(usize, Kind, usize), (&'static str, String)> {
+    let arch = model.arch();
     let l: Option<usize> = layer.parse().ok().filter(|&l| l < model.layers());
     let k = Kind::parse(kind);
     let c: Option<usize> = n.parse().ok().filter(|&c| c < model.hidden_size());
-    match (l, k, c) {
+    let code = if k.is_some_and(|k| !arch.has(k)) { "bad_kind" } else { "bad_cell" };
+    match (l, k.filter(|&k| arch.has(k)), c) {
         (Some(l), Some(k), Some(c)) => Ok((l, k, c)),
-        _ => Err(format!(
-            "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of h c i f g o, N in 0..={}",
-            model.layers() - 1,
-            model.hidden_size() - 1
+        _ => Err((
+            code,
+            format!(
+                "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of {} (this \
+                 is a {arch} model), N in 0..={}",
+                model.layers() - 1,
+                arch.kind_list(),
+                model.hidden_size() - 1
+            ),
         )),
     }
 }
@@ -687,7 +707,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
     let model = state.model.clone();
     let (layer, kind, cell) = match parse_cell_path(&model, &layer, &kind, &n) {
         Ok(x) => x,
-        Err(m) => return html_error(StatusCode::NOT_FOUND, "No such cell", &m),
+        Err((_, m)) => return html_error(StatusCode::NOT_FOUND, "No such cell", &m),
     };
     let profile = match cell_profile(&state, layer, kind, cell).await {
         Ok(p) => p,
@@ -698,7 +718,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         Err(e) => return e.into_response(),
     };
     let (lo, hi) = match kind {
-        Kind::Input | Kind::Forget | Kind::Output => ("0", "1"),
+        k if k.is_gate() => ("0", "1"),
         Kind::Cell => ("tanh(c) = −1", "+1"),
         _ => ("−1", "+1"),
     };
@@ -838,7 +858,7 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
     let size = 200.0;
     let pad = 34.0;
     let mut s = String::from("<div class=\"sat\">");
-    for (gi, gate) in [Kind::Input, Kind::Forget, Kind::Output].iter().enumerate() {
+    for (gi, gate) in rt.saturation.first().into_iter().flatten().map(|g| &g.0).enumerate() {
         let _ = write!(
             s,
             "<figure><svg viewBox=\"0 0 {0} {0}\" role=\"img\" aria-label=\"{1} saturation\">",
