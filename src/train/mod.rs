@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{safetensors, write_atomic, Model, Vocab, Weights};
+use crate::model::{safetensors, write_atomic, Arch, Model, Vocab, Weights};
 use backprop::{loss_and_grad, StreamState, Workspace};
 use optim::{clip_grad_norm, OptimState, Optimizer};
 
@@ -42,6 +42,9 @@ use optim::{clip_grad_norm, OptimState, Optimizer};
 /// model's `cellscope.train` metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
+    /// Absent from checkpoints written before GRU and RNN existed: those are LSTMs.
+    #[serde(default)]
+    pub arch: Arch,
     pub layers: usize,
     pub hidden: usize,
     pub batch: usize,
@@ -65,6 +68,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Lstm,
             layers: 2,
             hidden: 256,
             batch: 50,
@@ -133,14 +137,16 @@ impl TrainConfig {
     /// characters: weights, optimiser moments, one gradient per shard and the
     /// model copies made at validation (P parameters each), plus the training and
     /// validation workspaces (`backprop::Workspace`: 13 values per cell per layer
-    /// per character of the batch, the logits, and per shard the layer-0 tables).
+    /// per character of the batch, the logits, and per shard the layer-0 tables;
+    /// an LSTM's count, which bounds the GRU's and the RNN's).
     /// Computed in f64 so absurd sizes cannot overflow.
     pub fn memory_estimate(&self, vocab: usize) -> f64 {
         let (v, h, l) = (vocab as f64, self.hidden as f64, self.layers as f64);
         let (b, s) = (self.batch as f64, self.seq as f64);
         let shards = self.threads.min(self.batch).max(1) as f64;
-        let params = 4.0 * h * (v + h + 2.0) + (l - 1.0) * 4.0 * h * (2.0 * h + 2.0) + v * h + v;
-        let workspace = b * s * (13.0 * l * h + v + 2.0 * h) + shards * 8.0 * v * h;
+        let g = self.arch.gates() as f64;
+        let params = g * h * (v + h + 2.0) + (l - 1.0) * g * h * (2.0 * h + 2.0) + v * h + v;
+        let workspace = b * s * (13.0 * l * h + v + 2.0 * h) + shards * 2.0 * g * v * h;
         let states = 2.0 * l * b * h;
         4.0 * ((5.0 + shards) * params + 2.0 * workspace + states)
     }
@@ -309,7 +315,7 @@ pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize
                 first += bs;
                 scope.spawn(move || {
                     let layers = weights.layers.len();
-                    let mut state = StreamState::zeros(layers, bs, weights.hidden_size());
+                    let mut state = StreamState::zeros(weights.arch, layers, bs, weights.hidden_size());
                     let mut ws = Workspace::default();
                     let mut rng = crate::rng::Rng::new(0);
                     let (mut total, mut count) = (0f64, 0usize);
@@ -451,8 +457,11 @@ fn save_checkpoint(run: &Run, path: &Path) -> Result<(), TrainError> {
         }
     }
     for (s, st) in run.states.iter().enumerate() {
-        for (k, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
+        for (k, h) in st.h.iter().enumerate() {
             tensors.insert(format!("state.s{s}.h_l{k}"), (vec![h.len()], &h[..]));
+        }
+        // A GRU or RNN has no cell state (its `c` is empty).
+        for (k, c) in st.c.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
             tensors.insert(format!("state.s{s}.c_l{k}"), (vec![c.len()], &c[..]));
         }
     }
@@ -510,7 +519,8 @@ fn load_checkpoint(path: &Path, fresh: &Run) -> Result<Run, TrainError> {
     }
     for (s, st) in run.states.iter_mut().enumerate() {
         for k in 0..st.h.len() {
-            for (kind, dst) in [("h", &mut st.h[k]), ("c", &mut st.c[k])] {
+            let parts = [("h", &mut st.h[k]), ("c", &mut st.c[k])];
+            for (kind, dst) in parts.into_iter().filter(|(_, dst)| !dst.is_empty()) {
                 let key = format!("state.s{s}.{kind}_l{k}");
                 let t = file.tensors.get(&key).ok_or_else(|| bad(format!("lacks {key}")))?;
                 if t.data.len() != dst.len() {
@@ -656,7 +666,8 @@ pub fn train(
     let stream_len = ids.len().saturating_sub(1) / config.batch;
     let batches_per_epoch = (stream_len / config.seq) as u64;
     let shards = shard_sizes(config.batch, config.threads);
-    let weights = Weights::random_scaled(vocab.len(), None, config.hidden, config.layers, config.seed, config.init);
+    let weights =
+        Weights::random_arch(config.arch, vocab.len(), None, config.hidden, config.layers, config.seed, config.init);
     let train_meta = serde_json::json!({
         "corpus": train_path.file_name().map(|s| s.to_string_lossy().into_owned()),
         "train_sha256": sha256_hex(train_text.as_bytes()),
@@ -666,7 +677,7 @@ pub fn train(
     });
     let fresh = Run {
         opt: OptimState::new(config.optimizer, &weights),
-        states: shards.iter().map(|&b| StreamState::zeros(config.layers, b, config.hidden)).collect(),
+        states: shards.iter().map(|&b| StreamState::zeros(config.arch, config.layers, b, config.hidden)).collect(),
         progress: Progress {
             step: 0,
             batch_in_epoch: 0,
