@@ -67,10 +67,10 @@ pub struct TrainArgs {
     /// Continue from OUT's checkpoint (same flags required).
     #[arg(long)]
     pub resume: bool,
-    /// Stacked recurrent layers (1 to 16).
     /// The recurrent architecture: lstm, gru (PyTorch's nn.GRU) or rnn (tanh).
     #[arg(long, default_value = "lstm")]
     pub arch: crate::model::Arch,
+    /// Stacked recurrent layers (1 to 16).
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
     /// Cells per layer (1 to 4096; the run's estimated memory must also fit 16 GiB).

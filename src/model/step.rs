@@ -152,8 +152,9 @@ impl<'m> Stepper<'m> {
 
 /// y = W x for a row-major W (rows = y.len(), cols = x.len()), on the widest
 /// SIMD the CPU has (as `kernel::softmax_rows` picks it): the decoder, V × H,
-/// small enough to stay in L2. (The 4H × H input projections of layers ≥ 1 use
-/// [`kernel::packed_matvec`], which streams like the recurrence.)
+/// small enough to stay in L2, and the GRU's and RNN's per-step products. (The
+/// LSTM's 4H × H input projections of layers ≥ 1 use [`kernel::packed_matvec`],
+/// which streams like the recurrence.)
 pub(super) fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(w.len(), x.len() * y.len());
     #[cfg(target_arch = "x86_64")]
