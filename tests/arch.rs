@@ -333,6 +333,10 @@ async fn pages_offer_the_kinds_of_the_model() {
         assert!(page.contains(&arch.kind_list()), "{page}");
         let (s, page) = get(arch, "/model").await;
         assert_eq!(s, 200, "{page}");
+        assert!(page.contains(&format!("2 × 16 {}", arch.title())), "{arch}: the model card names its architecture");
+        let gates = arch.gate_kinds();
+        assert!(gates.iter().all(|g| page.contains(g.describe())), "{arch}: the saturation plot shows each gate");
+        assert_eq!(gates.is_empty(), page.contains("no gates"), "{arch}");
     }
 }
 

@@ -42,6 +42,15 @@ impl Arch {
         Arch::ALL.into_iter().find(|a| a.name() == s)
     }
 
+    /// The name for people: "LSTM", "GRU", "tanh RNN".
+    pub fn title(self) -> &'static str {
+        match self {
+            Arch::Lstm => "LSTM",
+            Arch::Gru => "GRU",
+            Arch::Rnn => "tanh RNN",
+        }
+    }
+
     /// G: the blocks of H rows stacked in `weight_ih` and `weight_hh`.
     pub fn gates(self) -> usize {
         match self {

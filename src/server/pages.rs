@@ -857,6 +857,9 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
     let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
     let size = 200.0;
     let pad = 34.0;
+    if rt.saturation.first().is_none_or(|gates| gates.is_empty()) {
+        return "<p>This architecture has no gates.</p>".into();
+    }
     let mut s = String::from("<div class=\"sat\">");
     for (gi, gate) in rt.saturation.first().into_iter().flatten().map(|g| &g.0).enumerate() {
         let _ = write!(
@@ -932,7 +935,7 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
     let t = &model.train;
     let num = |k: &str| t.get(k).and_then(|v| v.as_f64()).map_or("—".to_string(), |v| format!("{v:.4}"));
     let rows = vec![
-        ("Architecture".into(), format!("{} × {} LSTM", model.layers(), model.hidden_size())),
+        ("Architecture".into(), format!("{} × {} {}", model.layers(), model.hidden_size(), model.arch().title())),
         ("Parameters".into(), thousands(model.weights.param_count() as u64)),
         ("Vocabulary".into(), format!("{} characters", model.vocab.len())),
         ("Input".into(), if model.weights.embedding.is_some() { "embedding".into() } else { "one-hot".into() }),
