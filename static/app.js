@@ -1657,9 +1657,10 @@ function selectionSpans() {
 // character t + 1, so that character is painted with delta[t]; the first character
 // is not predicted and stays white. Blue: the clamp made the actual text less likely.
 
-/** Clamps hold h or c; a view of a gate or of g clamps the c of the same cell. */
+/** Clamps hold h or c; a view of a gate or of g clamps the c of the same cell (its h
+ *  where the model has no c: a GRU's r, z, n). */
 function clampTarget() {
-  const kind = state.kind === 'h' ? 'h' : 'c';
+  const kind = state.kind === 'h' || !KINDS.includes('c') ? 'h' : 'c';
   return { layer: state.layer, kind, cell: state.cell, viaKind: kind === state.kind ? null : state.kind };
 }
 
@@ -1689,7 +1690,7 @@ function updateClampTarget() {
   const t = clampTarget();
   const what = t.kind === 'c' ? 'the memory c (raw, before tanh)' : 'the output h';
   let msg = `Holds ${what} of layer ${t.layer} · cell ${t.cell} at a value and shows how the prediction of every next character changes.`;
-  if (t.viaKind) msg += ` The view shows the ${kindName(t.viaKind)}, which cannot be held: the clamp holds c of the same cell.`;
+  if (t.viaKind) msg += ` The view shows the ${kindName(t.viaKind)}, which cannot be held: the clamp holds ${t.kind} of the same cell.`;
   el.clampTarget.textContent = msg;
   scheduleStats();
 }
