@@ -32,6 +32,20 @@ The gate values come from an explicit per-step loop over the weights
 (computed in float64, stored as f32); the script asserts that this loop
 agrees with the module's fused `nn.LSTM` (output, h_n, c_n) and with the
 module's decoder + log_softmax to within 1e-6.
+
+Then, the same way, a 2-layer H = 16 `nn.GRU` and `nn.RNN(nonlinearity="tanh")`
+with one-hot input (`cellscope.arch` "gru" and "rnn"):
+
+    tests/fixtures/gru_onehot.safetensors            rnn.weight_ih_l0 is [48, V] (r, z, n)
+    tests/fixtures/gru_onehot.expected.safetensors   h_l{k}, r_l{k}, z_l{k}, n_l{k}, log_probs
+    tests/fixtures/rnn_onehot.safetensors            rnn.weight_ih_l0 is [16, V]
+    tests/fixtures/rnn_onehot.expected.safetensors   h_l{k}, log_probs
+
+where the loop computes r = σ(W_ir x + b_ir + W_hr h + b_hr), z likewise,
+n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h, and
+is checked against the module's nn.GRU (nn.RNN) output and h_n to 1e-6. The
+LSTM fixtures are built first from the same seed, so adding these did not change
+them.
 """
 
 import json
@@ -64,10 +78,13 @@ TEXT = 'int f(int n) {\n\tif (n < 2) return n;\n\tputs("fib");\n\treturn f(n - 1
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
 
-class CharLSTM(nn.Module):
-    """embedding (optional) -> nn.LSTM (batch_first=False) -> decoder."""
+RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": lambda i, h, l, **kw: nn.RNN(i, h, l, nonlinearity="tanh", **kw)}
 
-    def __init__(self, vocab, hidden, layers, embed=None):
+
+class CharLSTM(nn.Module):
+    """embedding (optional) -> nn.LSTM / nn.GRU / nn.RNN (batch_first=False) -> decoder."""
+
+    def __init__(self, vocab, hidden, layers, embed=None, arch="lstm"):
         super().__init__()
         self.vocab = vocab
         if embed is None:
@@ -76,7 +93,8 @@ class CharLSTM(nn.Module):
         else:
             self.embedding = nn.Embedding(vocab, embed)
             in0 = embed
-        self.rnn = nn.LSTM(in0, hidden, layers, batch_first=False)
+        self.arch = arch
+        self.rnn = RECURRENT[arch](in0, hidden, layers, batch_first=False)
         self.decoder = nn.Linear(hidden, vocab)
 
     def inputs(self, ids):
@@ -88,9 +106,11 @@ class CharLSTM(nn.Module):
         return x.unsqueeze(1)
 
     def forward(self, ids):
-        out, (h_n, c_n) = self.rnn(self.inputs(ids))
+        out, state = self.rnn(self.inputs(ids))
+        h_n, c_n = state if self.arch == "lstm" else (state, None)
         logits = self.decoder(out.squeeze(1))
-        return out.squeeze(1), h_n.squeeze(1), c_n.squeeze(1), F.log_softmax(logits, dim=-1)
+        c_n = None if c_n is None else c_n.squeeze(1)
+        return out.squeeze(1), h_n.squeeze(1), c_n, F.log_softmax(logits, dim=-1)
 
 
 def init_weights(model):
@@ -139,6 +159,39 @@ def reference_loop(model, ids):
     return rec
 
 
+def reference_loop_plain(model, ids):
+    """Explicit per-layer, per-step GRU or tanh-RNN in float64 (PyTorch's equations)."""
+    sd = {k: v.detach().to(torch.float64) for k, v in model.state_dict().items()}
+    H = model.rnn.hidden_size
+    x = F.one_hot(ids, model.vocab).to(torch.float64)
+    rec = {}
+    for k in range(model.rnn.num_layers):
+        W_ih, W_hh = sd[f"rnn.weight_ih_l{k}"], sd[f"rnn.weight_hh_l{k}"]
+        b_ih, b_hh = sd[f"rnn.bias_ih_l{k}"], sd[f"rnn.bias_hh_l{k}"]
+        h = torch.zeros(H, dtype=torch.float64)
+        seen = {"h": [], "r": [], "z": [], "n": []}
+        for t in range(ids.shape[0]):
+            gi = W_ih @ x[t] + b_ih
+            gh = W_hh @ h + b_hh
+            if model.arch == "gru":
+                r = torch.sigmoid(gi[0:H] + gh[0:H])
+                z = torch.sigmoid(gi[H:2 * H] + gh[H:2 * H])
+                n = torch.tanh(gi[2 * H:3 * H] + r * gh[2 * H:3 * H])
+                h = (1 - z) * n + z * h
+                for name, v in (("r", r), ("z", z), ("n", n)):
+                    seen[name].append(v)
+            else:
+                h = torch.tanh(gi + gh)
+            seen["h"].append(h)
+        for name, lst in seen.items():
+            if lst:
+                rec[f"{name}_l{k}"] = torch.stack(lst)
+        x = rec[f"h_l{k}"]
+    top = rec[f"h_l{model.rnn.num_layers - 1}"]
+    rec["log_probs"] = torch.log_softmax(top @ sd["decoder.weight"].T + sd["decoder.bias"], dim=-1)
+    return rec
+
+
 def check_close(what, a, b):
     diff = (a.to(torch.float64) - b.to(torch.float64)).abs().max().item()
     if not diff <= TOL:
@@ -146,10 +199,11 @@ def check_close(what, a, b):
     return diff
 
 
-def build(name, embed):
+def build(name, embed, arch="lstm"):
+    """One fixture: the model file and PyTorch's values for TEXT, checked against the loop."""
     stoi = {ch: i for i, ch in enumerate(VOCAB)}
     ids = torch.tensor([stoi[ch] for ch in TEXT], dtype=torch.long)
-    model = CharLSTM(len(VOCAB), HIDDEN, LAYERS, embed)
+    model = CharLSTM(len(VOCAB), HIDDEN, LAYERS, embed, arch)
     init_weights(model)
     model.eval()
 
@@ -157,9 +211,10 @@ def build(name, embed):
     assert all(v.dtype == torch.float32 for v in state.values())
     if embed is None:
         assert "embedding.weight" not in state
-        assert tuple(state["rnn.weight_ih_l0"].shape) == (4 * HIDDEN, len(VOCAB))
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[arch]
+        assert tuple(state["rnn.weight_ih_l0"].shape) == (gates * HIDDEN, len(VOCAB))
     meta = {
-        "cellscope.arch": "lstm",
+        "cellscope.arch": arch,
         "cellscope.vocab": json.dumps(VOCAB),
         "cellscope.train": json.dumps({"corpus": "fixture"}),
     }
@@ -167,7 +222,7 @@ def build(name, embed):
 
     with torch.no_grad():
         out, h_n, c_n, log_probs = model(ids)
-    rec = reference_loop(model, ids)
+    rec = reference_loop(model, ids) if arch == "lstm" else reference_loop_plain(model, ids)
     top = LAYERS - 1
     diffs = [
         check_close("output vs loop h (last layer)", out, rec[f"h_l{top}"]),
@@ -175,11 +230,12 @@ def build(name, embed):
     ]
     for k in range(LAYERS):
         diffs.append(check_close(f"h_n[{k}]", h_n[k], rec[f"h_l{k}"][-1]))
-        diffs.append(check_close(f"c_n[{k}]", c_n[k], rec[f"c_l{k}"][-1]))
+        if c_n is not None:
+            diffs.append(check_close(f"c_n[{k}]", c_n[k], rec[f"c_l{k}"][-1]))
 
-    # Sanity: the gates should not all sit near 0.5 / 0.
-    spread = min(rec[f"{g}_l{k}"].std().item() for g in "ifgo" for k in range(LAYERS))
-    assert spread > 0.05, f"gates too flat (min std {spread})"
+    # Sanity: the recorded values should not all sit near 0.5 / 0.
+    spread = min(v.std().item() for key, v in rec.items() if key != "log_probs")
+    assert spread > 0.05, f"values too flat (min std {spread})"
 
     expected = {k: v.to(torch.float32).contiguous() for k, v in rec.items()}
     save_file(
@@ -188,7 +244,7 @@ def build(name, embed):
         metadata={"text": TEXT, "source": f"scripts/make_fixtures.py, torch {torch.__version__}"},
     )
     print(f"{name}: V={len(VOCAB)} T={len(TEXT)} H={HIDDEN} layers={LAYERS} "
-          f"embed={embed} max|fused-loop|={max(diffs):.2e} min gate std={spread:.3f}")
+          f"embed={embed} max|fused-loop|={max(diffs):.2e} min std={spread:.3f}")
 
 
 def main():
@@ -197,6 +253,8 @@ def main():
     torch.manual_seed(SEED)
     build("lstm_onehot", None)
     build("lstm_embed", EMBED)
+    build("gru_onehot", None, "gru")
+    build("rnn_onehot", None, "rnn")
 
 
 if __name__ == "__main__":

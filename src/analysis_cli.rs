@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::analysis::{AnalysisError, CONCEPTS};
 use crate::finder::{labels_for, CellScore, Feature, StreamingRanker, BINS, CHUNK};
-use crate::model::Kind;
+use crate::model::{Arch, Kind};
 
 #[derive(clap::Args, Debug)]
 pub struct FindCellsArgs {
@@ -34,9 +34,10 @@ pub struct FindCellsArgs {
     /// Rank every built-in concept in one pass and print the best cell of each.
     #[arg(long)]
     pub all_concepts: bool,
-    /// Kinds to rank, comma-separated (h, c, i, f, g, o, write, keep), or `all`.
-    #[arg(long, default_value = "h,c")]
-    pub kinds: String,
+    /// Kinds to rank, comma-separated (an LSTM's h, c, i, f, g, o, write, keep; a GRU's
+    /// h, r, z, n; an RNN's h), or `all`. Default: h and c (h alone without a c).
+    #[arg(long)]
+    pub kinds: Option<String>,
     /// Layers to rank, comma-separated (0-based), or `all`.
     #[arg(long, default_value = "all")]
     pub layers: String,
@@ -101,7 +102,6 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
         Some(f) => vec![f.parse::<Feature>()?],
         None => bail!("give --feature NAME or --all-concepts"),
     };
-    let kinds = parse_kinds(&a.kinds)?;
     if a.top == 0 {
         bail!("--top must be at least 1");
     }
@@ -111,6 +111,10 @@ pub fn cmd_find_cells(a: FindCellsArgs) -> Result<()> {
         texts.push(text.chars().collect::<Vec<char>>());
     }
     let model = a.model.load()?;
+    let kinds = match &a.kinds {
+        Some(k) => parse_kinds(k, model.arch())?,
+        None => model.arch().default_kinds().to_vec(),
+    };
     let layers = parse_layers(&a.layers, model.layers())?;
     let total: usize = texts.iter().map(Vec::len).sum();
     let targets: Vec<_> = features.iter().map(Feature::label_kind).collect();
@@ -211,15 +215,20 @@ pub(crate) fn explain(e: &AnalysisError, feature: &Feature, files: &str) -> Stri
     }
 }
 
-pub(crate) fn parse_kinds(s: &str) -> Result<Vec<Kind>> {
+/// `--kinds`: comma-separated kinds the model's architecture records, or `all` of them.
+pub(crate) fn parse_kinds(s: &str, arch: Arch) -> Result<Vec<Kind>> {
     if s == "all" {
-        return Ok(Kind::ALL.to_vec());
+        return Ok(arch.kinds().to_vec());
     }
     s.split(',')
         .map(|k| {
-            Kind::parse(k.trim()).with_context(|| {
-                format!("unknown kind {k:?} in --kinds (use {}, comma-separated, or all)", crate::display::kind_names())
-            })
+            let kind = Kind::parse(k.trim()).with_context(|| {
+                format!(
+                    "unknown kind {k:?} in --kinds (this {arch} model records {}; comma-separated, or all)",
+                    arch.kind_list()
+                )
+            })?;
+            arch.check_kind(kind).with_context(|| format!("--kinds {s}"))
         })
         .collect()
 }

@@ -72,7 +72,10 @@ pub struct TrainArgs {
     /// Continue from OUT's checkpoint (same flags required).
     #[arg(long)]
     pub resume: bool,
-    /// Stacked LSTM layers (1 to 16).
+    /// The recurrent architecture: lstm, gru (PyTorch's nn.GRU) or rnn (tanh).
+    #[arg(long, default_value = "lstm")]
+    pub arch: crate::model::Arch,
+    /// Stacked recurrent layers (1 to 16).
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
     /// Cells per layer (1 to 4096; the run's estimated memory must also fit 16 GiB).
@@ -157,7 +160,9 @@ impl ColorChoice {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::parse(s).ok_or_else(|| format!("unknown kind {s:?} (use one of {})", crate::display::kind_names()))
+    Kind::parse(s).ok_or_else(|| {
+        format!("unknown kind {s:?} (use one of {}; which exist depends on the model)", crate::display::kind_names())
+    })
 }
 
 /// Arguments of `cellscope trace` (the output forms are described on [`Command::Trace`]).
@@ -347,6 +352,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let config = TrainConfig {
+        arch: a.arch,
         layers: a.layers,
         hidden: a.hidden,
         batch: a.batch,
@@ -448,11 +454,15 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
     if let Some(cell) = a.cell.filter(|&c| c >= model.hidden_size()) {
         bail!("--cell {cell} is out of range: layers have cells 0..={}", model.hidden_size() - 1);
     }
+    let arch = model.arch();
+    if let Some(kind) = a.kind {
+        arch.check_kind(kind).map_err(|e| anyhow::anyhow!("--kind {}: {e}", kind.letter()))?;
+    }
     let trace = model.trace(&text);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if a.json {
         let layers = a.layer.map(|l| vec![l]);
-        let kinds = a.kind.map_or(vec![Kind::Hidden, Kind::Cell], |k| vec![k]);
+        let kinds = a.kind.map_or(arch.default_kinds().to_vec(), |k| vec![k]);
         let cells = a.cell.map(|c| vec![c]);
         let json = crate::server::trace_json(&model, &trace, layers.as_deref(), &kinds, cells.as_deref(), 5);
         serde_json::to_writer(&mut out, &json)?;
@@ -460,7 +470,7 @@ fn cmd_trace(a: TraceArgs) -> Result<()> {
         out.flush()?;
         return Ok(());
     }
-    let (layer, kind, cell) = (a.layer.unwrap_or(0), a.kind.unwrap_or(Kind::Cell), a.cell.unwrap_or(0));
+    let (layer, kind, cell) = (a.layer.unwrap_or(0), a.kind.unwrap_or(arch.default_kind()), a.cell.unwrap_or(0));
     let values = trace.layers[layer].get(kind).column(cell).to_vec();
     let title = format!("layer {layer} {} cell {cell} of {} ({} characters)", kind.describe(), model.name, trace.len());
     if a.color.colour_stdout() {

@@ -3,10 +3,10 @@
 //! point on that scale, and the legend's labels.
 //!
 //! ```text
-//! h, g:     u = v              (they live in [−1, 1])
+//! h, g, n:  u = v              (they live in [−1, 1])
 //! write:    u = v              (i·g lives in [−1, 1])
 //! c, keep:  u = tanh(v)        (as in the paper's figures; raw c reaches ±100)
-//! i, f, o:  u = 2v − 1         (gates live in [0, 1])
+//! i, f, o, r, z:  u = 2v − 1   (gates live in [0, 1])
 //! colour:   u = −1 → blue (33, 102, 172), 0 → white, +1 → red (178, 24, 43)
 //! ```
 
@@ -26,9 +26,9 @@ pub enum Scale {
 /// The scale of a kind (see the module doc).
 pub fn scale(kind: Kind) -> Scale {
     match kind {
-        Kind::Hidden | Kind::Candidate | Kind::Write => Scale::Signed,
+        Kind::Hidden | Kind::Candidate | Kind::Write | Kind::New => Scale::Signed,
         Kind::Cell | Kind::Keep => Scale::Squashed,
-        Kind::Input | Kind::Forget | Kind::Output => Scale::Gate,
+        Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => Scale::Gate,
     }
 }
 
@@ -51,11 +51,11 @@ pub fn shows(kind: Kind) -> &'static str {
     }
 }
 
-/// Every kind with its display rule, for the page's script (which applies the
+/// The given kinds (a model's) with their display rules, for the page's script (which applies the
 /// same rules to the bytes of a view): `[{letter, label, shows, scale}]`, scale
 /// one of `signed` (u = v), `squashed` (u = tanh v), `gate` (u = 2v − 1).
-pub fn kind_table() -> serde_json::Value {
-    Kind::ALL
+pub fn kind_table(kinds: &[Kind]) -> serde_json::Value {
+    kinds
         .iter()
         .map(|&k| {
             let scale = match scale(k) {

@@ -1,23 +1,25 @@
-//! cellscope: see what the hidden cells of a character-level LSTM have learned.
+//! cellscope: see what the hidden cells of a character-level LSTM (or GRU, or
+//! tanh-RNN) have learned.
 //!
 //! # Layout
 //! Data flows left to right: text → [`model::Vocab::encode`] → [`model::Model::trace`]
 //! → [`model::Trace`] → analysis / server / CLI.
 //!
 //! - [`model`]: vocabulary, weights by their PyTorch names, the safetensors file
-//!   format (DESIGN §3), and the forward pass that records h, c and the gates
-//!   i, f, g, o of every layer at every character (`model/lstm.rs`, with clamps),
-//!   its SIMD kernels (`model/kernel.rs`), and one character at a time with
-//!   sampling (`model/step.rs`).
+//!   format (DESIGN §3), the architectures and their kinds (`model/arch.rs`), and
+//!   the forward pass that records every kind of every layer at every character:
+//!   the LSTM's h, c, i, f, g, o (`model/lstm.rs`, with clamps, and its SIMD
+//!   kernels in `model/kernel.rs`), the GRU's h, r, z, n and the tanh-RNN's h
+//!   (`model/gru_rnn.rs`); one character at a time with sampling (`model/step.rs`).
 //! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
 //! - [`finder`]: traces → analysis: ranks every cell of a trace, or streams whole
 //!   files in chunks (binned AUC with a stated bound); top contexts for cell pages;
 //!   concept directions (sparse probes over many cells, `finder/probe.rs`).
-//! - [`train`]: the trainer: batches of parallel streams, backward pass (BPTT),
-//!   Adam/RMSProp, clipping, checkpoints and resume (`train/backprop.rs` holds the
-//!   gradient formulas).
+//! - [`train`]: the trainer for all three architectures: batches of parallel
+//!   streams, backward pass (BPTT), Adam/RMSProp, clipping, checkpoints and resume
+//!   (`train/backprop.rs` holds the gradient formulas).
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
 //! - [`display`]: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
 //!   one place for the terminal, the pages and the API.

@@ -72,7 +72,10 @@ pub fn cmd_probe(a: FindCellsArgs) -> Result<()> {
     if a.max_chars == 0 {
         bail!("--max-chars must be at least 1");
     }
-    let kinds = parse_kinds(&a.kinds)?;
+    let kinds = match &a.kinds {
+        Some(k) => parse_kinds(k, model.arch())?,
+        None => model.arch().default_kinds().to_vec(),
+    };
     let layers = parse_layers(&a.layers, model.layers())?;
     let options = crate::analysis::probe::ProbeOptions { l1: a.l1, max_cells: a.max_cells };
     let started = std::time::Instant::now();

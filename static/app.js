@@ -10,18 +10,14 @@
 // Pasted text is untrusted. It reaches the DOM only through textContent or through
 // `escapeChar` below; never through innerHTML as it is.
 
-// Kinds and their display rules come from the server (src/display.rs), read from
-// the page's #initial data below; these are the fallback for pages without it.
+// Kinds and their display rules come from the server (src/display.rs, in the
+// page's #initial data); the model's own kinds are the options of the kind menu
+// (an LSTM's h, c, i, f, g, o, write, keep; a GRU's h, r, z, n; an RNN's h).
 const KIND_TABLE = (() => {
   const data = document.getElementById('initial');
-  const kinds = data ? JSON.parse(data.textContent).kinds : null;
-  return kinds ?? [
-    { letter: 'h', shows: 'h', scale: 'signed' }, { letter: 'c', shows: 'tanh(c)', scale: 'squashed' },
-    { letter: 'i', shows: 'i', scale: 'gate' }, { letter: 'f', shows: 'f', scale: 'gate' },
-    { letter: 'g', shows: 'g', scale: 'signed' }, { letter: 'o', shows: 'o', scale: 'gate' },
-  ];
+  return (data ? JSON.parse(data.textContent).kinds : null) ?? [];
 })();
-const KINDS = KIND_TABLE.map((k) => k.letter);
+const KINDS = [...document.querySelectorAll('#kind option')].map((o) => o.value);
 const SCALE_OF = new Map(KIND_TABLE.map((k) => [k.letter, k.scale]));
 const SHOWS = new Map(KIND_TABLE.map((k) => [k.letter, k.shows]));
 const GATES = new Set(KIND_TABLE.filter((k) => k.scale === 'gate').map((k) => k.letter));
@@ -354,7 +350,7 @@ const state = {
   samples: initial?.samples ?? [],
   maxChars: initial?.max_text_chars ?? Infinity,
   layer: initial?.layer ?? 0,
-  kind: initial?.kind ?? 'c',
+  kind: initial?.kind ?? (KINDS.includes('c') ? 'c' : 'h'),
   cell: initial?.cell ?? 0,
   /** The text the shown view was traced from. */
   text: null,
@@ -1707,9 +1703,10 @@ function selectionSpans() {
 // character t + 1, so that character is painted with delta[t]; the first character
 // is not predicted and stays white. Blue: the clamp made the actual text less likely.
 
-/** Clamps hold h or c; a view of a gate or of g clamps the c of the same cell. */
+/** Clamps hold h or c; a view of a gate or of g clamps the c of the same cell (its h
+ *  where the model has no c: a GRU's r, z, n). */
 function clampTarget() {
-  const kind = state.kind === 'h' ? 'h' : 'c';
+  const kind = state.kind === 'h' || !KINDS.includes('c') ? 'h' : 'c';
   return { layer: state.layer, kind, cell: state.cell, viaKind: kind === state.kind ? null : state.kind };
 }
 
@@ -1739,7 +1736,7 @@ function updateClampTarget() {
   const t = clampTarget();
   const what = t.kind === 'c' ? 'the memory c (raw, before tanh)' : 'the output h';
   let msg = `Holds ${what} of layer ${t.layer} · cell ${t.cell} at a value and shows how the prediction of every next character changes.`;
-  if (t.viaKind) msg += ` The view shows the ${kindName(t.viaKind)}, which cannot be held: the clamp holds c of the same cell.`;
+  if (t.viaKind) msg += ` The view shows the ${kindName(t.viaKind)}, which cannot be held: the clamp holds ${t.kind} of the same cell.`;
   el.clampTarget.textContent = msg;
   scheduleStats();
 }

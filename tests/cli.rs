@@ -376,7 +376,8 @@ fn trace_into_a_pipe_is_a_plain_table_and_colour_is_opt_in() {
     let out = cellscope().args(["trace", "--model", &d.model(), "--text", "ab", "--color", "always"]).output().unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().contains("\x1b[48;2;"), "--color always colours");
     fails(&["trace", "--model", &d.model(), "--text", "ab", "--color", "sometimes"], "invalid value 'sometimes'");
-    fails(&["trace", "--model", &d.model(), "--text", "ab", "--kind", "z"], "unknown kind");
+    fails(&["trace", "--model", &d.model(), "--text", "ab", "--kind", "q"], "unknown kind");
+    fails(&["trace", "--model", &d.model(), "--text", "ab", "--kind", "z"], "kind z does not exist in this lstm model");
     fails(&["trace", "--model", &d.model(), "--text", "ab", "--layer", "2"], "--layer 2 is out of range");
     fails(&["trace", "--model", &d.model(), "--text", "ab", "--cell", "16", "--json"], "--cell 16 is out of range");
     fails(&["trace", "--model", &d.model()], "give the text with --text STR or --file PATH");

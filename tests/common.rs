@@ -3,14 +3,19 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cellscope::model::{Model, Vocab, Weights};
+use cellscope::model::{Arch, Model, Vocab, Weights};
 use cellscope::rng::Rng;
 
 /// A random 2-layer model over a C-ish vocabulary; weights large enough that gates
 /// are far from 0.5.
 pub fn tiny_model(embed: Option<usize>, seed: u64) -> Model {
+    tiny_model_of(Arch::Lstm, embed, seed)
+}
+
+/// [`tiny_model`] of any architecture.
+pub fn tiny_model_of(arch: Arch, embed: Option<usize>, seed: u64) -> Model {
     let vocab = Vocab::from_text("abcdefghijklmnopqrstuvwxyz (){};\"'\n\t=+-*/<>!&|0123456789#_,.").unwrap();
-    let w = Weights::random_scaled(vocab.len(), embed, 16, 2, seed, 0.5);
+    let w = Weights::random_arch(arch, vocab.len(), embed, 16, 2, seed, 0.5);
     Model::new("tiny".into(), vocab, w, Default::default()).unwrap()
 }
 

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use cellscope::analysis::{concept_labels, Concept, GradedMetric, Labels};
 use cellscope::finder::{rank_text, rank_trace, top_contexts, CellScore, Feature, LabelKind, StreamingRanker};
-use cellscope::model::{Kind, Model};
+use cellscope::model::{Arch, Kind, Model};
 
 use crate::common::{fixture, tiny_model};
 
@@ -38,7 +38,7 @@ fn planted_cell_ranks_first_with_auc_one() {
     let text = format!("{}Z é {}", C_TEXT, C_TEXT);
     let trace = m.trace(&text);
     assert!(!trace.unknown.is_empty(), "fixture should contain unknown characters");
-    let c = &trace.layers[1].c;
+    let c = &trace.layers[1].get(Kind::Cell);
     let cell = (0..c.ncols())
         .find(|&j| {
             let pos = c.column(j).iter().filter(|&&v| v > 0.0).count();
@@ -46,8 +46,9 @@ fn planted_cell_ranks_first_with_auc_one() {
         })
         .expect("some layer-1 cell changes sign over the text");
     let labels = Labels::Binary(c.column(cell).iter().map(|&v| v > 0.0).collect());
-    let ranked = rank_trace(&trace, &labels, &[0, 1], &Kind::ALL, GradedMetric::Pearson).expect("both classes present");
-    assert_eq!(ranked.len(), 2 * Kind::ALL.len() * 16);
+    let ranked =
+        rank_trace(&trace, &labels, &[0, 1], Arch::Lstm.kinds(), GradedMetric::Pearson).expect("both classes present");
+    assert_eq!(ranked.len(), 2 * Arch::Lstm.kinds().len() * 16);
     // h = o·tanh(c) with o > 0 has c's sign, so h ties with c; h sorts first (kind order).
     let top: Vec<_> = ranked[..2].iter().map(|s| (key(s), s.score, s.sign)).collect();
     assert_eq!(
@@ -78,10 +79,10 @@ fn assert_streaming_matches_exact(m: &Model, text: &str, concepts: &[Concept]) {
     let trace = m.trace(text);
     let labels: Vec<Labels> = concepts.iter().map(|&c| concept_labels(&trace.chars, c)).collect();
     let targets: Vec<LabelKind> = labels.iter().map(LabelKind::of).collect();
-    let mut ranker = StreamingRanker::new(m.hidden_size(), &[0, 1], &Kind::ALL, &targets);
+    let mut ranker = StreamingRanker::new(m.hidden_size(), &[0, 1], Arch::Lstm.kinds(), &targets);
     ranker.feed(&trace, &labels).expect("shapes match");
     for (i, (concept, l)) in concepts.iter().zip(&labels).enumerate() {
-        let exact = rank_trace(&trace, l, &[0, 1], &Kind::ALL, GradedMetric::Pearson).expect("valid labels");
+        let exact = rank_trace(&trace, l, &[0, 1], Arch::Lstm.kinds(), GradedMetric::Pearson).expect("valid labels");
         let streamed = ranker.finish(i).expect("valid labels");
         assert_eq!(streamed.len(), exact.len());
         let mut worst = 0f64;
@@ -156,7 +157,7 @@ fn top_contexts_show_extreme_windows() {
     let m = tiny_model(None, 3);
     let text = corpus(2);
     let ctx = top_contexts(&m, &text, 1, Kind::Cell, 5, 3, 4).expect("valid cell");
-    let values = m.trace(&text).layers[1].c.column(5).to_vec();
+    let values = m.trace(&text).layers[1].get(Kind::Cell).column(5).to_vec();
     let max = values.iter().copied().fold(f32::MIN, f32::max);
     assert_eq!(ctx.highest.len(), 3);
     assert!((ctx.highest[0].value - max).abs() < 1e-5);

@@ -165,14 +165,12 @@ fn corpus() -> Vec<Case> {
             tensor("rnn.weight_hh_l0", vec![0, 1 << 62], vec![]),
             "expected [4H, H] with H ≥ 1",
         ),
+        case("arch-unknown", meta("cellscope.arch", "transformer"), "unknown architecture \"transformer\""),
         case(
-            "metadata-lacks-arch",
-            edit(&good, |_, m| {
-                m.remove("cellscope.arch");
-            }),
-            "lacks metadata cellscope.arch",
+            "arch-gru-with-lstm-tensors",
+            meta("cellscope.arch", "gru"),
+            "rnn.weight_hh_l0 has shape [4, 1], expected [3H, H] with H ≥ 1",
         ),
-        case("arch-unknown", meta("cellscope.arch", "gru"), "unknown architecture \"gru\""),
         case(
             "vocab-not-json",
             meta("cellscope.vocab", "ab"),

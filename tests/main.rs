@@ -1,6 +1,7 @@
 //! One integration-test binary (a 2-core machine links one binary, not ten).
 
 mod api;
+mod arch;
 mod causal;
 mod cli;
 mod common;

@@ -81,7 +81,7 @@ async fn explain_writes_out_the_step_with_the_traces_numbers() {
     ] {
         assert_eq!(get(name), lt.get(kind)[[p, cell]], "{name}");
     }
-    assert_eq!(get("c_prev"), lt.c[[p - 1, cell]]);
+    assert_eq!(get("c_prev"), lt.get(Kind::Cell)[[p - 1, cell]]);
     assert!((get("keep") + get("write") - get("c")).abs() < 1e-6);
     assert!((get("erase") - (1.0 - get("f")) * get("c_prev").abs()).abs() < 1e-6);
     assert_eq!(v["char"], TEXT.chars().nth(p).unwrap().to_string());
@@ -135,7 +135,7 @@ async fn cell_profiles_give_the_memory_time_scale() {
     assert_eq!(s, 200, "{v}");
     let model = tiny_model(None, 5);
     let trace = model.trace(&TEXT.repeat(30));
-    let f = trace.layers[0].f.column(2);
+    let f = trace.layers[0].get(Kind::Forget).column(2);
     let mean = f.iter().map(|&x| f64::from(x)).sum::<f64>() / f.len() as f64;
     assert!((v["mean_forget"].as_f64().unwrap() - mean).abs() < 1e-9);
     assert!((v["time_scale"].as_f64().unwrap() - (-1.0 / mean.ln())).abs() < 1e-6);

@@ -261,7 +261,8 @@ fn shapes_whose_byte_size_overflows_are_refused() {
     });
     assert_eq!(
         load_err(&bytes),
-        "rnn.weight_hh_l0 has shape [0, 4611686018427387904], expected [4H, H] with H ≥ 1 (it sets the hidden size)"
+        "rnn.weight_hh_l0 has shape [0, 4611686018427387904], expected [4H, H] with H ≥ 1 (it sets the hidden size; \
+         G = 4 for cellscope.arch = \"lstm\": is that the right architecture?)"
     );
 }
 

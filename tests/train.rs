@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use cellscope::model::{Model, Weights};
+use cellscope::model::{Arch, Model, Weights};
 use cellscope::rng::Rng;
 use cellscope::train::backprop::{loss_and_grad, StreamState, Workspace};
 use cellscope::train::{train, RunOptions, TrainConfig, MAX_TRAIN_BYTES};
@@ -13,14 +13,14 @@ use crate::common::{bracket_text, temp_dir};
 /// Central differences against backprop for every entry of every tensor.
 /// Bound: |numeric − analytic| ≤ 2e-3 + 2e-2·|analytic| (f32 arithmetic, ε = 1e-2,
 /// loss summed over 18 characters so it is O(10) and its rounding error O(1e-6)).
-fn gradcheck(dropout: f32) {
+fn gradcheck(arch: Arch, dropout: f32) {
     let (v, h, layers, batch, seq) = (5, 4, 2, 3, 6);
-    let w = Weights::random_scaled(v, None, h, layers, 11, 0.6);
+    let w = Weights::random_arch(arch, v, None, h, layers, 11, 0.6);
     let mut rng = Rng::new(5);
     let inputs: Vec<u32> = (0..batch * seq).map(|_| rng.below(v as u64) as u32).collect();
     let targets: Vec<u32> = (0..batch * seq).map(|_| rng.below(v as u64) as u32).collect();
     // A non-zero carried-in state exercises the h_{-1}, c_{-1} path.
-    let mut init = StreamState::zeros(layers, batch, h);
+    let mut init = StreamState::zeros(arch, layers, batch, h);
     for x in init.h.iter_mut().chain(init.c.iter_mut()).flatten() {
         *x = rng.range(-0.5, 0.5);
     }
@@ -36,7 +36,7 @@ fn gradcheck(dropout: f32) {
     let mut g = grads.clone();
     let analytic: Vec<Vec<f32>> = g.tensors_mut().into_iter().map(|t| t.to_vec()).collect();
     let eps = 1e-2f32;
-    let mut worst = 0f32;
+    let (mut worst, mut worst_abs) = (0f32, 0f32);
     for (ti, name) in names.iter().enumerate() {
         let len = analytic[ti].len();
         for j in 0..len {
@@ -48,23 +48,29 @@ fn gradcheck(dropout: f32) {
             let a = analytic[ti][j];
             let err = (numeric - a).abs();
             worst = worst.max(err / (2e-3 + 2e-2 * a.abs()));
+            worst_abs = worst_abs.max(err);
             assert!(
                 err <= 2e-3 + 2e-2 * a.abs(),
-                "{name}[{j}]: backprop {a}, finite differences {numeric} (dropout {dropout})"
+                "{arch} {name}[{j}]: backprop {a}, finite differences {numeric} (dropout {dropout})"
             );
         }
     }
+    eprintln!("gradcheck {arch}, dropout {dropout}: worst |error| {worst_abs:.2e}, {worst:.3} of the bound");
     assert!(worst > 0.0);
 }
 
 #[test]
 fn gradients_match_finite_differences() {
-    gradcheck(0.0);
+    for arch in Arch::ALL {
+        gradcheck(arch, 0.0);
+    }
 }
 
 #[test]
 fn gradients_match_finite_differences_with_dropout() {
-    gradcheck(0.3);
+    for arch in Arch::ALL {
+        gradcheck(arch, 0.3);
+    }
 }
 
 #[test]
@@ -111,10 +117,17 @@ fn training_learns_to_close_the_right_bracket_20_plus_characters_later() {
 
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
+    for arch in Arch::ALL {
+        resumed_equals_uninterrupted(arch);
+    }
+}
+
+fn resumed_equals_uninterrupted(arch: Arch) {
     let dir = temp_dir("resume");
     std::fs::write(dir.join("train.txt"), bracket_text(300, 4)).unwrap();
     std::fs::write(dir.join("val.txt"), bracket_text(20, 5)).unwrap();
     let config = TrainConfig {
+        arch,
         layers: 2,
         hidden: 8,
         batch: 6,
@@ -136,7 +149,11 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let b = std::fs::read(dir.join("split.ckpt.safetensors")).unwrap();
     let pa = cellscope::model::safetensors::parse(&a).unwrap();
     let pb = cellscope::model::safetensors::parse(&b).unwrap();
-    assert_eq!(pa.tensors, pb.tensors, "weights, moments and carried state must match exactly");
+    assert_eq!(pa.tensors, pb.tensors, "{arch}: weights, moments and carried state must match exactly");
+    let best = Model::load(&dir.join("whole.safetensors")).unwrap();
+    assert_eq!(best.arch(), arch, "the model file records its architecture");
+    let config = best.train.config.as_ref().expect("the model records its training config");
+    assert!(config.arch == arch, "{:?}", config.arch);
     // Starting again without --resume must refuse to overwrite the checkpoint.
     let opts = RunOptions { max_steps: Some(1), ..RunOptions::quiet(dir.join("whole.safetensors")) };
     let err = train(config.clone(), &dir.join("train.txt"), &dir.join("val.txt"), &opts, &AtomicBool::new(false))

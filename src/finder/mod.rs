@@ -125,6 +125,9 @@ pub enum FinderError {
     /// A probe that cannot be scored on this model.
     #[error(transparent)]
     Spec(#[from] probe::SpecError),
+    /// A kind the model's architecture does not record.
+    #[error(transparent)]
+    Kind(#[from] crate::model::MissingKind),
     /// Streamed data that does not fit the ranker it is fed to (a caller's mistake).
     #[error("streaming ranker fed mismatched data: {0}")]
     Mismatch(String),
@@ -167,7 +170,8 @@ fn sorted_unique<T: Ord + Copy>(items: &[T]) -> Vec<T> {
 /// Exact ([`rank_columns`] per layer × kind). Repeated layers or kinds count once.
 ///
 /// # Panics
-/// If a layer is not in the trace; callers check against [`Model::layers`].
+/// If a layer is not in the trace or a kind not recorded by its architecture; callers
+/// check against [`Model::layers`] and [`crate::model::Arch::kinds`].
 pub fn rank_trace(
     trace: &Trace,
     labels: &Labels,
@@ -301,11 +305,11 @@ impl LabelKind {
 fn pre_activation(kind: Kind, v: f32) -> f32 {
     match kind {
         Kind::Cell | Kind::Keep => v,
-        Kind::Hidden | Kind::Candidate | Kind::Write => {
+        Kind::Hidden | Kind::Candidate | Kind::Write | Kind::New => {
             let v = v.clamp(-1.0, 1.0);
             ((1.0 + v) / (1.0 - v)).ln()
         }
-        Kind::Input | Kind::Forget | Kind::Output => {
+        Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => {
             let v = v.clamp(0.0, 1.0);
             (v / (1.0 - v)).ln()
         }
@@ -556,6 +560,9 @@ impl StreamingRanker {
         }
         if let Some(b) = self.blocks.iter().find(|b| b.layer >= model.layers()) {
             return Err(FinderError::LayerOutOfRange { layer: b.layer, last: model.layers() - 1 });
+        }
+        for b in &self.blocks {
+            model.arch().check_kind(b.kind)?;
         }
         Ok(())
     }
@@ -864,6 +871,7 @@ pub fn cell_values(model: &Model, text: &str, layer: usize, kind: Kind, cell: us
     if cell >= model.hidden_size() {
         return Err(FinderError::CellOutOfRange { cell, last: model.hidden_size() - 1 });
     }
+    model.arch().check_kind(kind)?;
     let chars: Vec<char> = text.chars().collect();
     let mut values = Vec::with_capacity(chars.len());
     trace_chunks(model, &chars, CHUNK, |_, trace| values.extend(trace.layers[layer].get(kind).column(cell).iter()));
@@ -972,8 +980,8 @@ mod tests {
             let u = cols[j][i] + 0.15 * j as f32 * f32::from(u8::from(labels[i]));
             let u = (u / (1.0 + 0.15 * j as f32) - 0.5) * width; // back into ±width/2
             match kind {
-                Kind::Input | Kind::Forget | Kind::Output => 0.5 + u,
-                Kind::Hidden | Kind::Candidate | Kind::Write => 2.0 * u,
+                Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => 0.5 + u,
+                Kind::Hidden | Kind::Candidate | Kind::Write | Kind::New => 2.0 * u,
                 Kind::Cell | Kind::Keep => 10.0 * u,
             }
         })
@@ -1020,8 +1028,8 @@ mod tests {
     fn bins_are_monotone_and_span_the_range() {
         for kind in Kind::ALL {
             let (lo, hi) = match kind {
-                Kind::Input | Kind::Forget | Kind::Output => (-0.5f32, 1.5f32),
-                Kind::Hidden | Kind::Candidate | Kind::Write => (-1.5, 1.5),
+                Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => (-0.5f32, 1.5f32),
+                Kind::Hidden | Kind::Candidate | Kind::Write | Kind::New => (-1.5, 1.5),
                 Kind::Cell | Kind::Keep => (-1e6, 1e6),
             };
             let mut values: Vec<f32> = (0..=200_000).map(|i| lo + (hi - lo) * i as f32 / 200_000.0).collect();
@@ -1040,8 +1048,8 @@ mod tests {
             }
             // Near the middle of the range, bins are narrow.
             let mid = match kind {
-                Kind::Input | Kind::Forget | Kind::Output => [0.5, 0.5015],
-                Kind::Hidden | Kind::Candidate | Kind::Write => [0.0, 0.003],
+                Kind::Input | Kind::Forget | Kind::Output | Kind::Reset | Kind::Update => [0.5, 0.5015],
+                Kind::Hidden | Kind::Candidate | Kind::Write | Kind::New => [0.0, 0.003],
                 Kind::Cell | Kind::Keep => [0.0, 0.005],
             };
             let mut b = [0u16; 2];

@@ -44,6 +44,7 @@ use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
+pub use super::arch::{Arch, Kind};
 use super::kernel::{self, gemm, LayerOut, PackedHh, Trans};
 use super::safetensors::{self, FormatError, Tensor, TensorFile};
 use super::vocab::{Encoded, Vocab, VocabError};
@@ -80,22 +81,25 @@ fn layer_suffix(name: &str) -> Option<&str> {
 /// bounded block keeps a long text from allocating (and faulting in) T × 4H.
 const PROJ_BLOCK_FLOATS: usize = 1 << 20;
 
-/// The weights of one LSTM layer, named and shaped as in PyTorch's `nn.LSTM`.
+/// The weights of one recurrent layer, named and shaped as in PyTorch's `nn.LSTM`,
+/// `nn.GRU` and `nn.RNN` (G = [`Arch::gates`]: 4, 3 or 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerWeights {
-    /// (4H, in): input-to-gates, rows in gate order i, f, g, o.
+    /// (G·H, in): input-to-gates, rows in gate order (i, f, g, o or r, z, n).
     pub weight_ih: Array2<f32>,
-    /// (4H, H): hidden-to-gates.
+    /// (G·H, H): hidden-to-gates.
     pub weight_hh: Array2<f32>,
-    /// (4H,)
+    /// (G·H,)
     pub bias_ih: Array1<f32>,
-    /// (4H,)
+    /// (G·H,)
     pub bias_hh: Array1<f32>,
 }
 
 /// All parameters of a model. The trainer updates these in place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
+    /// Which equations the layers' tensors feed (their row count is G·H).
+    pub arch: Arch,
     /// (V, E), or `None` for one-hot input (E = V).
     pub embedding: Option<Array2<f32>>,
     pub layers: Vec<LayerWeights>,
@@ -143,18 +147,6 @@ impl Weights {
     }
 }
 
-/// The recurrent architecture named in `cellscope.arch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Lstm,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        "lstm"
-    }
-}
-
 /// Why a model file could not be loaded. Each message names the tensor or key
 /// and what was expected, so a user can fix the export.
 ///
@@ -173,7 +165,7 @@ pub enum LoadError {
     Format(FormatError),
     #[error("model file lacks metadata {0} (see DESIGN §3: cellscope.arch, cellscope.vocab)")]
     MissingMetadata(&'static str),
-    #[error("unknown architecture {0:?} in cellscope.arch; this build reads \"lstm\" (GRU and tanh-RNN are planned)")]
+    #[error("unknown architecture {0:?} in cellscope.arch; use \"lstm\", \"gru\" or \"rnn\" (DESIGN §3)")]
     UnknownArch(String),
     #[error("bad cellscope.vocab: {0}")]
     Vocab(VocabError),
@@ -191,8 +183,12 @@ pub enum LoadError {
     Unexpected(String),
     #[error("model has a hidden size of 0 or no layers")]
     Empty,
-    #[error("rnn.weight_hh_l0 has shape {0:?}, expected [4H, H] with H ≥ 1 (it sets the hidden size)")]
-    HiddenShape(Vec<usize>),
+    #[error(
+        "rnn.weight_hh_l0 has shape {found:?}, expected [{g}H, H] with H ≥ 1 (it sets the hidden size; G = {g} \
+         for cellscope.arch = \"{arch}\": is that the right architecture?)",
+        g = arch.gates()
+    )]
+    HiddenShape { found: Vec<usize>, arch: Arch },
     #[error(
         "tensor {name} names layer {index}; cellscope loads at most {MAX_LAYERS} layers (_l0 to _l{last})",
         last = MAX_LAYERS - 1
@@ -217,21 +213,20 @@ impl From<VocabError> for LoadError {
 pub struct Model {
     /// Shown in the UI and API (the file stem by default).
     pub name: String,
-    pub arch: Arch,
     pub vocab: Vocab,
     pub weights: Weights,
     /// The parsed `cellscope.train` metadata (empty when absent).
     pub train: super::TrainMeta,
-    /// Layer 0's input projection for each character id: (V + 1, 4H), row v =
+    /// Layer 0's input projection for each character id: (V + 1, G·H), row v =
     /// W_ih x(v), and a last row of zeros for characters outside the vocabulary.
     /// Derived from `weights`; see [`Model::refresh`].
     pub(super) input_table: Array2<f32>,
-    /// Per layer, b_ih + b_hh (4H).
+    /// Per layer, b_ih + b_hh (G·H; the GRU's step adds its two n biases apart).
     pub(super) bias: Vec<Vec<f32>>,
-    /// Per layer, W_hh in the order the step kernel streams it.
+    /// LSTM only: per layer, W_hh in the order the step kernel streams it.
     pub(super) packed_hh: Vec<PackedHh>,
-    /// Per layer ≥ 1 (index k − 1), W_ih packed the same way, for one step at a
-    /// time ([`super::Stepper`]); a whole text's projections are one GEMM instead.
+    /// LSTM only: per layer ≥ 1 (index k − 1), W_ih packed the same way, for one
+    /// step at a time ([`super::Stepper`]); a whole text's projections are one GEMM.
     pub(super) packed_ih: Vec<PackedHh>,
 }
 
@@ -240,98 +235,42 @@ pub struct Model {
 pub struct State {
     /// Per layer, H values.
     pub h: Vec<Vec<f32>>,
+    /// Per layer, H values for an LSTM; empty for the architectures without a
+    /// cell state (GRU, RNN).
     pub c: Vec<Vec<f32>>,
 }
 
 impl State {
-    pub fn zeros(layers: usize, hidden: usize) -> Self {
-        Self { h: vec![vec![0.0; hidden]; layers], c: vec![vec![0.0; hidden]; layers] }
+    pub fn zeros(arch: Arch, layers: usize, hidden: usize) -> Self {
+        let cell = if arch.has_cell() { hidden } else { 0 };
+        Self { h: vec![vec![0.0; hidden]; layers], c: vec![vec![0.0; cell]; layers] }
     }
 }
 
-/// Which recorded quantity of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub enum Kind {
-    #[serde(rename = "h")]
-    Hidden,
-    #[serde(rename = "c")]
-    Cell,
-    #[serde(rename = "i")]
-    Input,
-    #[serde(rename = "f")]
-    Forget,
-    #[serde(rename = "g")]
-    Candidate,
-    #[serde(rename = "o")]
-    Output,
-    /// What the step writes into the memory: `i ⊙ g`.
-    #[serde(rename = "write")]
-    Write,
-    /// What the step keeps of the previous memory: `f ⊙ c_{t−1}`, so that
-    /// `c_t = keep + write` (except where a clamp overwrote `c_t`).
-    #[serde(rename = "keep")]
-    Keep,
-}
-
-impl Kind {
-    /// Every kind a trace holds: the six the LSTM computes, then the two memory
-    /// terms derived from them.
-    pub const ALL: [Kind; 8] =
-        [Kind::Hidden, Kind::Cell, Kind::Input, Kind::Forget, Kind::Candidate, Kind::Output, Kind::Write, Kind::Keep];
-
-    /// The name used in URLs, the API and the CLI: one letter, or `write` and `keep`.
-    pub fn letter(self) -> &'static str {
-        match self {
-            Kind::Hidden => "h",
-            Kind::Cell => "c",
-            Kind::Input => "i",
-            Kind::Forget => "f",
-            Kind::Candidate => "g",
-            Kind::Output => "o",
-            Kind::Write => "write",
-            Kind::Keep => "keep",
-        }
-    }
-
-    /// A longer description for people.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Kind::Hidden => "hidden state h",
-            Kind::Cell => "cell state c",
-            Kind::Input => "input gate i",
-            Kind::Forget => "forget gate f",
-            Kind::Candidate => "candidate g",
-            Kind::Output => "output gate o",
-            Kind::Write => "write i·g",
-            Kind::Keep => "keep f·c₋₁",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.letter() == s)
-    }
-}
-
-/// Everything one layer did over a text: T × H matrices, row = character.
+/// Everything one layer did over a text: one T × H matrix (row = character) for
+/// each kind its architecture records ([`Arch::kinds`], in that order; h first).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerTrace {
-    pub h: Array2<f32>,
-    pub c: Array2<f32>,
-    pub i: Array2<f32>,
-    pub f: Array2<f32>,
-    pub g: Array2<f32>,
-    pub o: Array2<f32>,
-    /// `i ⊙ g`: what each step writes into the memory.
-    pub write: Array2<f32>,
-    /// `f ⊙ c_{t−1}`: what each step keeps of the memory before it.
-    pub keep: Array2<f32>,
+    kinds: &'static [Kind],
+    values: Vec<Array2<f32>>,
 }
 
 impl LayerTrace {
-    /// The layer's matrices from the kernel's output, with the memory terms
+    /// A layer's record from `values[j]`, the T × H values of `arch.kinds()[j]`
+    /// (row-major).
+    pub(super) fn new(arch: Arch, values: Vec<Vec<f32>>, t: usize, n: usize) -> Self {
+        let kinds = arch.kinds();
+        assert_eq!(values.len(), kinds.len(), "a {arch} layer records {}", arch.kind_list());
+        let values = values
+            .into_iter()
+            .map(|v| Array2::from_shape_vec((t, n), v).expect("every kind holds T × H values"))
+            .collect();
+        Self { kinds, values }
+    }
+
+    /// The LSTM layer's matrices from the kernel's output, with the memory terms
     /// derived from them; `c0` is the layer's cell state before the first step.
     fn from_kernel(out: LayerOut, t: usize, n: usize, c0: &[f32]) -> Self {
-        let m = |v: Vec<f32>| Array2::from_shape_vec((t, n), v).expect("the kernel writes T × H values");
         let write: Vec<f32> = out.i.iter().zip(&out.g).map(|(i, g)| i * g).collect();
         let keep: Vec<f32> = (0..t * n)
             .map(|at| {
@@ -339,29 +278,39 @@ impl LayerTrace {
                 out.f[at] * c_prev
             })
             .collect();
-        Self {
-            h: m(out.h),
-            c: m(out.c),
-            i: m(out.i),
-            f: m(out.f),
-            g: m(out.g),
-            o: m(out.o),
-            write: m(write),
-            keep: m(keep),
-        }
+        let LayerOut { h, c, i, f, g, o } = out;
+        Self::new(Arch::Lstm, vec![h, c, i, f, g, o, write, keep], t, n)
     }
 
+    /// The kinds this layer holds.
+    pub fn kinds(&self) -> &'static [Kind] {
+        self.kinds
+    }
+
+    /// Every kind this layer holds with its values.
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, &Array2<f32>)> {
+        self.kinds.iter().copied().zip(&self.values)
+    }
+
+    /// The hidden state h, which every architecture has.
+    pub fn h(&self) -> &Array2<f32> {
+        &self.values[0]
+    }
+
+    /// The values of `kind`, or `None` if this layer's architecture lacks it.
+    pub fn try_get(&self, kind: Kind) -> Option<&Array2<f32>> {
+        self.kinds.iter().position(|&k| k == kind).map(|j| &self.values[j])
+    }
+
+    /// The values of `kind`.
+    ///
+    /// # Panics
+    /// If the architecture does not record `kind`: check requests against
+    /// [`Arch::kinds`] (or use [`LayerTrace::try_get`]) first.
     pub fn get(&self, kind: Kind) -> &Array2<f32> {
-        match kind {
-            Kind::Hidden => &self.h,
-            Kind::Cell => &self.c,
-            Kind::Input => &self.i,
-            Kind::Forget => &self.f,
-            Kind::Candidate => &self.g,
-            Kind::Output => &self.o,
-            Kind::Write => &self.write,
-            Kind::Keep => &self.keep,
-        }
+        self.try_get(kind).unwrap_or_else(|| {
+            panic!("this layer records {:?}, not {kind:?}; check the kind against Arch::kinds first", self.kinds)
+        })
     }
 }
 
@@ -480,7 +429,6 @@ impl Model {
         }
         let mut model = Self {
             name,
-            arch: Arch::Lstm,
             vocab,
             weights,
             train,
@@ -507,6 +455,11 @@ impl Model {
         let unknown = Array2::zeros((1, table.ncols()));
         self.input_table = ndarray::concatenate(Axis(0), &[table.view(), unknown.view()]).expect("same width");
         let n = w.hidden_size();
+        if w.arch != Arch::Lstm {
+            // The GRU and RNN steps read W_hh and W_ih as PyTorch lays them out.
+            (self.packed_hh, self.packed_ih) = (Vec::new(), Vec::new());
+            return;
+        }
         self.packed_hh = w
             .layers
             .iter()
@@ -516,6 +469,11 @@ impl Model {
             .iter()
             .map(|l| PackedHh::new(l.weight_ih.as_slice().expect("weights are kept in standard layout"), n))
             .collect();
+    }
+
+    /// The architecture (LSTM, GRU or tanh-RNN).
+    pub fn arch(&self) -> Arch {
+        self.weights.arch
     }
 
     /// Loads a model file (DESIGN §3). Refuses anything but a regular file of at most
@@ -533,10 +491,12 @@ impl Model {
 
     fn from_tensors(file: TensorFile, name: String) -> Result<Self, LoadError> {
         let meta = &file.metadata;
-        let arch = meta.get("cellscope.arch").ok_or(LoadError::MissingMetadata("cellscope.arch"))?;
-        if arch != "lstm" {
-            return Err(LoadError::UnknownArch(arch.clone()));
-        }
+        // Without the key the file is read as an LSTM (a plain `nn.LSTM` export).
+        let arch = match meta.get("cellscope.arch") {
+            None => Arch::Lstm,
+            Some(a) => Arch::parse(a).ok_or_else(|| LoadError::UnknownArch(a.clone()))?,
+        };
+        let gates = arch.gates();
         let vocab =
             Vocab::from_json(meta.get("cellscope.vocab").ok_or(LoadError::MissingMetadata("cellscope.vocab"))?)?;
         let train = match meta.get("cellscope.train") {
@@ -553,14 +513,15 @@ impl Model {
                 return Err(LoadError::VocabMismatch { vocab: v, decoder: rows });
             }
         }
-        // H ≥ 1 makes W_hh hold 4H² values that the file really contains, which bounds H
+        // H ≥ 1 makes W_hh hold G·H² values that the file really contains, which bounds H
         // (an empty tensor may claim any dimensions).
         let hidden = match tensors.get("rnn.weight_hh_l0").map(|t| &t.shape[..]) {
             None => {
-                return Err(LoadError::MissingTensor { name: "rnn.weight_hh_l0".into(), expected: "[4H, H]".into() })
+                let expected = format!("[{gates}H, H] for cellscope.arch = \"{arch}\"");
+                return Err(LoadError::MissingTensor { name: "rnn.weight_hh_l0".into(), expected });
             }
-            Some(&[rows, h]) if h > 0 && h.checked_mul(GATES) == Some(rows) => h,
-            Some(shape) => return Err(LoadError::HiddenShape(shape.to_vec())),
+            Some(&[rows, h]) if h > 0 && h.checked_mul(gates) == Some(rows) => h,
+            Some(shape) => return Err(LoadError::HiddenShape { found: shape.to_vec(), arch }),
         };
         // The layer count is the highest `_l{k}` suffix among the layer tensors, so a
         // missing tensor of some layer is reported as missing, not as stray.
@@ -580,7 +541,7 @@ impl Model {
         } else {
             (None, v)
         };
-        let g = GATES * hidden;
+        let g = gates * hidden;
         let mut layers = Vec::with_capacity(n_layers);
         for k in 0..n_layers {
             let inp = if k == 0 { input } else { hidden };
@@ -597,7 +558,7 @@ impl Model {
         if let Some(name) = tensors.keys().next() {
             return Err(LoadError::Unexpected(name.clone()));
         }
-        let weights = Weights { embedding, layers, decoder_weight, decoder_bias };
+        let weights = Weights { arch, embedding, layers, decoder_weight, decoder_bias };
         Self::new(name, vocab, weights, train)
     }
 
@@ -606,7 +567,7 @@ impl Model {
         let named = self.weights.named_tensors();
         let tensors: BTreeMap<String, (Vec<usize>, &[f32])> = named.into_iter().map(|(n, s, d)| (n, (s, d))).collect();
         let mut meta = BTreeMap::new();
-        meta.insert("cellscope.arch".to_string(), self.arch.name().to_string());
+        meta.insert("cellscope.arch".to_string(), self.arch().name().to_string());
         meta.insert("cellscope.vocab".to_string(), self.vocab.to_json());
         meta.insert("cellscope.train".to_string(), serde_json::to_string(&self.train).expect("metadata serialises"));
         safetensors::serialize(&tensors, &meta)
@@ -627,7 +588,7 @@ impl Model {
     }
 
     pub fn zero_state(&self) -> State {
-        State::zeros(self.layers(), self.hidden_size())
+        State::zeros(self.arch(), self.layers(), self.hidden_size())
     }
 
     /// Runs `text` from the zero state and records everything.
@@ -666,6 +627,9 @@ impl Model {
     /// the calling thread alone) whatever the text's length: for a caller that
     /// shares out its own cores, and to compare.
     pub fn trace_clamped_with_threads(&self, enc: Encoded, state: &State, clamps: &[Clamp], threads: usize) -> Trace {
+        if self.arch() != Arch::Lstm {
+            return super::gru_rnn::trace(self, enc, state, clamps);
+        }
         let block = self.block_steps(enc.ids.len(), threads);
         self.trace_staged(enc, state, clamps, threads, block)
     }
@@ -700,15 +664,22 @@ impl Model {
             .zip(&state.c)
             .map(|(out, c0)| LayerTrace::from_kernel(out, t_len, n, c0))
             .collect();
+        self.finish_trace(Encoded { chars, ids, unknown }, layers, state)
+    }
+
+    /// The trace of `enc` from the recorded layers: the final state (the last row of
+    /// h, and of c where there is one) and the next-character distribution.
+    pub(super) fn finish_trace(&self, enc: Encoded, layers: Vec<LayerTrace>, state: &State) -> Trace {
+        let Encoded { chars, ids, unknown } = enc;
+        let t_len = ids.len();
+        let last_rows = |kind: Kind| layers.iter().map(|l| l.get(kind).row(t_len - 1).to_vec()).collect();
         let final_state = if t_len == 0 {
             state.clone()
         } else {
-            State {
-                h: layers.iter().map(|l| l.h.row(t_len - 1).to_vec()).collect(),
-                c: layers.iter().map(|l| l.c.row(t_len - 1).to_vec()).collect(),
-            }
+            let c = if self.arch().has_cell() { last_rows(Kind::Cell) } else { state.c.clone() };
+            State { h: last_rows(Kind::Hidden), c }
         };
-        let probs = self.next_char_probs(layers.last().expect("at least one layer").h.view());
+        let probs = self.next_char_probs(layers.last().expect("at least one layer").h().view());
         Trace { chars, ids, unknown, layers, probs, final_state }
     }
 
@@ -749,8 +720,8 @@ impl Model {
         }
     }
 
-    /// Checks clamps against this model: layer, kind (h or c), cell, a finite
-    /// value, and `from ≤ to ≤ len` for a text of `len` characters.
+    /// Checks clamps against this model: layer, kind (h, or c for an LSTM), cell,
+    /// a finite value, and `from ≤ to ≤ len` for a text of `len` characters.
     pub fn check_clamps(&self, clamps: &[Clamp], len: usize) -> Result<(), ClampError> {
         for c in clamps {
             if c.layer >= self.layers() {
@@ -758,6 +729,9 @@ impl Model {
             }
             if !matches!(c.kind, Kind::Hidden | Kind::Cell) {
                 return Err(ClampError::Kind(c.kind.letter()));
+            }
+            if c.kind == Kind::Cell && !self.arch().has_cell() {
+                return Err(ClampError::NoCell(self.arch()));
             }
             if c.cell >= self.hidden_size() {
                 return Err(ClampError::Cell { cell: c.cell, hidden: self.hidden_size() });
@@ -1024,6 +998,8 @@ pub enum ClampError {
     Layer { layer: usize, layers: usize },
     #[error("clamps overwrite h or c, not {0:?}")]
     Kind(&'static str),
+    #[error("this {0} model has no cell state c to clamp; clamp h instead")]
+    NoCell(Arch),
     #[error("clamp cell {cell} does not exist; layers have cells 0..={}", hidden - 1)]
     Cell { cell: usize, hidden: usize },
     #[error("clamp value {0} is not a finite number")]
@@ -1069,7 +1045,7 @@ mod tests {
 
     fn assert_same_trace(a: &Trace, b: &Trace, what: &str) {
         for (k, (la, lb)) in a.layers.iter().zip(&b.layers).enumerate() {
-            for kind in Kind::ALL {
+            for &kind in la.kinds() {
                 assert!(la.get(kind) == lb.get(kind), "{what}: layer {k} {kind:?} differs");
             }
         }
@@ -1105,7 +1081,7 @@ mod tests {
         // A clamp in layer 0 reaches the layers above through the pipeline.
         let free = model.trace_staged(model.vocab.encode(&text), &state, &[], 2, 16);
         let held = model.trace_staged(model.vocab.encode(&text), &state, &clamps[..1], 2, 16);
-        assert_ne!(free.layers[2].h.row(40), held.layers[2].h.row(40));
+        assert_ne!(free.layers[2].h().row(40), held.layers[2].h().row(40));
     }
 
     #[test]
@@ -1114,7 +1090,7 @@ mod tests {
         let weights = Weights::random_scaled(vocab.len(), None, 4, 2, 1, 0.5);
         let model = Model::new("t".into(), vocab, weights, Default::default()).unwrap();
         let t = model.trace_clamped_with_threads(model.vocab.encode(""), &model.zero_state(), &[], 2);
-        assert_eq!((t.len(), t.layers[1].h.dim()), (0, (0, 4)));
+        assert_eq!((t.len(), t.layers[1].h().dim()), (0, (0, 4)));
         assert_eq!(t.final_state, model.zero_state());
     }
 
@@ -1135,7 +1111,7 @@ mod tests {
         let second = model.trace_from(b, &first.final_state);
         assert_eq!(second.final_state, whole.final_state);
         for (k, l) in whole.layers.iter().enumerate() {
-            for kind in Kind::ALL {
+            for &kind in l.kinds() {
                 let parts = [first.layers[k].get(kind).view(), second.layers[k].get(kind).view()];
                 let joined = ndarray::concatenate(ndarray::Axis(0), &parts).unwrap();
                 assert!(joined == l.get(kind), "layer {k} {kind:?} differs after a cut at {cut}");

@@ -12,6 +12,7 @@
 
 use serde::Serialize;
 
+use super::arch::Kind;
 use super::lstm::{Model, Trace};
 use super::saliency::{saliency, Saliency};
 
@@ -72,17 +73,19 @@ fn factor(v: f32) -> String {
     }
 }
 
-/// Explains step `position` of cell `cell` in layer `layer` of `trace` (a trace
-/// from the zero state, or from `c0` for the cell state before the text).
-/// `None` when an index is out of range.
+/// Explains step `position` of cell `cell` in layer `layer` of `trace` (an LSTM's
+/// trace). `None` when an index is out of range or the trace has no LSTM gates.
 pub fn explain_step(trace: &Trace, layer: usize, cell: usize, position: usize) -> Option<StepExplained> {
     let lt = trace.layers.get(layer)?;
-    if position >= trace.len() || cell >= lt.c.ncols() {
+    let cs = lt.try_get(Kind::Cell)?;
+    if position >= trace.len() || cell >= cs.ncols() {
         return None;
     }
     let at = [position, cell];
-    let (i, f, g, o, c, h) = (lt.i[at], lt.f[at], lt.g[at], lt.o[at], lt.c[at], lt.h[at]);
-    let (write, keep) = (lt.write[at], lt.keep[at]);
+    let v = |k: Kind| lt.try_get(k).map(|m| m[at]);
+    let (i, f, g, o, c, h) =
+        (v(Kind::Input)?, v(Kind::Forget)?, v(Kind::Candidate)?, v(Kind::Output)?, cs[at], lt.h()[at]);
+    let (write, keep) = (v(Kind::Write)?, v(Kind::Keep)?);
     // keep = f·c₋₁ exactly as the trace computed it; recover c₋₁ from the row above.
     let c_prev = if position == 0 {
         if f != 0.0 {
@@ -91,7 +94,7 @@ pub fn explain_step(trace: &Trace, layer: usize, cell: usize, position: usize) -
             0.0
         }
     } else {
-        lt.c[[position - 1, cell]]
+        cs[[position - 1, cell]]
     };
     let erase = (1.0 - f) * c_prev.abs();
     let gate = |name: &str, v: f32, squash: Squash| {

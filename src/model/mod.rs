@@ -1,6 +1,8 @@
 //! The model: vocabulary, weights in PyTorch's layout, the safetensors file format,
 //! and the forward pass that records every cell ([`Model::trace`]).
 
+mod arch;
+mod gru_rnn;
 pub mod kernel;
 mod lstm;
 mod meta;
@@ -11,9 +13,10 @@ mod saliency;
 mod step;
 mod vocab;
 
+pub use arch::{Arch, Kind, MissingKind};
 pub use lstm::{
-    softmax_in_place, write_atomic, Arch, Clamp, ClampError, Kind, LayerTrace, LayerWeights, LoadError, Model, State,
-    Trace, Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
+    softmax_in_place, write_atomic, Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace,
+    Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
 pub use memory::{explain_step, horizon_1pct, memory_horizon, time_scale, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
@@ -54,9 +57,23 @@ impl Weights {
         seed: u64,
         scale: f32,
     ) -> Self {
+        Self::random_arch(Arch::Lstm, vocab, embed, hidden, layers, seed, scale)
+    }
+
+    /// Fresh weights of any architecture, uniform(−scale, scale); an LSTM's forget
+    /// biases start at 1 (see [`Weights::random`]).
+    pub fn random_arch(
+        arch: Arch,
+        vocab: usize,
+        embed: Option<usize>,
+        hidden: usize,
+        layers: usize,
+        seed: u64,
+        scale: f32,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         let mut mat = |r: usize, c: usize| Array2::from_shape_fn((r, c), |_| rng.range(-scale, scale));
-        let g = GATES * hidden;
+        let g = arch.gates() * hidden;
         let embedding = embed.map(|e| mat(vocab, e));
         let input = embed.unwrap_or(vocab);
         let mut ls = Vec::new();
@@ -65,14 +82,15 @@ impl Weights {
             let weight_ih = mat(g, inp);
             let weight_hh = mat(g, hidden);
             let mut bias_ih = Array1::from_iter(mat(1, g));
-            let bias_hh = Array1::from_iter(mat(1, g));
-            bias_ih.slice_mut(ndarray::s![hidden..2 * hidden]).fill(1.0);
-            let mut bias_hh = bias_hh;
-            bias_hh.slice_mut(ndarray::s![hidden..2 * hidden]).fill(0.0);
+            let mut bias_hh = Array1::from_iter(mat(1, g));
+            if arch == Arch::Lstm {
+                bias_ih.slice_mut(ndarray::s![hidden..2 * hidden]).fill(1.0);
+                bias_hh.slice_mut(ndarray::s![hidden..2 * hidden]).fill(0.0);
+            }
             ls.push(LayerWeights { weight_ih, weight_hh, bias_ih, bias_hh });
         }
         let decoder_weight = mat(vocab, hidden);
         let decoder_bias = Array1::from_iter(mat(1, vocab));
-        Self { embedding, layers: ls, decoder_weight, decoder_bias }
+        Self { arch, embedding, layers: ls, decoder_weight, decoder_bias }
     }
 }

@@ -14,8 +14,18 @@
 //! ```
 //! With an embedding, `∂ℓ/∂e = W_ihᵀ dA` is the gradient with respect to the
 //! embedding row that was fed, which is what "the input vector" is there.
+//!
+//! A GRU or tanh-RNN runs the same loop with its own step (`dGi`, `dGh`: the
+//! gradients of the input-side and hidden-side pre-activations, G·H each):
+//! ```text
+//! gru: gh_n = W_hn h_{t−1} + b_hn  (recomputed),   dn = dh ⊙ (1 − z),  dz = dh ⊙ (h_{t−1} − n)
+//!      dA_n = dn ⊙ (1 − n²),  dA_r = dA_n ⊙ gh_n ⊙ r(1−r),  dA_z = dz ⊙ z(1−z)
+//!      dGi = [dA_r, dA_z, dA_n],  dGh = [dA_r, dA_z, dA_n ⊙ r],  dh_{t−1} = W_hhᵀ dGh + dh ⊙ z
+//! rnn: dGi = dGh = dh ⊙ (1 − h²),  dh_{t−1} = W_hhᵀ dGh
+//! dx_t = W_ihᵀ dGi
+//! ```
 
-use super::lstm::{Model, Trace, GATES};
+use super::lstm::{Arch, Kind, Model, Trace, GATES};
 
 /// The gradient of `ln p(text[position+1] | text[..=position])` with respect to
 /// the input at every step `s` in `first..=position`.
@@ -39,7 +49,6 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
     let target = *trace.chars.get(position + 1)?;
     let y = trace.ids[position + 1]? as usize;
     let n = model.hidden_size();
-    let layers = model.layers();
     let w = &model.weights;
     let first = position.saturating_sub(max_back);
     // ∂ℓ/∂logits = onehot(y) − p; dh for the top layer at `position`.
@@ -51,6 +60,18 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
             axpy(g, w.decoder_weight.row(v).as_slice().expect("standard layout"), &mut d_top);
         }
     }
+    let grad_norm = match model.arch() {
+        Arch::Lstm => backward_lstm(model, trace, position, first, &d_top),
+        Arch::Gru | Arch::Rnn => backward_plain(model, trace, position, first, &d_top),
+    };
+    Some(Saliency { position, target: Some(target), logp: probs[y].ln(), first, grad_norm })
+}
+
+/// The LSTM's loop of the module doc: ‖dx_t‖ for t in `first..=position`.
+fn backward_lstm(model: &Model, trace: &Trace, position: usize, first: usize, d_top: &[f32]) -> Vec<f32> {
+    let n = model.hidden_size();
+    let layers = model.layers();
+    let w = &model.weights;
     let mut dh_rec = vec![vec![0f32; n]; layers];
     let mut dc_rec = vec![vec![0f32; n]; layers];
     let mut da = vec![0f32; GATES * n];
@@ -75,11 +96,14 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
                 };
                 dh[j] = above + dh_rec[k][j];
             }
-            let (i, f, g, o, c) = (lt.i.row(t), lt.f.row(t), lt.g.row(t), lt.o.row(t), lt.c.row(t));
+            let row = |kind| lt.get(kind).row(t);
+            let (i, f, g, o) = (row(Kind::Input), row(Kind::Forget), row(Kind::Candidate), row(Kind::Output));
+            let cs = lt.get(Kind::Cell);
+            let c = cs.row(t);
             for j in 0..n {
                 let tc = c[j].tanh();
                 let dc = dc_rec[k][j] + dh[j] * o[j] * (1.0 - tc * tc);
-                let c_prev = if t == 0 { 0.0 } else { lt.c[[t - 1, j]] };
+                let c_prev = if t == 0 { 0.0 } else { cs[[t - 1, j]] };
                 da[j] = dc * g[j] * i[j] * (1.0 - i[j]);
                 da[n + j] = dc * c_prev * f[j] * (1.0 - f[j]);
                 da[2 * n + j] = dc * i[j] * (1.0 - g[j] * g[j]);
@@ -97,7 +121,74 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
             }
         }
     }
-    Some(Saliency { position, target: Some(target), logp: probs[y].ln(), first, grad_norm })
+    grad_norm
+}
+
+/// The GRU's and RNN's loop of the module doc: ‖dx_t‖ for t in `first..=position`.
+fn backward_plain(model: &Model, trace: &Trace, position: usize, first: usize, d_top: &[f32]) -> Vec<f32> {
+    let n = model.hidden_size();
+    let layers = model.layers();
+    let w = &model.weights;
+    let gru = model.arch() == Arch::Gru;
+    let g = model.arch().gates() * n;
+    let mut dh_rec = vec![vec![0f32; n]; layers];
+    let (mut dgi, mut dgh) = (vec![0f32; g], vec![0f32; g]);
+    let mut dh = vec![0f32; n];
+    let mut gh_n = vec![0f32; n];
+    let zeros = vec![0f32; n];
+    let mut dx_below = vec![0f32; n];
+    let mut dx0 = vec![0f32; w.layers[0].weight_ih.ncols()];
+    let mut grad_norm = vec![0f32; position - first + 1];
+    for t in (first..=position).rev() {
+        for k in (0..layers).rev() {
+            let lt = &trace.layers[k];
+            let lw = &w.layers[k];
+            for j in 0..n {
+                let above = if k + 1 < layers {
+                    dx_below[j]
+                } else if t == position {
+                    d_top[j]
+                } else {
+                    0.0
+                };
+                dh[j] = above + dh_rec[k][j];
+            }
+            let h = lt.h().row(t);
+            let h_prev = if t == 0 { &zeros[..] } else { lt.h().row(t - 1).to_slice().expect("standard layout") };
+            if gru {
+                let (r, z, cand) = (lt.get(Kind::Reset).row(t), lt.get(Kind::Update).row(t), lt.get(Kind::New).row(t));
+                let w_hn = &lw.weight_hh.as_slice().expect("standard layout")[2 * n * n..];
+                super::step::matvec(w_hn, h_prev, &mut gh_n);
+                for j in 0..n {
+                    let gh = gh_n[j] + lw.bias_hh[2 * n + j];
+                    let da_n = dh[j] * (1.0 - z[j]) * (1.0 - cand[j] * cand[j]);
+                    let da_r = da_n * gh * r[j] * (1.0 - r[j]);
+                    let da_z = dh[j] * (h_prev[j] - cand[j]) * z[j] * (1.0 - z[j]);
+                    (dgi[j], dgi[n + j], dgi[2 * n + j]) = (da_r, da_z, da_n);
+                    (dgh[j], dgh[n + j], dgh[2 * n + j]) = (da_r, da_z, da_n * r[j]);
+                }
+            } else {
+                for j in 0..n {
+                    dgi[j] = dh[j] * (1.0 - h[j] * h[j]);
+                }
+                dgh.copy_from_slice(&dgi);
+            }
+            mat_t_vec(lw.weight_hh.as_slice().expect("standard layout"), &dgh, &mut dh_rec[k]);
+            if gru {
+                let z = lt.get(Kind::Update).row(t);
+                for j in 0..n {
+                    dh_rec[k][j] += dh[j] * z[j];
+                }
+            }
+            if k > 0 {
+                mat_t_vec(lw.weight_ih.as_slice().expect("standard layout"), &dgi, &mut dx_below);
+            } else {
+                mat_t_vec(lw.weight_ih.as_slice().expect("standard layout"), &dgi, &mut dx0);
+                grad_norm[t - first] = dx0.iter().map(|v| v * v).sum::<f32>().sqrt();
+            }
+        }
+    }
+    grad_norm
 }
 
 /// y += a·x

@@ -3,27 +3,32 @@
 //! sampling costs what tracing costs and allocates nothing per character.
 //! [`sample`] generates text with it, optionally with clamps held throughout.
 //!
-//! Per step and layer k (the same equations as `lstm.rs`):
+//! Per step and layer k (the same equations as `lstm.rs` and `gru_rnn.rs`):
 //! ```text
 //! x_proj = W_ih^(k) x          (a table row for layer 0, a matrix-vector product above)
-//! [i f g o], c, h = lstm step(x_proj, h_{t-1}, c_{t-1})     then the clamps of layer k
+//! h (and c, the gates) = the architecture's step(x_proj, state)   then the clamps of layer k
 //! p = softmax(W_dec h^(top) + b_dec)
 //! ```
 
+use super::gru_rnn;
 use super::kernel::{self, LayerOut};
-use super::lstm::{apply_clamps, Clamp, Model, State, GATES};
+use super::lstm::{apply_clamps, Arch, Clamp, Kind, Model, State};
 use crate::rng::Rng;
 
 /// Advances a model one character at a time.
 pub struct Stepper<'m> {
     model: &'m Model,
     state: State,
-    /// Per layer, the last step's h, c and gates (one row each; capacity reused).
+    /// LSTM: per layer, the last step's h, c and gates (one row each; capacity reused).
     outs: Vec<LayerOut>,
+    /// GRU and RNN: per layer, the last step's row of each kind, in `Arch::kinds` order.
+    rows: Vec<Vec<Vec<f32>>>,
     /// Per layer, the cell state before the last step (for `keep = f ⊙ c_{t−1}`).
     c_prev: Vec<Vec<f32>>,
-    /// 4H: the input projection of layers ≥ 1.
+    /// G·H: the input projection of a layer.
     x_proj: Vec<f32>,
+    /// G·H: scratch for the GRU and RNN step (W_hh h).
+    gh: Vec<f32>,
     /// V: the distribution over the next character after the last step.
     probs: Vec<f32>,
     /// Steps taken (the time index clamps refer to).
@@ -38,12 +43,17 @@ impl<'m> Stepper<'m> {
             state.h.len() == model.layers() && state.h.iter().all(|h| h.len() == n),
             "state does not fit the model"
         );
+        let arch = model.arch();
+        let lstm = arch == Arch::Lstm;
+        let g = arch.gates() * n;
         Self {
             model,
             c_prev: state.c.clone(),
             state,
-            outs: (0..model.layers()).map(|_| LayerOut::with_capacity(1, n)).collect(),
-            x_proj: vec![0.0; GATES * n],
+            outs: (0..if lstm { model.layers() } else { 0 }).map(|_| LayerOut::with_capacity(1, n)).collect(),
+            rows: (0..if lstm { 0 } else { model.layers() }).map(|_| vec![vec![0.0; n]; arch.kinds().len()]).collect(),
+            x_proj: vec![0.0; g],
+            gh: vec![0.0; g],
             probs: vec![0.0; model.vocab.len()],
             t: 0,
         }
@@ -56,13 +66,24 @@ impl<'m> Stepper<'m> {
         let m = self.model;
         let n = m.hidden_size();
         let active: Vec<&Clamp> = clamps.iter().filter(|c| c.from <= self.t && self.t < c.to).collect();
+        let lstm = m.arch() == Arch::Lstm;
         for k in 0..m.layers() {
             if k == 0 {
                 let v = id.map_or(m.vocab.len(), |v| v as usize);
                 let row = m.input_table.row(v);
                 self.x_proj.copy_from_slice(row.as_slice().expect("standard layout"));
-            } else {
+            } else if lstm {
                 kernel::packed_matvec(&m.packed_ih[k - 1], &self.state.h[k - 1], &mut self.x_proj);
+            } else {
+                gru_rnn::project(m, k, &self.state.h[k - 1], &mut self.x_proj);
+            }
+            if !lstm {
+                let rows = &mut self.rows[k];
+                gru_rnn::step(m, k, &self.x_proj, &self.state.h[k], &mut self.gh, rows);
+                let mine: Vec<&Clamp> = active.iter().copied().filter(|c| c.layer == k).collect();
+                gru_rnn::clamp_h(rows, &mine, self.t);
+                self.state.h[k].copy_from_slice(&rows[0]);
+                continue;
             }
             let out = &mut self.outs[k];
             for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
@@ -97,14 +118,17 @@ impl<'m> Stepper<'m> {
         &self.state
     }
 
-    /// What layer `k` recorded at the last step (h, c, i, f, g, o; one row each).
-    pub fn recorded(&self, k: usize) -> &LayerOut {
-        &self.outs[k]
-    }
-
     /// One recorded value of the last step: `kind` of cell `cell` in layer `layer`.
-    pub fn value(&self, layer: usize, kind: super::lstm::Kind, cell: usize) -> f32 {
-        use super::lstm::Kind;
+    ///
+    /// # Panics
+    /// If the model's architecture does not record `kind` (check with [`Arch::has`]).
+    pub fn value(&self, layer: usize, kind: Kind, cell: usize) -> f32 {
+        let arch = self.model.arch();
+        if arch != Arch::Lstm {
+            let j = arch.kinds().iter().position(|&k| k == kind);
+            let j = j.unwrap_or_else(|| panic!("a {arch} model records {}, not {kind:?}", arch.kind_list()));
+            return self.rows[layer][j][cell];
+        }
         let out = &self.outs[layer];
         let row = match kind {
             Kind::Hidden => &out.h,
@@ -115,6 +139,7 @@ impl<'m> Stepper<'m> {
             Kind::Output => &out.o,
             Kind::Write => return out.i[cell] * out.g[cell],
             Kind::Keep => return out.f[cell] * self.c_prev[layer][cell],
+            Kind::Reset | Kind::Update | Kind::New => panic!("an LSTM records no {kind:?}"),
         };
         row[cell]
     }
@@ -127,9 +152,10 @@ impl<'m> Stepper<'m> {
 
 /// y = W x for a row-major W (rows = y.len(), cols = x.len()), on the widest
 /// SIMD the CPU has (as `kernel::softmax_rows` picks it): the decoder, V × H,
-/// small enough to stay in L2. (The 4H × H input projections of layers ≥ 1 use
-/// [`kernel::packed_matvec`], which streams like the recurrence.)
-fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
+/// small enough to stay in L2, and the GRU's and RNN's per-step products. (The
+/// LSTM's 4H × H input projections of layers ≥ 1 use [`kernel::packed_matvec`],
+/// which streams like the recurrence.)
+pub(super) fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(w.len(), x.len() * y.len());
     #[cfg(target_arch = "x86_64")]
     {

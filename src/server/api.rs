@@ -11,7 +11,7 @@ use super::error::{AppError, JsonBody};
 use super::json::{trace_json, trace_json_size, trace_npy, view_bytes};
 use super::AppState;
 use crate::analysis::{concept_labels, regex_mask, span_mask, Concept, GradedMetric, Labels};
-use crate::model::{Kind, Model, Trace};
+use crate::model::{Arch, Kind, Model, Trace};
 
 /// `GET /api/model`'s answer: the loaded model and this server's limits.
 #[derive(Serialize)]
@@ -90,27 +90,31 @@ pub fn check_text(state: &AppState, text: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Parses kind letters; `None` gives `default`.
-pub fn parse_kinds(kinds: Option<&[String]>, default: &[Kind]) -> Result<Vec<Kind>, AppError> {
+/// Parses kind letters, each one the model's architecture records; `None` gives `default`.
+pub fn parse_kinds(kinds: Option<&[String]>, arch: Arch, default: &[Kind]) -> Result<Vec<Kind>, AppError> {
     let Some(kinds) = kinds else {
         return Ok(default.to_vec());
     };
+    let list = arch.kind_list();
     if kinds.is_empty() {
-        return Err(AppError::invalid(
-            "bad_kind",
-            format!("kinds is empty; give some of {}", crate::display::kind_names()),
-        ));
+        return Err(AppError::invalid("bad_kind", format!("kinds is empty; give some of {list}")));
     }
     let mut out = Vec::new();
     for k in kinds {
-        let kind = Kind::parse(k).ok_or_else(|| {
-            AppError::invalid("bad_kind", format!("unknown kind {k:?}; use one of {}", crate::display::kind_names()))
-        })?;
+        let kind = parse_kind(k, arch)?;
         if !out.contains(&kind) {
             out.push(kind);
         }
     }
     Ok(out)
+}
+
+/// One kind letter that the model's architecture records, or `bad_kind`.
+pub fn parse_kind(k: &str, arch: Arch) -> Result<Kind, AppError> {
+    let kind = Kind::parse(k).ok_or_else(|| {
+        AppError::invalid("bad_kind", format!("unknown kind {k:?}; this {arch} model records {}", arch.kind_list()))
+    })?;
+    arch.check_kind(kind).map_err(|e| AppError::invalid("bad_kind", e.to_string()))
 }
 
 /// Checks layer indices; `None` gives all layers.
@@ -235,7 +239,8 @@ pub async fn trace(
     let npy = wants_npy(&query, &headers)?;
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
-    let kinds = parse_kinds(req.kinds.as_deref(), &[Kind::Hidden, Kind::Cell])?;
+    let arch = state.model.arch();
+    let kinds = parse_kinds(req.kinds.as_deref(), arch, arch.default_kinds())?;
     let cells = parse_cells(&state, req.cells.as_deref())?;
     let top_k = parse_top_k(&state, req.top_k, 5)?;
     let t_len = req.text.chars().count();
@@ -291,7 +296,7 @@ pub struct ViewRequest {
 pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewRequest>) -> Result<Response, AppError> {
     check_text(&state, &req.text)?;
     let layer = parse_layers(&state, Some(&[req.layer.unwrap_or(0)]))?[0];
-    let kinds = parse_kinds(req.kinds.as_deref(), &Kind::ALL)?;
+    let kinds = parse_kinds(req.kinds.as_deref(), state.model.arch(), state.model.arch().kinds())?;
     let top_k = parse_top_k(&state, req.top_k, 5)?;
     let t_len = req.text.chars().count() as u128;
     let size = t_len * (kinds.len() * state.model.hidden_size()) as u128 + trace_json_size(t_len as usize, 0, top_k);
@@ -363,7 +368,7 @@ pub async fn rank_cells(
 ) -> Result<Response, AppError> {
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
-    let kinds = parse_kinds(req.kinds.as_deref(), &Kind::ALL)?;
+    let kinds = parse_kinds(req.kinds.as_deref(), state.model.arch(), state.model.arch().kinds())?;
     let metric: GradedMetric = match req.metric.as_deref() {
         None => GradedMetric::default(),
         Some(m) => m

@@ -44,8 +44,7 @@ pub fn key(text: &str) -> Key {
 /// Bytes a trace holds (its matrices, probabilities and characters).
 pub fn trace_bytes(t: &Trace) -> usize {
     let f = std::mem::size_of::<f32>();
-    let layers: usize =
-        t.layers.iter().map(|l| (l.h.len() + l.c.len() + l.i.len() + l.f.len() + l.g.len() + l.o.len()) * f).sum();
+    let layers: usize = t.layers.iter().flat_map(|l| l.iter()).map(|(_, m)| m.len() * f).sum();
     layers + t.probs.len() * f + t.chars.len() * (std::mem::size_of::<char>() + std::mem::size_of::<Option<u32>>())
 }
 

@@ -70,7 +70,7 @@ fn parse_clamps(model: &Model, clamps: &[ClampRequest], len: usize) -> Result<Ve
         use crate::model::ClampError as E;
         let code = match e {
             E::Layer { .. } => "bad_layer",
-            E::Kind(_) => "bad_kind",
+            E::Kind(_) | E::NoCell(_) => "bad_kind",
             E::Cell { .. } => "bad_cell",
             E::Value(_) => "bad_value",
             E::Range { .. } => "bad_range",
@@ -363,6 +363,7 @@ pub async fn sample(
     let clamps = parse_clamps(&model, &req.clamps, steps)?;
     if let Some(w) = req.watch {
         super::api::parse_layers(&state, Some(&[w.layer]))?;
+        model.arch().check_kind(w.kind).map_err(|e| AppError::invalid("bad_kind", format!("watch: {e}")))?;
         if w.cell >= model.hidden_size() {
             return Err(AppError::invalid(
                 "bad_cell",
@@ -482,6 +483,6 @@ pub async fn cell(
     Path((layer, kind, n)): Path<(String, String, String)>,
 ) -> Result<Json<super::pages::CellProfile>, AppError> {
     let (layer, kind, cell) = super::pages::parse_cell_path(&state.model, &layer, &kind, &n)
-        .map_err(|m| AppError::new(StatusCode::NOT_FOUND, "bad_cell", m))?;
+        .map_err(|(code, m)| AppError::new(StatusCode::NOT_FOUND, code, m))?;
     Ok(Json(super::pages::cell_profile(&state, layer, kind, cell).await?))
 }

@@ -175,7 +175,7 @@ pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
 /// The requested part of a trace as one (layers, kinds, T, cells) f32 array.
 pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<&[usize]>) -> Vec<u8> {
     let t_len = trace.len();
-    let hidden = trace.layers.first().map_or(0, |l| l.h.ncols());
+    let hidden = trace.layers.first().map_or(0, |l| l.h().ncols());
     let all: Vec<usize> = (0..hidden).collect();
     let cells = cells.unwrap_or(&all);
     let mut data = Vec::with_capacity(layers.len() * kinds.len() * t_len * cells.len());

@@ -111,6 +111,15 @@ pub async fn explain(
             format!("position {} is past the text's end; use 0..={}", req.position, len.saturating_sub(1)),
         ));
     }
+    if !state.model.arch().has_cell() {
+        return Err(AppError::invalid(
+            "bad_kind",
+            format!(
+                "explain writes out an LSTM's step; this is a {} model (no cell state c)",
+                state.model.arch().name()
+            ),
+        ));
+    }
     super::api::parse_layers(&state, Some(&[req.layer]))?;
     super::api::parse_cells(&state, Some(&[req.cell]))?;
     let (layer, cell, position) = (req.layer, req.cell, req.position);

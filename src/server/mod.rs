@@ -144,7 +144,7 @@ impl AppState {
         let l = &self.limits;
         api::ModelInfo {
             name: &m.name,
-            arch: m.arch.name(),
+            arch: m.arch().name(),
             layers: m.layers(),
             hidden_size: m.hidden_size(),
             vocab: m.vocab.chars().iter().map(|c| c.to_string()).collect(),

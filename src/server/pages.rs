@@ -22,7 +22,7 @@ use super::json::quantize;
 use super::AppState;
 use crate::analysis::{auc, c_features, pearson, Concept, Labels, CONCEPTS};
 use crate::display::{css_color, unit_value};
-use crate::model::{Kind, Trace};
+use crate::model::{Arch, Kind, Trace};
 
 /// A sample text offered on the page.
 pub struct Sample {
@@ -125,8 +125,12 @@ struct KindOption {
     selected: bool,
 }
 
-fn kind_options(selected: Kind) -> Vec<KindOption> {
-    Kind::ALL.iter().map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected }).collect()
+/// The kinds the model records, for the page's kind menu.
+fn kind_options(arch: Arch, selected: Kind) -> Vec<KindOption> {
+    arch.kinds()
+        .iter()
+        .map(|&k| KindOption { letter: k.letter(), label: k.describe(), selected: k == selected })
+        .collect()
 }
 
 #[derive(Template)]
@@ -139,6 +143,8 @@ struct IndexPage {
     kind_letter: &'static str,
     kind_label: &'static str,
     kinds: Vec<KindOption>,
+    /// Whether the model has a cell state c (LSTM): the finder offers c then.
+    has_cell: bool,
     cell: usize,
     text: String,
     samples: Vec<(&'static str, &'static str)>,
@@ -191,12 +197,12 @@ pub struct FirstView {
 /// conditions) and keeps the best; `None` when the sample has neither.
 fn choose_first_view(trace: &Trace) -> Option<FirstView> {
     let layers: Vec<usize> = (0..trace.layers.len()).collect();
+    let recorded = trace.layers[0].kinds();
+    let kinds: Vec<Kind> = [Kind::Cell, Kind::Hidden].into_iter().filter(|k| recorded.contains(k)).collect();
     [Concept::String, Concept::If].into_iter().find_map(|concept| {
         let labels = crate::analysis::concept_labels(&trace.chars, concept);
-        let best = crate::finder::rank_trace(trace, &labels, &layers, &[Kind::Cell, Kind::Hidden], Default::default())
-            .ok()?
-            .into_iter()
-            .next()?;
+        let best =
+            crate::finder::rank_trace(trace, &labels, &layers, &kinds, Default::default()).ok()?.into_iter().next()?;
         Some(FirstView {
             layer: best.layer,
             kind: best.kind,
@@ -259,7 +265,9 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         _ => None,
     };
     let layer = first_view.as_ref().map_or(q.layer.unwrap_or(0), |f| f.layer).min(model.layers() - 1);
-    let kind = first_view.as_ref().map_or(q.kind.as_deref().and_then(Kind::parse).unwrap_or(Kind::Cell), |f| f.kind);
+    let arch = model.arch();
+    let asked = q.kind.as_deref().and_then(Kind::parse).filter(|&k| arch.has(k));
+    let kind = first_view.as_ref().map_or(asked.unwrap_or(arch.default_kind()), |f| f.kind);
     let cell = first_view.as_ref().map_or(q.cell.unwrap_or(0), |f| f.cell).min(model.hidden_size() - 1);
     let intro = first_view.map(|f| {
         format!(
@@ -293,7 +301,7 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         "layers": model.layers(), "hidden": model.hidden_size(),
         "samples": SAMPLES.iter().map(|s| serde_json::json!({"id": s.id, "title": s.title, "text": s.text})).collect::<Vec<_>>(),
         "max_text_chars": state.limits.max_text_chars,
-        "kinds": crate::display::kind_table(),
+        "kinds": crate::display::kind_table(model.arch().kinds()),
     });
     let page = IndexPage {
         model_name: model.name.clone(),
@@ -302,7 +310,8 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         layer,
         kind_letter: kind.letter(),
         kind_label: kind.describe(),
-        kinds: kind_options(kind),
+        kinds: kind_options(arch, kind),
+        has_cell: arch.has_cell(),
         cell,
         text,
         samples: SAMPLES.iter().map(|s| (s.id, s.title)).collect(),
@@ -351,6 +360,8 @@ pub type GateSaturation = (Kind, Vec<(f32, f32)>);
 pub struct ReferenceTrace {
     pub chars: Vec<char>,
     pub hidden: usize,
+    /// The kinds `data` holds, in its order (the model's [`Arch::kinds`]).
+    pub kinds: &'static [Kind],
     /// [layer][kind index][cell · T + t]
     pub data: Vec<Vec<Vec<i8>>>,
     /// Per layer, per gate (i, f, o): per cell (fraction > 0.9, fraction < 0.1).
@@ -369,10 +380,8 @@ impl ReferenceTrace {
             .layers
             .iter()
             .map(|l| {
-                Kind::ALL
-                    .iter()
-                    .map(|&kind| {
-                        let m = l.get(kind);
+                l.iter()
+                    .map(|(kind, m)| {
                         let mut v = vec![0i8; t_len * hidden];
                         for ((t, c), &x) in m.indexed_iter() {
                             v[c * t_len + t] = quantize(unit_value(kind, x)) as i8;
@@ -386,7 +395,9 @@ impl ReferenceTrace {
             .layers
             .iter()
             .map(|l| {
-                [Kind::Input, Kind::Forget, Kind::Output]
+                model
+                    .arch()
+                    .gate_kinds()
                     .iter()
                     .map(|&k| (k, crate::analysis::saturation(l.get(k).view(), 0.1, 0.9)))
                     .collect()
@@ -398,18 +409,20 @@ impl ReferenceTrace {
             .layers
             .iter()
             .map(|l| {
-                l.f.columns()
-                    .into_iter()
-                    .map(|col| col.iter().map(|&v| f64::from(v)).sum::<f64>() / t_len.max(1) as f64)
-                    .collect()
+                l.try_get(Kind::Forget).map_or_else(Vec::new, |f| {
+                    f.columns()
+                        .into_iter()
+                        .map(|col| col.iter().map(|&v| f64::from(v)).sum::<f64>() / t_len.max(1) as f64)
+                        .collect()
+                })
             })
             .collect();
-        Self { chars: trace.chars, hidden, data, saturation, labels, mean_forget }
+        Self { chars: trace.chars, hidden, kinds: model.arch().kinds(), data, saturation, labels, mean_forget }
     }
 
     /// One cell's values as unit values u ∈ [−1, 1].
     pub fn column(&self, layer: usize, kind: Kind, cell: usize) -> Vec<f32> {
-        let ki = Kind::ALL.iter().position(|&k| k == kind).expect("kind listed");
+        let ki = self.kinds.iter().position(|&k| k == kind).expect("cell paths are checked against the model's kinds");
         let t_len = self.chars.len();
         self.data[layer][ki][cell * t_len..(cell + 1) * t_len].iter().map(|&q| q as f32 / 127.0).collect()
     }
@@ -583,23 +596,31 @@ fn nice_step(span: f64, parts: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
 }
 
-/// Parses `/cell/{layer}/{kind}/{n}`'s parts, or says what a valid path looks like.
+/// Parses `/cell/{layer}/{kind}/{n}`'s parts, or gives an error code (`bad_kind` for
+/// a kind this model's architecture lacks, else `bad_cell`) and says what a valid
+/// path looks like.
 pub fn parse_cell_path(
     model: &crate::model::Model,
     layer: &str,
     kind: &str,
     n: &str,
-) -> Result<(usize, Kind, usize), String> {
+) -> Result<(usize, Kind, usize), (&'static str, String)> {
+    let arch = model.arch();
     let l: Option<usize> = layer.parse().ok().filter(|&l| l < model.layers());
     let k = Kind::parse(kind);
     let c: Option<usize> = n.parse().ok().filter(|&c| c < model.hidden_size());
-    match (l, k, c) {
+    let code = if k.is_some_and(|k| !arch.has(k)) { "bad_kind" } else { "bad_cell" };
+    match (l, k.filter(|&k| arch.has(k)), c) {
         (Some(l), Some(k), Some(c)) => Ok((l, k, c)),
-        _ => Err(format!(
-            "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of {}, N in 0..={}",
-            model.layers() - 1,
-            crate::display::kind_names(),
-            model.hidden_size() - 1
+        _ => Err((
+            code,
+            format!(
+                "no cell {layer}/{kind}/{n}: cells are /cell/LAYER/KIND/N with LAYER in 0..={}, KIND one of {} (this \
+                 is a {arch} model), N in 0..={}",
+                model.layers() - 1,
+                arch.kind_list(),
+                model.hidden_size() - 1
+            ),
         )),
     }
 }
@@ -644,10 +665,11 @@ pub struct CellProfile {
     /// For top-layer h cells: the characters it promotes and suppresses directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logit_effect: Option<super::causal::LogitEffect>,
-    /// The cell's mean forget gate over the reference text.
-    pub mean_forget: f64,
+    /// The cell's mean forget gate over the reference text (`null` for a model
+    /// without one: GRU, RNN).
+    pub mean_forget: Option<f64>,
     /// Its memory time scale, `−1 / ln(mean f)` characters (`null` when mean f
-    /// rounds to 1: the cell never forgets).
+    /// rounds to 1, the cell never forgets, or there is no forget gate).
     pub time_scale: Option<f64>,
     #[serde(skip)]
     values: Vec<f32>,
@@ -688,8 +710,8 @@ pub async fn cell_profile(state: &AppState, layer: usize, kind: Kind, cell: usiz
             .collect()
     };
     let model = &state.model;
-    let mean_forget = rt.mean_forget[layer][cell];
-    let time_scale = Some(crate::model::time_scale(mean_forget)).filter(|t| t.is_finite());
+    let mean_forget = rt.mean_forget.get(layer).and_then(|l| l.get(cell)).copied();
+    let time_scale = mean_forget.map(crate::model::time_scale).filter(|t| t.is_finite());
     Ok(CellProfile {
         mean_forget,
         time_scale,
@@ -714,7 +736,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
     let model = state.model.clone();
     let (layer, kind, cell) = match parse_cell_path(&model, &layer, &kind, &n) {
         Ok(x) => x,
-        Err(m) => return html_error(StatusCode::NOT_FOUND, "No such cell", &m),
+        Err((_, m)) => return html_error(StatusCode::NOT_FOUND, "No such cell", &m),
     };
     let profile = match cell_profile(&state, layer, kind, cell).await {
         Ok(p) => p,
@@ -725,7 +747,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         Err(e) => return e.into_response(),
     };
     let (lo, hi) = match kind {
-        Kind::Input | Kind::Forget | Kind::Output => ("0", "1"),
+        k if k.is_gate() => ("0", "1"),
         Kind::Cell => ("tanh(c) = −1", "+1"),
         _ => ("−1", "+1"),
     };
@@ -761,13 +783,13 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         promotes: profile.logit_effect.as_ref().map(|e| effect(&e.promotes)).unwrap_or_default(),
         suppresses: profile.logit_effect.as_ref().map(|e| effect(&e.suppresses)).unwrap_or_default(),
         kinds: Kind::ALL.iter().map(|k| k.letter()).collect(),
-        memory: match profile.time_scale {
-            Some(t) => format!(
-                "Memory time scale: {t:.1} characters (−1 / ln of its mean forget gate, {:.4}, over the reference text): \
-                 left alone, its memory shrinks by 1/e in that many steps.",
-                profile.mean_forget
+        memory: match (profile.time_scale, profile.mean_forget) {
+            (Some(t), Some(f)) => format!(
+                "Memory time scale: {t:.1} characters (−1 / ln of its mean forget gate, {f:.4}, over the reference text): \
+                 left alone, its memory shrinks by 1/e in that many steps."
             ),
-            None => "Memory time scale: unbounded (its forget gate averages 1 over the reference text).".into(),
+            (_, Some(_)) => "Memory time scale: unbounded (its forget gate averages 1 over the reference text).".into(),
+            _ => String::new(),
         },
     };
     match page.render() {
@@ -882,8 +904,11 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
     let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
     let size = 200.0;
     let pad = 34.0;
+    if rt.saturation.first().is_none_or(|gates| gates.is_empty()) {
+        return "<p>This architecture has no gates.</p>".into();
+    }
     let mut s = String::from("<div class=\"sat\">");
-    for (gi, gate) in [Kind::Input, Kind::Forget, Kind::Output].iter().enumerate() {
+    for (gi, gate) in rt.saturation.first().into_iter().flatten().map(|g| &g.0).enumerate() {
         let _ = write!(
             s,
             "<figure><svg viewBox=\"0 0 {0} {0}\" role=\"img\" aria-label=\"{1} saturation\">",
@@ -957,7 +982,7 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
     let t = &model.train;
     let num = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
     let rows = vec![
-        ("Architecture".into(), format!("{} × {} LSTM", model.layers(), model.hidden_size())),
+        ("Architecture".into(), format!("{} × {} {}", model.layers(), model.hidden_size(), model.arch().title())),
         ("Parameters".into(), thousands(model.weights.param_count() as u64)),
         ("Vocabulary".into(), format!("{} characters", model.vocab.len())),
         ("Input".into(), if model.weights.embedding.is_some() { "embedding".into() } else { "one-hot".into() }),

@@ -14,7 +14,6 @@ use super::AppState;
 use crate::analysis::probe::{self as fit, ProbeError, ProbeOptions};
 use crate::analysis::Labels;
 use crate::finder::probe::{probe_trace, Probe, ProbeSpec, Scored, SpecError};
-use crate::model::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +74,7 @@ pub async fn probe(
 ) -> Result<Json<ProbeAnswer>, AppError> {
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
-    let kinds = parse_kinds(req.kinds.as_deref(), &[Kind::Hidden, Kind::Cell])?;
+    let kinds = parse_kinds(req.kinds.as_deref(), state.model.arch(), state.model.arch().default_kinds())?;
     let options = ProbeOptions { l1: req.l1, max_cells: req.max_cells.unwrap_or(fit::DEFAULT_MAX_CELLS) };
     options.check().map_err(probe_error)?;
     let (feature, labels) =

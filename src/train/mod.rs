@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{safetensors, write_atomic, CurvePoint, Model, TrainMeta, Vocab, Weights};
+use crate::model::{safetensors, write_atomic, Arch, CurvePoint, Model, TrainMeta, Vocab, Weights};
 use backprop::{loss_and_grad, StreamState, Workspace};
 use optim::{clip_grad_norm, OptimState, Optimizer};
 
@@ -42,6 +42,9 @@ use optim::{clip_grad_norm, OptimState, Optimizer};
 /// model's `cellscope.train` metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
+    /// Absent from checkpoints written before GRU and RNN existed: those are LSTMs.
+    #[serde(default)]
+    pub arch: Arch,
     pub layers: usize,
     pub hidden: usize,
     pub batch: usize,
@@ -65,6 +68,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Lstm,
             layers: 2,
             hidden: 256,
             batch: 50,
@@ -133,14 +137,16 @@ impl TrainConfig {
     /// characters: weights, optimiser moments, one gradient per shard and the
     /// model copies made at validation (P parameters each), plus the training and
     /// validation workspaces (`backprop::Workspace`: 13 values per cell per layer
-    /// per character of the batch, the logits, and per shard the layer-0 tables).
+    /// per character of the batch, the logits, and per shard the layer-0 tables;
+    /// an LSTM's count, which bounds the GRU's and the RNN's).
     /// Computed in f64 so absurd sizes cannot overflow.
     pub fn memory_estimate(&self, vocab: usize) -> f64 {
         let (v, h, l) = (vocab as f64, self.hidden as f64, self.layers as f64);
         let (b, s) = (self.batch as f64, self.seq as f64);
         let shards = self.threads.min(self.batch).max(1) as f64;
-        let params = 4.0 * h * (v + h + 2.0) + (l - 1.0) * 4.0 * h * (2.0 * h + 2.0) + v * h + v;
-        let workspace = b * s * (13.0 * l * h + v + 2.0 * h) + shards * 8.0 * v * h;
+        let g = self.arch.gates() as f64;
+        let params = g * h * (v + h + 2.0) + (l - 1.0) * g * h * (2.0 * h + 2.0) + v * h + v;
+        let workspace = b * s * (13.0 * l * h + v + 2.0 * h) + shards * 2.0 * g * v * h;
         let states = 2.0 * l * b * h;
         4.0 * ((5.0 + shards) * params + 2.0 * workspace + states)
     }
@@ -309,7 +315,7 @@ pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize
                 first += bs;
                 scope.spawn(move || {
                     let layers = weights.layers.len();
-                    let mut state = StreamState::zeros(layers, bs, weights.hidden_size());
+                    let mut state = StreamState::zeros(weights.arch, layers, bs, weights.hidden_size());
                     let mut ws = Workspace::default();
                     let mut rng = crate::rng::Rng::new(0);
                     let (mut total, mut count) = (0f64, 0usize);
@@ -451,8 +457,11 @@ fn save_checkpoint(run: &Run, path: &Path) -> Result<(), TrainError> {
         }
     }
     for (s, st) in run.states.iter().enumerate() {
-        for (k, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
+        for (k, h) in st.h.iter().enumerate() {
             tensors.insert(format!("state.s{s}.h_l{k}"), (vec![h.len()], &h[..]));
+        }
+        // A GRU or RNN has no cell state (its `c` is empty).
+        for (k, c) in st.c.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
             tensors.insert(format!("state.s{s}.c_l{k}"), (vec![c.len()], &c[..]));
         }
     }
@@ -509,7 +518,8 @@ fn load_checkpoint(path: &Path, fresh: &Run) -> Result<Run, TrainError> {
     }
     for (s, st) in run.states.iter_mut().enumerate() {
         for k in 0..st.h.len() {
-            for (kind, dst) in [("h", &mut st.h[k]), ("c", &mut st.c[k])] {
+            let parts = [("h", &mut st.h[k]), ("c", &mut st.c[k])];
+            for (kind, dst) in parts.into_iter().filter(|(_, dst)| !dst.is_empty()) {
                 let key = format!("state.s{s}.{kind}_l{k}");
                 let t = file.tensors.get(&key).ok_or_else(|| bad(format!("lacks {key}")))?;
                 if t.data.len() != dst.len() {
@@ -600,6 +610,12 @@ pub struct TrainReport {
 
 /// Trains (or resumes) a model. `stop` is polled every step (set it from a signal
 /// handler); when set, a checkpoint is saved and the function returns.
+///
+/// The steps: [`read_texts`] (everything that can be wrong with the request is
+/// checked before the first step), [`start_or_resume`], then per batch
+/// [`gather_batch`], [`run_shards`] (forward and backward on every shard), the
+/// optimiser step, [`Run::advance`], and every `eval_every` steps
+/// [`validate_and_save`]; at the end [`score_test`].
 pub fn train(
     config: TrainConfig,
     train_path: &Path,
@@ -607,13 +623,142 @@ pub fn train(
     opts: &RunOptions,
     stop: &AtomicBool,
 ) -> Result<TrainReport, TrainError> {
-    // Everything that can be wrong with the request is checked here, before the
-    // first step: settings, paths, text sizes, memory.
     config.validate()?;
     opts.validate()?;
+    let texts = read_texts(&config, train_path, val_path, opts)?;
+    let stream_len = texts.ids.len().saturating_sub(1) / config.batch;
+    let batches_per_epoch = (stream_len / config.seq) as u64;
+    let ckpt_path = sidecar(&opts.out, ".ckpt.safetensors");
+    let log_path = sidecar(&opts.out, ".log.jsonl");
+    let mut run = start_or_resume(&config, &texts, opts, &ckpt_path, &log_path)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+
+    let total_steps = ((config.epochs as f64) * batches_per_epoch as f64).ceil() as u64;
+    let total_steps = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let chars_per_step = (config.batch * config.seq) as u64;
+    let mut shards: Vec<Shard> = shard_sizes(config.batch, config.threads)
+        .into_iter()
+        .map(|size| Shard {
+            size,
+            inputs: vec![0; size * config.seq],
+            targets: vec![0; size * config.seq],
+            grads: run.weights.zeros_like(),
+            ws: Workspace::default(),
+        })
+        .collect();
+    let started = Instant::now();
+    let elapsed_before = run.progress.elapsed_s;
+    let steps_before = run.progress.step;
+    let mut recent_loss = f64::NAN;
+    let mut interrupted = false;
+    // The step of the checkpoint on disk, for the message if the run diverges.
+    let mut saved_step = opts.resume.then_some(run.progress.step);
+    while run.progress.step < total_steps {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        if opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) {
+            break;
+        }
+        gather_batch(&texts.ids, stream_len, run.progress.batch_in_epoch as usize, config.seq, &mut shards);
+        let step = run.progress.step;
+        let loss = run_shards(&mut run, step, 1.0 / chars_per_step as f32, &mut shards) / chars_per_step as f64;
+        let (first, rest) = shards.split_at_mut(1);
+        for s in rest {
+            first[0].grads.add_assign(&mut s.grads);
+        }
+        let grads = &mut first[0].grads;
+        let grad_norm = clip_grad_norm(grads, config.clip);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            // Stop before the optimiser writes non-finite values into the weights.
+            let what = format!("the training loss is {loss} (gradient norm {grad_norm})");
+            return Err(diverged(step + 1, &what, &config, opts, saved_step));
+        }
+        run.opt.step(&mut run.weights, grads, run.progress.lr);
+        run.advance(chars_per_step, batches_per_epoch);
+        recent_loss = if recent_loss.is_nan() { loss } else { 0.98 * recent_loss + 0.02 * loss };
+        let now = started.elapsed().as_secs_f64();
+        run.progress.elapsed_s = elapsed_before + now;
+        let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / now.max(1e-9);
+        let step = run.progress.step;
+        let epoch_f = step as f64 / batches_per_epoch as f64;
+        let mut record = serde_json::json!({
+            "step": step, "epoch": epoch_f, "loss": loss, "grad_norm": grad_norm,
+            "lr": run.progress.lr, "chars_per_s": cps, "elapsed_s": run.progress.elapsed_s,
+        });
+        if step % config.eval_every == 0 || step == total_steps {
+            let _ = log.flush();
+            let val = validate_and_save(&mut run, &texts.val_ids, epoch_f, opts, &ckpt_path, &log_path)
+                .map_err(|e| e.into_error(&config, opts, saved_step))?;
+            record["val_loss"] = serde_json::json!(val);
+            saved_step = Some(step);
+        }
+        writeln!(log, "{record}")
+            .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+        if opts.verbose && (step % 10 == 0 || record.get("val_loss").is_some()) {
+            let eta = (total_steps - step) as f64 * chars_per_step as f64 / cps.max(1.0);
+            let val = run.progress.best_val.map_or("-".into(), |v| format!("{v:.4}"));
+            eprint!(
+                "\rstep {step}/{total_steps} | epoch {epoch_f:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
+                cps / 1000.0,
+                fmt_duration(eta)
+            );
+            if record.get("val_loss").is_some() {
+                eprintln!();
+            }
+        }
+    }
+    save_checkpoint(&run, &ckpt_path)?;
+    let finished = run.progress.step >= total_steps;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / elapsed.max(1e-9);
+    // The last step always validates, so a finished run has a best model to score.
+    let test_loss = match (&texts.test, finished) {
+        (Some(text), true) => Some(score_test(&opts.out, text)?),
+        _ => None,
+    };
+    if opts.verbose {
+        eprintln!();
+    }
+    Ok(TrainReport {
+        steps: run.progress.step,
+        epochs_done: run.progress.step as f64 / batches_per_epoch as f64,
+        best_val: run.progress.best_val,
+        test_loss,
+        chars_per_s: cps,
+        interrupted,
+        finished,
+    })
+}
+
+/// A run's text split under its vocabulary (train + val), checked for size.
+struct Texts {
+    vocab: Vocab,
+    ids: Vec<u32>,
+    val_ids: Vec<u32>,
+    test: Option<String>,
+    /// The `cellscope.train` metadata: corpus name, hashes, size, config.
+    meta: TrainMeta,
+}
+
+/// Reads the training, validation and (optional) test texts, builds the vocabulary
+/// and refuses what cannot train: a run over the memory budget, a training text
+/// shorter than one batch, a validation text shorter than one window, a test text
+/// with nothing to score.
+fn read_texts(
+    config: &TrainConfig,
+    train_path: &Path,
+    val_path: &Path,
+    opts: &RunOptions,
+) -> Result<Texts, TrainError> {
     let train_text = read_text(train_path)?;
     let val_text = read_text(val_path)?;
-    let test_text = opts.test.as_deref().map(read_text).transpose()?;
+    let test = opts.test.as_deref().map(read_text).transpose()?;
     let mut all = train_text.clone();
     all.push_str(&val_text);
     let vocab = Vocab::from_text(&all).map_err(|e| TrainError::Config(format!("training text: {e}")))?;
@@ -642,7 +787,7 @@ pub fn train(
             config.seq + 1
         )));
     }
-    if let (Some(path), Some(text)) = (&opts.test, &test_text) {
+    if let (Some(path), Some(text)) = (&opts.test, &test) {
         // evaluate() scores each character after the first that the vocabulary knows.
         if !text.chars().skip(1).any(|c| vocab.id(c).is_some()) {
             return Err(TrainError::Config(format!(
@@ -652,11 +797,7 @@ pub fn train(
             )));
         }
     }
-    let stream_len = ids.len().saturating_sub(1) / config.batch;
-    let batches_per_epoch = (stream_len / config.seq) as u64;
-    let shards = shard_sizes(config.batch, config.threads);
-    let weights = Weights::random_scaled(vocab.len(), None, config.hidden, config.layers, config.seed, config.init);
-    let train_meta = TrainMeta {
+    let meta = TrainMeta {
         corpus: train_path.file_name().map(|s| s.to_string_lossy().into_owned()),
         train_sha256: Some(sha256_hex(train_text.as_bytes())),
         val_sha256: Some(sha256_hex(val_text.as_bytes())),
@@ -664,236 +805,212 @@ pub fn train(
         config: Some(config.clone()),
         ..TrainMeta::default()
     };
+    Ok(Texts { vocab, ids, val_ids, test, meta })
+}
+
+/// A fresh run (fresh weights, and the old log removed), or the checkpoint's with
+/// the log cut back to the checkpoint's step.
+fn start_or_resume(
+    config: &TrainConfig,
+    texts: &Texts,
+    opts: &RunOptions,
+    ckpt_path: &Path,
+    log_path: &Path,
+) -> Result<Run, TrainError> {
+    let c = config;
+    let weights = Weights::random_arch(c.arch, texts.vocab.len(), None, c.hidden, c.layers, c.seed, c.init);
+    let shards = shard_sizes(c.batch, c.threads);
     let fresh = Run {
-        opt: OptimState::new(config.optimizer, &weights),
-        states: shards.iter().map(|&b| StreamState::zeros(config.layers, b, config.hidden)).collect(),
+        opt: OptimState::new(c.optimizer, &weights),
+        states: shards.iter().map(|&b| StreamState::zeros(c.arch, c.layers, b, c.hidden)).collect(),
         progress: Progress {
             step: 0,
             batch_in_epoch: 0,
             epoch: 0,
-            lr: config.lr,
+            lr: c.lr,
             best_val: None,
             best_step: None,
             elapsed_s: 0.0,
             chars_seen: 0,
         },
-        config: config.clone(),
-        vocab,
+        config: c.clone(),
+        vocab: texts.vocab.clone(),
         weights,
-        train_meta,
+        train_meta: texts.meta.clone(),
     };
-    let ckpt_path = sidecar(&opts.out, ".ckpt.safetensors");
-    let log_path = sidecar(&opts.out, ".log.jsonl");
-    let mut run = if opts.resume {
-        let r = load_checkpoint(&ckpt_path, &fresh)?;
-        if opts.verbose {
-            eprintln!(
-                "resuming {} at step {} (epoch {}, batch {})",
-                ckpt_path.display(),
-                r.progress.step,
-                r.progress.epoch,
-                r.progress.batch_in_epoch
-            );
-        }
-        r
-    } else {
-        let _ = std::fs::remove_file(&log_path);
-        fresh
-    };
-    if opts.resume {
-        // Drop log lines written after the checkpoint (a run killed without saving),
-        // so the log and the curve describe exactly the resumed run.
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|r| r["step"].as_u64())
-                        .is_some_and(|s| s <= run.progress.step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            write_atomic(&log_path, kept.as_bytes())
-                .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
-        }
+    if !opts.resume {
+        let _ = std::fs::remove_file(log_path);
+        return Ok(fresh);
     }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+    let run = load_checkpoint(ckpt_path, &fresh)?;
+    if opts.verbose {
+        let p = &run.progress;
+        eprintln!(
+            "resuming {} at step {} (epoch {}, batch {})",
+            ckpt_path.display(),
+            p.step,
+            p.epoch,
+            p.batch_in_epoch
+        );
+    }
+    // Drop log lines written after the checkpoint (a run killed without saving),
+    // so the log and the curve describe exactly the resumed run.
+    if let Ok(text) = std::fs::read_to_string(log_path) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|r| r["step"].as_u64())
+                    .is_some_and(|s| s <= run.progress.step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomic(log_path, kept.as_bytes())
+            .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+    }
+    Ok(run)
+}
 
-    let total_steps = ((config.epochs as f64) * batches_per_epoch as f64).ceil() as u64;
-    let total_steps = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let chars_per_step = (config.batch * config.seq) as u64;
-    let mut workspaces: Vec<Workspace> = shards.iter().map(|_| Workspace::default()).collect();
-    let mut grads: Vec<Weights> = shards.iter().map(|_| run.weights.zeros_like()).collect();
-    let started = Instant::now();
-    let elapsed_before = run.progress.elapsed_s;
-    let steps_before = run.progress.step;
-    let mut recent_loss = f64::NAN;
-    let mut interrupted = false;
-    let scale = 1.0 / chars_per_step as f32;
-    let mut inputs: Vec<Vec<u32>> = shards.iter().map(|&b| vec![0; b * config.seq]).collect();
-    let mut targets = inputs.clone();
+/// One thread's share of a batch: its streams' inputs and targets (S × size,
+/// time-major), its gradient and its scratch memory.
+struct Shard {
+    size: usize,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    grads: Weights,
+    ws: Workspace,
+}
 
-    // The step of the checkpoint on disk, for the message if the run diverges.
-    let mut saved_step = opts.resume.then_some(run.progress.step);
-    while run.progress.step < total_steps {
-        if stop.load(Ordering::Relaxed) {
-            interrupted = true;
-            break;
-        }
-        if opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) {
-            break;
-        }
-        // Gather this batch: stream b reads [b·L + j·S, b·L + (j+1)·S).
-        let j = run.progress.batch_in_epoch as usize;
-        let mut b0 = 0;
-        for (s, &bs) in shards.iter().enumerate() {
-            for t in 0..config.seq {
-                for b in 0..bs {
-                    let pos = (b0 + b) * stream_len + j * config.seq + t;
-                    inputs[s][t * bs + b] = ids[pos];
-                    targets[s][t * bs + b] = ids[pos + 1];
-                }
+/// Batch `j` of the epoch: stream b (numbered across shards) reads characters
+/// `[b·L + j·S, b·L + (j+1)·S)` of the training text (L = `stream_len`), and
+/// predicts each one's successor.
+fn gather_batch(ids: &[u32], stream_len: usize, j: usize, seq: usize, shards: &mut [Shard]) {
+    let mut b0 = 0;
+    for s in shards {
+        for t in 0..seq {
+            for b in 0..s.size {
+                let pos = (b0 + b) * stream_len + j * seq + t;
+                s.inputs[t * s.size + b] = ids[pos];
+                s.targets[t * s.size + b] = ids[pos + 1];
             }
-            b0 += bs;
         }
-        let step = run.progress.step;
-        let losses: Vec<f64> = std::thread::scope(|scope| {
-            let handles: Vec<_> = shards
-                .iter()
-                .enumerate()
-                .zip(workspaces.iter_mut())
-                .zip(grads.iter_mut())
-                .zip(run.states.iter_mut())
-                .map(|((((s, &bs), ws), g), st)| {
-                    let w = &run.weights;
-                    let (inp, tgt) = (&inputs[s], &targets[s]);
-                    let cfg = &config;
-                    scope.spawn(move || {
-                        g.for_each_tensor_mut(|t| t.fill(0.0));
-                        let mut rng = crate::rng::Rng::new(cfg.seed ^ (step.wrapping_mul(0x9E37_79B9) + s as u64 + 1));
-                        loss_and_grad(w, inp, tgt, bs, st, cfg.dropout, &mut rng, scale, Some(g), ws)
-                    })
+        b0 += s.size;
+    }
+}
+
+/// Forward and backward of every shard on its own thread, each into its own zeroed
+/// gradient (scaled by `scale`) and advancing its streams' carried state. Returns the
+/// summed loss in nats. Dropout masks are seeded by the run's seed, the step and the
+/// shard, so a run is the same for the same seed and thread count.
+fn run_shards(run: &mut Run, step: u64, scale: f32, shards: &mut [Shard]) -> f64 {
+    let (w, cfg) = (&run.weights, &run.config);
+    let losses: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .iter_mut()
+            .zip(run.states.iter_mut())
+            .enumerate()
+            .map(|(s, (shard, st))| {
+                scope.spawn(move || {
+                    let Shard { size, inputs, targets, grads, ws } = shard;
+                    grads.for_each_tensor_mut(|t| t.fill(0.0));
+                    let mut rng = crate::rng::Rng::new(cfg.seed ^ (step.wrapping_mul(0x9E37_79B9) + s as u64 + 1));
+                    loss_and_grad(w, inputs, targets, *size, st, cfg.dropout, &mut rng, scale, Some(grads), ws)
                 })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("training thread panicked")).collect()
-        });
-        let loss = losses.iter().sum::<f64>() / chars_per_step as f64;
-        let (first, rest) = grads.split_at_mut(1);
-        for g in rest {
-            first[0].add_assign(g);
-        }
-        let grad_norm = clip_grad_norm(&mut first[0], config.clip);
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            // Stop before the optimiser writes non-finite values into the weights.
-            let what = format!("the training loss is {loss} (gradient norm {grad_norm})");
-            return Err(diverged(step + 1, &what, &config, opts, saved_step));
-        }
-        run.opt.step(&mut run.weights, &mut first[0], run.progress.lr);
-        run.progress.step += 1;
-        run.progress.chars_seen += chars_per_step;
-        run.progress.batch_in_epoch += 1;
-        if run.progress.batch_in_epoch == batches_per_epoch {
-            run.progress.batch_in_epoch = 0;
-            run.progress.epoch += 1;
-            for st in &mut run.states {
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("training thread panicked")).collect()
+    });
+    losses.iter().sum()
+}
+
+impl Run {
+    /// Counts one step: the data position moves on; at the end of an epoch the
+    /// carried state is reset and, past `decay_after`, the learning rate decays.
+    fn advance(&mut self, chars_per_step: u64, batches_per_epoch: u64) {
+        let p = &mut self.progress;
+        p.step += 1;
+        p.chars_seen += chars_per_step;
+        p.batch_in_epoch += 1;
+        if p.batch_in_epoch == batches_per_epoch {
+            p.batch_in_epoch = 0;
+            p.epoch += 1;
+            for st in &mut self.states {
                 for v in st.h.iter_mut().chain(st.c.iter_mut()) {
                     v.fill(0.0);
                 }
             }
-            if run.progress.epoch as f32 >= config.decay_after {
-                run.progress.lr *= config.lr_decay;
-            }
-        }
-        recent_loss = if recent_loss.is_nan() { loss } else { 0.98 * recent_loss + 0.02 * loss };
-        let now = started.elapsed().as_secs_f64();
-        run.progress.elapsed_s = elapsed_before + now;
-        let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / now.max(1e-9);
-        let step = run.progress.step;
-        let epoch_f = step as f64 / batches_per_epoch as f64;
-        let mut record = serde_json::json!({
-            "step": step, "epoch": epoch_f, "loss": loss, "grad_norm": grad_norm,
-            "lr": run.progress.lr, "chars_per_s": cps, "elapsed_s": run.progress.elapsed_s,
-        });
-        if step % config.eval_every == 0 || step == total_steps {
-            let model = Model::new(
-                opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()),
-                run.vocab.clone(),
-                run.weights.clone(),
-                TrainMeta::default(),
-            )
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-            let val = evaluate_batched(&run.weights, &val_ids, config.batch, config.seq, config.threads);
-            if !val.is_finite() {
-                return Err(diverged(step, &format!("the validation loss is {val}"), &config, opts, saved_step));
-            }
-            record["val_loss"] = serde_json::json!(val);
-            if run.progress.best_val.is_none_or(|b| val < b) {
-                run.progress.best_val = Some(val);
-                run.progress.best_step = Some(step);
-                let mut meta = run.train_meta.clone();
-                meta.steps = Some(step);
-                meta.epochs = Some(epoch_f);
-                meta.best_val_loss = Some(val);
-                meta.train_seconds = Some(run.progress.elapsed_s);
-                let _ = log.flush();
-                meta.curve = curve_from_log(&log_path, 100);
-                let mut best = model;
-                best.train = meta;
-                best.save(&opts.out)
-                    .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
-            }
-            save_checkpoint(&run, &ckpt_path)?;
-            saved_step = Some(step);
-        }
-        writeln!(log, "{record}")
-            .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
-        if opts.verbose && (step % 10 == 0 || record.get("val_loss").is_some()) {
-            let eta = (total_steps - step) as f64 * chars_per_step as f64 / cps.max(1.0);
-            let val = run.progress.best_val.map_or("-".into(), |v| format!("{v:.4}"));
-            eprint!(
-                "\rstep {step}/{total_steps} | epoch {epoch_f:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
-                cps / 1000.0,
-                fmt_duration(eta)
-            );
-            if record.get("val_loss").is_some() {
-                eprintln!();
+            if p.epoch as f32 >= self.config.decay_after {
+                p.lr *= self.config.lr_decay;
             }
         }
     }
-    save_checkpoint(&run, &ckpt_path)?;
-    let finished = run.progress.step >= total_steps;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cps = (run.progress.step - steps_before) as f64 * chars_per_step as f64 / elapsed.max(1e-9);
-    let mut test_loss = None;
-    if finished {
-        if let Some(text) = &test_text {
-            // Score the best model on the test split and record it in its metadata.
-            // The last step always validates, so the best model exists.
-            let mut best = Model::load(&opts.out)
-                .map_err(|e| TrainError::Config(format!("cannot reload the best model to score the test text: {e}")))?;
-            let (loss, _) = evaluate(&best, text, |_, _| {});
-            best.train.test_loss = Some(loss);
-            best.train.test_sha256 = Some(sha256_hex(text.as_bytes()));
-            best.save(&opts.out)
-                .map_err(|source| TrainError::Write { path: opts.out.display().to_string(), source })?;
-            test_loss = Some(loss);
+}
+
+/// Why [`validate_and_save`] stopped the run.
+enum SaveError {
+    /// The validation loss at this step is not finite.
+    Diverged {
+        step: u64,
+        val: f64,
+    },
+    Train(TrainError),
+}
+
+impl SaveError {
+    fn into_error(self, config: &TrainConfig, opts: &RunOptions, saved_step: Option<u64>) -> TrainError {
+        match self {
+            SaveError::Diverged { step, val } => {
+                diverged(step, &format!("the validation loss is {val}"), config, opts, saved_step)
+            }
+            SaveError::Train(e) => e,
         }
     }
-    if opts.verbose {
-        eprintln!();
+}
+
+/// The validation loss of the current weights; a new best is saved as the model
+/// (with its metadata and loss curve), and the checkpoint is written either way.
+fn validate_and_save(
+    run: &mut Run,
+    val_ids: &[u32],
+    epoch: f64,
+    opts: &RunOptions,
+    ckpt_path: &Path,
+    log_path: &Path,
+) -> Result<f64, SaveError> {
+    let c = &run.config;
+    let val = evaluate_batched(&run.weights, val_ids, c.batch, c.seq, c.threads);
+    let step = run.progress.step;
+    if !val.is_finite() {
+        return Err(SaveError::Diverged { step, val });
     }
-    Ok(TrainReport {
-        steps: run.progress.step,
-        epochs_done: run.progress.step as f64 / batches_per_epoch as f64,
-        best_val: run.progress.best_val,
-        test_loss,
-        chars_per_s: cps,
-        interrupted,
-        finished,
-    })
+    if run.progress.best_val.is_none_or(|b| val < b) {
+        run.progress.best_val = Some(val);
+        run.progress.best_step = Some(step);
+        let mut meta = run.train_meta.clone();
+        meta.steps = Some(step);
+        meta.epochs = Some(epoch);
+        meta.best_val_loss = Some(val);
+        meta.train_seconds = Some(run.progress.elapsed_s);
+        meta.curve = curve_from_log(log_path, 100);
+        let name = opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let best = Model::new(name, run.vocab.clone(), run.weights.clone(), meta)
+            .map_err(|e| SaveError::Train(TrainError::Config(e.to_string())))?;
+        best.save(&opts.out)
+            .map_err(|source| SaveError::Train(TrainError::Write { path: opts.out.display().to_string(), source }))?;
+    }
+    save_checkpoint(run, ckpt_path).map_err(SaveError::Train)?;
+    Ok(val)
+}
+
+/// Scores the best model at `out` on the test text and records the loss in its
+/// metadata.
+fn score_test(out: &Path, text: &str) -> Result<f64, TrainError> {
+    let mut best = Model::load(out)
+        .map_err(|e| TrainError::Config(format!("cannot reload the best model to score the test text: {e}")))?;
+    let (loss, _) = evaluate(&best, text, |_, _| {});
+    best.train.test_loss = Some(loss);
+    best.train.test_sha256 = Some(sha256_hex(text.as_bytes()));
+    best.save(out).map_err(|source| TrainError::Write { path: out.display().to_string(), source })?;
+    Ok(loss)
 }
