@@ -288,6 +288,13 @@ const el = {
   rank: $('#rank'),
   rankSelection: $('#rank-selection'),
   results: $('#finder-results'),
+  probeRun: $('#probe-run'),
+  probeResult: $('#probe-result'),
+  probeSummary: $('#probe-summary'),
+  probeSplit: $('#probe-split'),
+  probeToggle: $('#probe-toggle'),
+  probeColour: $('#probe-colour'),
+  probeCells: $('#probe-cells'),
   colourBy: $('#colour-by'),
   showCell: $('#show-cell'),
   showClamp: $('#show-clamp'),
@@ -423,6 +430,13 @@ const state = {
     stepKey: '',
     seq: 0,
   },
+  probe: {
+    /** The last POST /api/probe answer, with the concept's label and the textNo it was fitted on; or null. */
+    result: null,
+    /** Whether the direction's score colours the text (one colouring at a time). */
+    colour: false,
+    seq: 0,
+  },
   /** The running pair of samples: an AbortController, or null. */
   sampling: null,
   /** Whether the prime was typed by the user (else it follows the text). */
@@ -503,7 +517,7 @@ function currentData() {
  * when that is shown; touches only changed spans.
  */
 function recolor() {
-  if (recolorMemory()) return;
+  if (recolorProbe() || recolorMemory()) return;
   if (showingClamp()) {
     recolorClamp();
     return;
@@ -548,6 +562,7 @@ function setScale(mode, redraw = true) {
   if (el.scale) el.scale.value = state.scale;
   if (!redraw) return;
   leaveClampView();
+  leaveProbeView();
   recolor();
   updateLegend();
   refreshTooltip();
@@ -610,6 +625,10 @@ function paintText(n, qAt, colour) {
 }
 
 function updateLegend() {
+  if (shownProbe()) {
+    updateProbeLegend();
+    return;
+  }
   if (memoryShown()) {
     updateMemoryLegend();
     return;
@@ -870,6 +889,7 @@ async function loadView(text) {
     $('#error')?.remove();
     clampTextChanged(text);
     memoryTextChanged();
+    probeTextChanged();
     autoWrap(text);
     // The intro describes the server's first text and its cell, not another text.
     if (el.text && text !== el.text.defaultValue) $('#intro')?.remove();
@@ -979,6 +999,7 @@ function clampCell(c) {
 /** Picks a cell of the loaded layer/kind: no round trip. */
 function setCell(c) {
   leaveClampView();
+  leaveProbeView();
   state.cell = clampCell(c);
   if (el.cellError) el.cellError.hidden = true;
   el.cell?.removeAttribute('aria-invalid');
@@ -1013,6 +1034,7 @@ function stepCell(delta) {
 
 function choose({ layer = state.layer, kind = state.kind, cell = state.cell }) {
   leaveClampView();
+  leaveProbeView();
   if (el.cellError) el.cellError.hidden = true;
   el.cell?.removeAttribute('aria-invalid');
   const heatmapStale = layer !== state.layer || kind !== state.kind;
@@ -1093,7 +1115,7 @@ function tooltipContent(t) {
     val.append(' · c = ', node('b', null, formatSigned(ex.values[t], 3)));
   }
   out.push(val);
-  const mem = memoryTooltipLine(t);
+  const mem = memoryTooltipLine(t) ?? probeTooltipLine(t);
   if (mem) out.push(mem);
   if (showingClamp()) out.push(clampTooltipLine(t));
 
@@ -1560,21 +1582,8 @@ function showResults(res, label) {
   const metric = METRIC_LABEL[res.metric] ?? res.metric;
   const part = state.text != null ? textPart(state.text) : null;
   const items = res.cells.map((c) => {
-    const li = node('li');
-    li.dataset.layer = c.layer;
-    li.dataset.kind = c.kind;
-    li.dataset.cell = c.cell;
     const sign = c.sign > 0 ? '+' : c.sign < 0 ? '−' : '±';
-    const pick = node('a', 'rank-pick', `layer ${c.layer} · ${c.kind} · cell ${c.cell} — ${metric} ${c.score.toFixed(3)} (${sign})`);
-    pick.href = `#layer=${c.layer}&kind=${c.kind}&cell=${c.cell}`;
-    pick.dataset.layer = c.layer;
-    pick.dataset.kind = c.kind;
-    pick.dataset.cell = c.cell;
-    pick.title = `colour the text by this cell (signed ${metric} ${c.raw.toFixed(3)})`;
-    const page = node('a', 'cellpage', 'cell page');
-    page.href = `/cell/${c.layer}/${c.kind}/${c.cell}${part ? '#' + part : ''}`;
-    li.append(pick, ' ', page);
-    return li;
+    return cellItem(c, `${metric} ${c.score.toFixed(3)} (${sign})`, `colour the text by this cell (signed ${metric} ${c.raw.toFixed(3)})`, part);
   });
   if (items.length === 0) items.push(node('li', 'muted', 'no cells'));
   list.replaceChildren(...items);
@@ -1586,9 +1595,30 @@ function showResults(res, label) {
     '(+) = higher where it holds. Click one to colour the text by it.', { feature: res.feature });
 }
 
-/** Marks the result that is the chosen cell, if any. */
+/**
+ * A result line: "layer L · kind · cell N — what", an a.rank-pick that chooses the cell
+ * (the finder's click handler), and a link to the cell page for the text `part`.
+ */
+function cellItem(c, what, title, part) {
+  const li = node('li');
+  li.dataset.layer = c.layer;
+  li.dataset.kind = c.kind;
+  li.dataset.cell = c.cell;
+  const pick = node('a', 'rank-pick', `layer ${c.layer} · ${c.kind} · cell ${c.cell} — ${what}`);
+  pick.href = `#layer=${c.layer}&kind=${c.kind}&cell=${c.cell}`;
+  pick.dataset.layer = c.layer;
+  pick.dataset.kind = c.kind;
+  pick.dataset.cell = c.cell;
+  pick.title = title;
+  const page = node('a', 'cellpage', 'cell page');
+  page.href = `/cell/${c.layer}/${c.kind}/${c.cell}${part ? '#' + part : ''}`;
+  li.append(pick, ' ', page);
+  return li;
+}
+
+/** Marks the results (the finder's and the direction's) that are the chosen cell, if any. */
 function markActiveResult() {
-  el.results?.querySelectorAll('li[data-cell]').forEach((li) => {
+  document.querySelectorAll('#finder-results li[data-cell], #probe-cells li[data-cell]').forEach((li) => {
     const on = Number(li.dataset.layer) === state.layer && li.dataset.kind === state.kind && Number(li.dataset.cell) === state.cell;
     li.classList.toggle('active', on);
     const a = li.querySelector('a.rank-pick');
@@ -1693,6 +1723,197 @@ function selectionSpans() {
     else merged.push(r);
   }
   return merged;
+}
+
+// ---------------------------------------------------------------------------
+// Concept direction: a sparse logistic probe over the h and c cells for the
+// finder's concept (POST /api/probe), against the best single cell on held-out
+// characters; its score can colour the text.
+
+/** The finder's chosen concept or regex as {request, label}, or null (with a message) when the regex is empty. */
+function finderQuery() {
+  const concept = el.concept ? el.concept.value : 'string';
+  if (concept !== 'regex') return { request: { feature: concept }, label: concept };
+  const re = el.regex.value;
+  if (!re) {
+    setStatus('type a regex first', true);
+    el.regex.focus();
+    return null;
+  }
+  return { request: { regex: re }, label: `/${re}/` };
+}
+
+/** The direction whose score colours the text, or null. */
+function shownProbe() {
+  const p = state.probe;
+  return p.colour && p.result && p.result.textNo === state.textNo ? p.result : null;
+}
+
+/** u = tanh(score / 2) = 2σ(score) − 1: shown like a gate, p = (u + 1)/2. */
+const probeUnit = (score) => Math.tanh(score / 2);
+
+async function runProbe() {
+  const q = finderQuery();
+  if (!q) return;
+  if (state.text == null || state.tracing) {
+    setStatus(state.text == null ? 'run the text first' : 'wait for the trace to finish: the direction is fitted on the text shown', true);
+    return;
+  }
+  const p = state.probe;
+  const seq = ++p.seq;
+  const { text, textNo } = state;
+  setStatus(`fitting a direction for ${q.label}…`);
+  el.probeResult?.setAttribute('aria-busy', 'true');
+  const t0 = performance.now();
+  let res;
+  try {
+    // h and c only: all six kinds of a long text exceed the probe's size limit.
+    res = await post('/api/probe', { text, kinds: ['h', 'c'], ...q.request });
+  } catch (e) {
+    if (seq !== p.seq || textNo !== state.textNo) return;
+    showProbeError(probeErrorMessage(e, q));
+    setStatus(`no direction for ${q.label} on this text`);
+    return;
+  }
+  if (seq !== p.seq || textNo !== state.textNo) return;
+  p.result = { ...res, label: q.label, textNo };
+  showProbe();
+  if (p.colour) {
+    recolor();
+    updateLegend();
+    refreshTooltip();
+  }
+  setStatus(`fitted a direction for ${q.label} in ${Math.round(performance.now() - t0)} ms`);
+}
+
+/** An /api/probe error, said for this page. */
+function probeErrorMessage(e, q) {
+  const n = state.view?.header.length ?? 0;
+  if (e.code === 'too_short' && n < 200) {
+    return `A direction needs at least 200 characters (a fifth of them is held out to check it); this text has ${fmtInt(n)}. Paste a longer text.`;
+  }
+  if (e.code === 'too_short') return `No direction for ${q.label} on this text: ${e.message}.`;
+  if (e.code === 'bad_feature') return explainBadLabels(e.message, q.request);
+  return `Fitting a direction for ${q.label} failed: ${e.message}`;
+}
+
+function showProbeError(msg) {
+  const p = state.probe;
+  p.result = null;
+  leaveProbeView();
+  recolor();
+  updateLegend();
+  const box = el.probeResult;
+  if (!box) return;
+  box.hidden = false;
+  box.removeAttribute('aria-busy');
+  box.dataset.state = 'error';
+  if (el.probeSummary) el.probeSummary.textContent = msg;
+  if (el.probeSplit) el.probeSplit.textContent = '';
+  if (el.probeToggle) el.probeToggle.hidden = true;
+  el.probeCells?.replaceChildren();
+}
+
+function showProbe() {
+  const r = state.probe.result;
+  const box = el.probeResult;
+  if (!box || !r) return;
+  box.hidden = false;
+  box.removeAttribute('aria-busy');
+  box.dataset.state = 'done';
+  const b = r.best_cell;
+  const cells = [...r.weights].sort((x, y) => Math.abs(y.weight) - Math.abs(x.weight));
+  if (el.probeSummary) {
+    el.probeSummary.textContent = `${r.label}: direction of ${cells.length} cell${cells.length === 1 ? '' : 's'}: ` +
+      `held-out AUC ${r.auc_heldout.toFixed(3)} vs best single cell ${b.layer}/${b.kind}/${b.cell}: ${b.auc_heldout.toFixed(3)}` +
+      ` (training characters: ${r.auc_train.toFixed(3)} vs ${b.auc_train.toFixed(3)})`;
+  }
+  const sp = r.split;
+  if (el.probeSplit) {
+    const held = sp.heldout.map(([a, z]) => `${a}–${z - 1}`).join(' and ');
+    el.probeSplit.textContent = `fitted on ${fmtInt(sp.train_chars)} of ${fmtInt(sp.chars)} characters; held out ${held} ` +
+      `(${sp.heldout_chars} characters, ${sp.heldout.length} of ${sp.blocks} blocks), with ${sp.guard} characters on each side used by neither`;
+  }
+  if (el.probeToggle) el.probeToggle.hidden = false;
+  const part = state.text != null ? textPart(state.text) : null;
+  const title = 'colour the text by this cell (its weight in the direction, per standard deviation of the cell)';
+  const items = cells.map((c) => cellItem(c, `weight ${formatSigned(c.weight, 3)}`, title, part));
+  if (items.length === 0) items.push(node('li', 'muted', 'no cell enters the direction'));
+  el.probeCells?.replaceChildren(...items);
+  markActiveResult();
+}
+
+/** Turns the direction's colouring on or off (on turns the clamp and memory colourings off). */
+function setProbeColour(on) {
+  if (!on || !state.probe.result) {
+    leaveProbeView();
+  } else {
+    state.probe.colour = true;
+    leaveClampView();
+    if (state.memory.mode !== 'off') setMemoryMode('off');
+    if (el.legend) el.legend.dataset.colour = 'probe';
+  }
+  if (el.probeColour) el.probeColour.checked = state.probe.colour;
+  recolor();
+  updateLegend();
+  refreshTooltip();
+}
+
+/** Choosing a cell or another colouring shows cells again (the direction stays listed). */
+function leaveProbeView() {
+  const p = state.probe;
+  if (el.probeColour) el.probeColour.checked = false;
+  if (!p.colour) return;
+  p.colour = false;
+  el.legendTitle?.removeAttribute('title');
+  if (el.legend) el.legend.dataset.colour = 'cell';
+}
+
+/** Paints the text by the direction's score when it is shown; false lets the other colourings run. */
+function recolorProbe() {
+  const r = shownProbe();
+  if (!r) return false;
+  paintText(Math.min(state.spans.length, r.scores.length), (t) => unitToQ(probeUnit(r.scores[t])), 'probe');
+  return true;
+}
+
+function updateProbeLegend() {
+  const r = shownProbe();
+  if (el.legendTitle) {
+    el.legendTitle.textContent = `direction for ${r.label}: score → p(${r.label})`;
+    el.legendTitle.title = `each character is coloured by the direction's score s (a weighted sum of ${r.weights.length} cells plus a bias), ` +
+      'shown as p = σ(s): blue where the direction says the concept does not hold, red where it does';
+  }
+  const stops = el.legend ? el.legend.querySelectorAll('.stop') : [];
+  stops.forEach((s, i) => {
+    const u = stops.length > 1 ? -1 + (2 * i) / (stops.length - 1) : 0;
+    paintStop(s, unitToQ(u));
+    s.textContent = ((u + 1) / 2).toFixed(2);
+  });
+  if (el.scaleNote) {
+    el.scaleNote.textContent = '';
+    el.scaleNote.dataset.scale = 'probe';
+  }
+}
+
+function probeTooltipLine(t) {
+  const r = shownProbe();
+  if (!r || t >= r.scores.length) return null;
+  const s = r.scores[t];
+  return node('div', 'tt-mem', `direction score ${formatSigned(s, 2)} · p(${r.label}) = ${((probeUnit(s) + 1) / 2).toFixed(3)}`);
+}
+
+/** A new text: the direction was fitted on the old one. */
+function probeTextChanged() {
+  const p = state.probe;
+  p.seq++; // a fit on its way is about the old text
+  p.result = null;
+  leaveProbeView();
+  if (el.probeResult) {
+    el.probeResult.hidden = true;
+    el.probeResult.removeAttribute('aria-busy');
+  }
+  el.probeCells?.replaceChildren();
 }
 
 // ---------------------------------------------------------------------------
@@ -1948,6 +2169,7 @@ function updateClampLegend() {
 }
 
 function setColourBy(mode) {
+  if (mode === 'clamp') leaveProbeView();
   state.clamp.colourBy = mode;
   syncColourBy();
   if (el.legendTitle && !showingClamp()) el.legendTitle.removeAttribute('title');
@@ -2358,19 +2580,11 @@ function wire() {
   syncRegex();
   el.finderForm?.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const concept = el.concept ? el.concept.value : 'string';
-    if (concept === 'regex') {
-      const re = el.regex.value;
-      if (!re) {
-        setStatus('type a regex first', true);
-        el.regex.focus();
-        return;
-      }
-      rank({ regex: re }, `/${re}/`);
-    } else {
-      rank({ feature: concept }, concept);
-    }
+    const q = finderQuery();
+    if (q) rank(q.request, q.label);
   });
+  el.probeRun?.addEventListener('click', runProbe);
+  el.probeColour?.addEventListener('change', () => setProbeColour(el.probeColour.checked));
   el.rankSelection?.addEventListener('click', () => {
     const spans = selectionSpans();
     if (spans.length === 0) {
@@ -2380,7 +2594,7 @@ function wire() {
     const n = spans.reduce((a, [s, e]) => a + e - s, 0);
     rank({ spans }, `the selection (${n} characters)`);
   });
-  el.results?.addEventListener('click', (ev) => {
+  const pickResult = (ev) => {
     const t = ev.target instanceof Element ? ev.target : null;
     const flag = t?.closest('button.sat-flag');
     const a = flag ? flag.closest('li')?.querySelector('a.rank-pick') : t?.closest('a.rank-pick');
@@ -2391,7 +2605,9 @@ function wire() {
     markActiveResult();
     // Show the text the result now colours (the finder sits below it).
     (el.view ?? el.colored)?.scrollIntoView({ block: 'start' });
-  });
+  };
+  el.results?.addEventListener('click', pickResult);
+  el.probeCells?.addEventListener('click', pickResult);
 
   // Clamping.
   el.clampForm?.addEventListener('submit', (ev) => {
@@ -2515,7 +2731,10 @@ function setMemoryMode(mode) {
   state.memory.mode = mode;
   if (el.memoryMode) el.memoryMode.checked = mode === 'writes';
   if (el.gradMode) el.gradMode.checked = mode === 'gradient';
-  if (mode !== 'off') leaveClampView();
+  if (mode !== 'off') {
+    leaveClampView();
+    leaveProbeView();
+  }
   if (el.legend) el.legend.dataset.colour = mode === 'off' ? 'cell' : mode;
   recolor();
   updateLegend();

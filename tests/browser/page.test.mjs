@@ -1270,6 +1270,48 @@ async function withBrowser(server) {
       } finally {
         await cp.close();
       }
+    await step('finder: a direction for "string" against its best cell, its colouring and its cells; too short a text is refused', async () => {
+      await traced(page, () => page.click('a.sample[data-sample="c"]'));
+      await page.selectOption('#concept', 'string');
+      const before = await backgrounds(page, 100_000);
+      const req = page.waitForRequest((r) => r.url().endsWith('/api/probe'));
+      await page.click('#probe-run');
+      const body = (await req).postDataJSON();
+      ok(body.feature === 'string' && JSON.stringify(body.kinds) === '["h","c"]', `probe request was ${JSON.stringify({ ...body, text: undefined })}`);
+      await page.waitForFunction(() => document.querySelector('#probe-result')?.dataset.state, null, { timeout: TRACE_TIMEOUT });
+      const summary = await page.textContent('#probe-summary');
+      ok((await page.getAttribute('#probe-result', 'data-state')) === 'done', `no direction: ${JSON.stringify(summary)}`);
+      const m = summary.match(/direction of (\d+) cells?: held-out AUC (\d\.\d{3}) vs best single cell \d+\/[hc]\/\d+: (\d\.\d{3})/);
+      ok(m, `#probe-summary reads ${JSON.stringify(summary)}`);
+      ok(/held out \d+–\d+ and \d+–\d+/.test(await page.textContent('#probe-split')), `#probe-split reads ${JSON.stringify(await page.textContent('#probe-split'))}`);
+      const cells = await page.$$eval('#probe-cells a.rank-pick', (as) =>
+        as.map((a) => ({ layer: +a.dataset.layer, kind: a.dataset.kind, cell: +a.dataset.cell, w: a.textContent.match(/weight ([+−]\d\.\d+)$/)?.[1] })));
+      ok(cells.length >= 1 && cells.length === Number(m[1]), `${cells.length} cell links for a direction of ${m[1]} cells`);
+      const w = cells.map((c) => Math.abs(Number(c.w.replace('−', '-'))));
+      ok(w.every((x, i) => Number.isFinite(x) && (i === 0 || x <= w[i - 1])), `the cells are not by |weight|: ${JSON.stringify(cells)}`);
+      await page.check('#probe-colour');
+      ok((await page.getAttribute('#colored', 'data-colour')) === 'probe', 'the text is not coloured by the direction');
+      ok(differs(before, await backgrounds(page, 100_000)), 'the direction\'s colouring changed no span');
+      const legend = await page.$$eval('#legend .stop', (s) => s.map((x) => x.textContent));
+      ok(/^direction for string: score → p\(string\)$/.test(await page.textContent('#legend-title')) &&
+        legend[0] === '0.00' && legend[legend.length - 1] === '1.00', `legend reads ${await page.textContent('#legend-title')} ${legend}`);
+      const pick = cells[cells.length - 1];
+      await page.click(`#probe-cells li:nth-child(${cells.length}) a.rank-pick`);
+      await waitChoice(page, pick);
+      ok(!(await page.isChecked('#probe-colour')) && (await page.getAttribute('#colored', 'data-colour')) === 'cell',
+        'choosing a cell of the direction did not turn its colouring off');
+      ok((await page.$$('#probe-cells li.active')).length >= 1, 'the chosen cell of the direction is not marked');
+      // A new text clears the direction; a short one is refused in the panel.
+      await setText(page, 'int x = 1; /* short */ puts("hi");');
+      await traced(page, () => page.click('#run'));
+      ok(await page.isHidden('#probe-result'), 'the direction fitted on the old text is still shown');
+      await page.click('#probe-run');
+      await page.waitForFunction(() => document.querySelector('#probe-result')?.dataset.state === 'error', null, { timeout: TRACE_TIMEOUT });
+      const err = await page.textContent('#probe-summary');
+      ok(/needs at least 200 characters/.test(err), `the too-short message reads ${JSON.stringify(err)}`);
+      // The server's 422 for that fit is expected (Chrome logs every failed request); the page handled it.
+      ok(pageErrors.filter((e) => /status of 422/.test(e)).length === 1, `failed requests: ${pageErrors}`);
+      pageErrors.splice(0, pageErrors.length, ...pageErrors.filter((e) => !/status of 422/.test(e)));
       noPageErrors();
     });
 
