@@ -1270,6 +1270,9 @@ async function withBrowser(server) {
       } finally {
         await cp.close();
       }
+      noPageErrors();
+    });
+
     await step('finder: a direction for "string" against its best cell, its colouring and its cells; too short a text is refused', async () => {
       await traced(page, () => page.click('a.sample[data-sample="c"]'));
       await page.selectOption('#concept', 'string');
