@@ -336,7 +336,7 @@ mod http {
             ("/api/intervene", json!({"text": "abc", "clamps": [c(json!({"to": 4}))]}), 422, "bad_range"),
             ("/api/intervene", json!({"text": "abc", "clamps": many}), 422, "too_many_clamps"),
             ("/api/intervene", json!({"text": "abc", "clamps": []}), 422, "bad_clamps"),
-            ("/api/intervene", json!({"text": "abc"}), 422, "invalid_request"),
+            ("/api/intervene", json!({"text": "abc"}), 422, "bad_clamps"),
             ("/api/intervene", json!({"text": "x".repeat(20_001), "clamps": [c(json!({}))]}), 413, "text_too_long"),
             ("/api/sample", json!({"length": 0, "temperature": 1}), 422, "bad_length"),
             ("/api/sample", json!({"length": 20_001, "temperature": 1}), 422, "bad_length"),

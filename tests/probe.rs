@@ -203,3 +203,32 @@ fn cli_fits_saves_and_scores_a_direction() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 200"), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_direction_is_clamped_as_its_cells_moved_along_the_weights() {
+    let text = code(12);
+    let probe = json!({"weights": [
+        {"layer": 1, "kind": "c", "cell": 3, "weight": 2.0, "mean": 0.5, "std": 0.25},
+        {"layer": 0, "kind": "h", "cell": 7, "weight": -1.0, "mean": -0.1, "std": 0.5}
+    ], "bias": -1.0});
+    // α = (score − bias) / Σw² = (4 − (−1)) / 5 = 1: v = mean + std · w.
+    let direct = json!({"text": text, "direction": {"probe": probe, "score": 4.0, "from": 5}});
+    let cells = json!({"text": text, "clamps": [
+        {"layer": 1, "kind": "c", "cell": 3, "value": 1.0, "from": 5},
+        {"layer": 0, "kind": "h", "cell": 7, "value": -0.6, "from": 5}
+    ]});
+    let (s, a) = post_json(app(), "/api/intervene", direct.to_string()).await;
+    assert_eq!(s.as_u16(), 200, "{a}");
+    let (s, b) = post_json(app(), "/api/intervene", cells.to_string()).await;
+    assert_eq!(s.as_u16(), 200, "{b}");
+    assert_eq!(a, b, "the direction clamp differs from its cells clamped by hand");
+    assert!(a["delta"].as_array().unwrap().iter().any(|d| d.as_f64().is_some_and(|d| d != 0.0)));
+    let zero = json!({"text": text, "direction": {"probe": {"weights": [
+        {"layer": 0, "kind": "h", "cell": 1, "weight": 0.0, "mean": 0.0, "std": 1.0}], "bias": 0.0}, "score": 1.0}});
+    let (s, v) = post_json(app(), "/api/intervene", zero.to_string()).await;
+    assert_error(s, &v, 422, "bad_probe");
+    let unknown = json!({"text": text, "direction": {"probe": {"weights": [
+        {"layer": 5, "kind": "h", "cell": 1, "weight": 1.0, "mean": 0.0, "std": 1.0}], "bias": 0.0}, "score": 1.0}});
+    let (s, v) = post_json(app(), "/api/intervene", unknown.to_string()).await;
+    assert_error(s, &v, 422, "bad_probe");
+}

@@ -98,8 +98,52 @@ fn echo(clamps: &[Clamp]) -> Vec<ClampEcho> {
 #[serde(deny_unknown_fields)]
 pub struct InterveneRequest {
     pub text: String,
+    #[serde(default)]
     pub clamps: Vec<ClampRequest>,
+    /// A concept direction held at a score (added to `clamps`).
+    pub direction: Option<DirectionClamp>,
     pub top_k: Option<usize>,
+}
+
+/// A concept direction (a probe from `/api/probe`) held at a score: its cells are
+/// moved along the weights from their means, `v_j = mean_j + std_j · w_j · α` with
+/// `α = (score − bias) / Σ w_j²`, so that `bias + Σ w_j (v_j − mean_j) / std_j =
+/// score`; each becomes a clamp over `[from, to)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectionClamp {
+    pub probe: crate::finder::probe::ProbeSpec,
+    pub score: f64,
+    pub from: Option<usize>,
+    pub to: Option<usize>,
+}
+
+impl DirectionClamp {
+    /// The per-cell clamps that put the direction's score at `score`.
+    fn clamps(&self, model: &Model) -> Result<Vec<ClampRequest>, AppError> {
+        self.probe.check(model).map_err(|e| AppError::invalid("bad_probe", e.to_string()))?;
+        let norm: f64 = self.probe.weights.iter().map(|w| w.weight * w.weight).sum();
+        if !(norm > 0.0 && norm.is_finite() && self.score.is_finite()) {
+            return Err(AppError::invalid(
+                "bad_probe",
+                "a direction to clamp needs finite, not all zero weights and a finite score",
+            ));
+        }
+        let alpha = (self.score - self.probe.bias) / norm;
+        Ok(self
+            .probe
+            .weights
+            .iter()
+            .map(|w| ClampRequest {
+                layer: w.layer,
+                kind: w.kind.letter().to_string(),
+                cell: w.cell,
+                value: w.mean + w.std * w.weight * alpha,
+                from: self.from,
+                to: self.to,
+            })
+            .collect())
+    }
 }
 
 /// One side (base or clamped) of an intervention.
@@ -231,10 +275,17 @@ pub async fn intervene(
 ) -> Result<Response, AppError> {
     check_text(&state, &req.text)?;
     let len = req.text.chars().count();
-    if req.clamps.is_empty() {
-        return Err(AppError::invalid("bad_clamps", "clamps is empty; give at least one {layer, kind, cell, value}"));
+    let mut requested = req.clamps;
+    if let Some(d) = &req.direction {
+        requested.extend(d.clamps(&state.model)?);
     }
-    let clamps = parse_clamps(&state.model, &req.clamps, len)?;
+    if requested.is_empty() {
+        return Err(AppError::invalid(
+            "bad_clamps",
+            "clamps is empty; give at least one {layer, kind, cell, value}, or a direction",
+        ));
+    }
+    let clamps = parse_clamps(&state.model, &requested, len)?;
     let top_k = parse_top_k(&state, req.top_k, 0)?;
     // Two logp/delta rows of ~12 bytes, and top-k under both.
     let size = trace_json_size(len, 3, 0) + 2 * len as u128 * top_k as u128 * 32;
