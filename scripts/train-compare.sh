@@ -4,11 +4,15 @@
 #   lstm  2 × 256   914,785 parameters
 #   gru   2 × 297   912,778
 #   rnn   2 × 520   914,257   (tanh)
-# Same data, batch 50 × seq 100, Adam 2e-3, clip 5, no dropout, 10 epochs (LR × 0.85 per
-# epoch after 4), validation and checkpoint every 250 steps, seed 1.
+# Same data, batch 50 × seq 100, Adam 2e-3, clip 5, no dropout, validation and checkpoint
+# every 250 steps, seed 1. The budget is the same for all three: --steps N (default 4460 =
+# 4 epochs of 1,115 batches, 22.3 M characters, the schedule's constant-LR phase; the
+# schedule itself is the default model's, 10 epochs with LR × 0.85 per epoch after 4, so
+# a larger --steps continues the same runs). Ten epochs of all three take about 9 hours
+# of a 2-core machine; four take about 3.5.
 #
 #   scripts/linux-corpus.sh                          # once: data/linux/{train,val,test}.txt
-#   scripts/train-compare.sh [--max-minutes M] [--rounds R]
+#   scripts/train-compare.sh [--max-minutes M] [--rounds R] [--steps N]
 #
 # The three take turns, M minutes each (default 20), so they advance together and can be
 # compared at any point; each turn resumes its model from its checkpoint. Without
@@ -25,11 +29,13 @@ DIR=${DIR:-checkpoints/compare}
 ARCHS=${ARCHS:-lstm gru rnn}
 MINUTES=20
 ROUNDS=0
+STEPS=4460
 while [ $# -gt 0 ]; do
   case "$1" in
     --max-minutes) MINUTES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    *) echo "unknown argument $1 (use --max-minutes M, --rounds R)" >&2; exit 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    *) echo "unknown argument $1 (use --max-minutes M, --rounds R, --steps N)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$DIR"
@@ -51,7 +57,7 @@ turn() {
     --train data/linux/train.txt --val data/linux/val.txt --test data/linux/test.txt --out "$out" \
     --batch 50 --seq 100 --lr 2e-3 --optimizer adam --clip 5 --dropout 0 \
     --epochs 10 --decay-after 4 --lr-decay 0.85 --eval-every 250 --threads 2 --seed 1 \
-    --max-minutes "$MINUTES" "${resume[@]}" >"$DIR/$arch.report.json" 2>>"$DIR/$arch.out"
+    --max-steps "$STEPS" --max-minutes "$MINUTES" "${resume[@]}" >"$DIR/$arch.report.json" 2>>"$DIR/$arch.out"
   if grep -q '"interrupted": true' "$DIR/$arch.report.json"; then
     echo "interrupted"
   elif grep -q '"finished": true' "$DIR/$arch.report.json"; then
@@ -66,7 +72,8 @@ while :; do
   round=$((round + 1))
   left=0
   for arch in $ARCHS; do
-    if [ -e "$DIR/$arch.report.json" ] && grep -q '"finished": true' "$DIR/$arch.report.json"; then
+    if [ -e "$DIR/$arch.report.json" ] && grep -q '"finished": true' "$DIR/$arch.report.json" &&
+      grep -q "\"steps\": $STEPS," "$DIR/$arch.report.json"; then
       continue
     fi
     state=$(turn "$arch")
