@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the web app and JSON API.
-    Serve(crate::server::ServeArgs),
+    Serve(ServeArgs),
     /// Train a character-level LSTM on a text file.
     Train(TrainArgs),
     /// Show one cell's value at every character of a text (coloured on a terminal,
@@ -53,6 +53,99 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Cross-entropy (nats per character) of the model on a text file.
     Eval(EvalArgs),
+}
+
+/// `cellscope serve` flags.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model file to serve (repeatable; the first is the default). Default: every
+    /// model in the shipped models/ folder, the Linux LSTM first.
+    #[arg(long)]
+    pub model: Vec<PathBuf>,
+    /// HOST:PORT to listen on (a name such as localhost:3001 is resolved).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub addr: String,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = crate::server::Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Longest text (in characters) a request may trace.
+    #[arg(long, default_value_t = crate::server::Limits::default().max_text_chars)]
+    pub max_text_chars: usize,
+    /// Model runs (trace and answer) at once; each holds one text's trace in memory.
+    #[arg(long, default_value_t = crate::server::Limits::default().max_concurrent)]
+    pub max_concurrent: usize,
+    /// Requests that may wait for a model slot; beyond that, 503 with Retry-After.
+    #[arg(long, default_value_t = crate::server::Limits::default().max_queue)]
+    pub max_queue: usize,
+    /// Largest answer in bytes (estimated before any work; 413 beyond it).
+    #[arg(long, default_value_t = crate::server::Limits::default().max_response_bytes)]
+    pub max_response_bytes: usize,
+    /// Megabytes of recent traces kept so the same text is not traced twice (0 = off).
+    #[arg(long, default_value_t = crate::server::Limits::default().trace_cache_bytes >> 20)]
+    pub trace_cache_mb: usize,
+    /// Open connections at most; more are closed at once.
+    #[arg(long, default_value_t = crate::server::NetLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's head (also the idle keep-alive timeout).
+    #[arg(long, default_value_t = crate::server::NetLimits::default().header_timeout.as_secs())]
+    pub header_timeout: u64,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, default_value_t = crate::server::Limits::default().body_timeout_secs)]
+    pub body_timeout: u64,
+    /// Seconds to let requests in flight finish after Ctrl-C / SIGTERM.
+    #[arg(long, default_value_t = crate::server::NetLimits::default().shutdown_grace.as_secs())]
+    pub shutdown_grace: u64,
+    /// Also answer to this Host name (repeatable; `*` for any). IP literals and
+    /// localhost are always accepted.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// Let pages from this origin (e.g. http://localhost:8888 for Jupyter) call the
+    /// API (repeatable). Default: no cross-origin access.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Text for cell pages' top contexts. Default: the reference text shipped
+    /// beside the model (`<model>.reference.txt`), else the built-in C sample.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The server's settings from the flags, every number checked and the models loaded.
+    fn into_config(self) -> Result<crate::server::ServeConfig> {
+        let limits = crate::server::Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_text_chars: self.max_text_chars,
+            max_concurrent: self.max_concurrent,
+            max_queue: self.max_queue,
+            max_response_bytes: self.max_response_bytes,
+            body_timeout_secs: self.body_timeout,
+            trace_cache_bytes: self.trace_cache_mb.min(1 << 20) << 20,
+        };
+        limits.validate()?;
+        for (flag, v) in [("--header-timeout", self.header_timeout), ("--shutdown-grace", self.shutdown_grace)] {
+            if !(1..=3600).contains(&v) {
+                bail!("{flag} {v} is out of range: use 1..=3600 seconds");
+            }
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            bail!("--max-connections {} is out of range: use 1..=65536", self.max_connections);
+        }
+        let net = crate::server::NetLimits {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout),
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace),
+        };
+        let files = if self.model.is_empty() { crate::server::default_model_files()? } else { self.model };
+        let models = crate::server::load_models(&files, self.reference.as_deref())?;
+        Ok(crate::server::ServeConfig {
+            models,
+            limits,
+            net,
+            addr: self.addr,
+            allow_hosts: self.allow_hosts,
+            cors_origins: self.cors_origins,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -270,7 +363,7 @@ pub struct EvalArgs {
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     let result = match cli.command {
-        Command::Serve(args) => return crate::server::serve_blocking(args),
+        Command::Serve(args) => return crate::server::serve_blocking(args.into_config()?),
         Command::Train(args) => cmd_train(args),
         Command::Trace(args) => cmd_trace(args),
         Command::FindCells(args) => crate::analysis_cli::cmd_find_cells(args),

@@ -36,6 +36,13 @@ const RANGE_PCT = [0.02, 0.98];
 
 const $ = (sel) => document.querySelector(sel);
 
+/** The served model this page is about (its id), and `?model=ID` for links when it is not the default. */
+const MODEL = document.body?.dataset.model || '';
+const MQ = document.body?.dataset.mq || '';
+
+/** A request body naming this page's model, so every API call asks the same model. */
+const withModel = (body) => (MODEL && body && body.model === undefined ? { ...body, model: MODEL } : body);
+
 // ---------------------------------------------------------------------------
 // Colours: the diverging map of the server (src/cli.rs `diverging_rgb`):
 // −1 → (33, 102, 172), 0 → white, +1 → (178, 24, 43), linear through white.
@@ -188,7 +195,7 @@ async function post(url, body, { binary = false } = {}) {
       res = await fetch(url, {
         method: 'POST',
         headers: { 'content-type': 'application/json', accept: binary ? 'application/octet-stream' : 'application/json' },
-        body: JSON.stringify(body),
+        body: JSON.stringify(withModel(body)),
       });
     } catch (e) {
       throw new ApiError(0, 'network', `could not reach the server (${e.message})`);
@@ -231,7 +238,7 @@ async function postStream(url, body, signal) {
       res = await fetch(url, {
         method: 'POST',
         headers: { 'content-type': 'application/json', accept: 'application/x-ndjson' },
-        body: JSON.stringify(body),
+        body: JSON.stringify(withModel(body)),
         signal,
       });
     } catch (e) {
@@ -695,7 +702,7 @@ function updateControls() {
   if (el.cell) el.cell.max = String(state.hidden - 1);
   if (el.cellLink) {
     const part = state.text != null ? textPart(state.text) : null;
-    el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}${part ? '#' + part : ''}`;
+    el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}${MQ}${part ? '#' + part : ''}`;
   }
   if (el.scaleBox) el.scaleBox.hidden = state.kind !== 'c';
   markActiveResult();
@@ -789,7 +796,7 @@ function writeHash() {
 /** Cell page links carry the text, so that their "colour the main text by it" brings it back. */
 function updateCellLinks(part) {
   const tail = part ? '#' + part : '';
-  if (el.cellLink) el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}${tail}`;
+  if (el.cellLink) el.cellLink.href = `/cell/${state.layer}/${state.kind}/${state.cell}${MQ}${tail}`;
   el.results?.querySelectorAll('a.cellpage').forEach((a) => {
     a.href = a.getAttribute('href').replace(/#.*$/, '') + tail;
   });
@@ -1611,7 +1618,7 @@ function cellItem(c, what, title, part) {
   pick.dataset.cell = c.cell;
   pick.title = title;
   const page = node('a', 'cellpage', 'cell page');
-  page.href = `/cell/${c.layer}/${c.kind}/${c.cell}${part ? '#' + part : ''}`;
+  page.href = `/cell/${c.layer}/${c.kind}/${c.cell}${MQ}${part ? '#' + part : ''}`;
   li.append(pick, ' ', page);
   return li;
 }
@@ -2671,7 +2678,7 @@ async function start() {
       const horizon = measure.closest('#horizon');
       measure.disabled = true;
       horizon.dataset.state = 'measuring';
-      fetch('/api/horizon')
+      fetch(`/api/horizon${MQ}`)
         .then(async (res) => {
           const body = await res.json();
           horizon.textContent = res.ok ? body.summary : `could not measure it: ${body.error?.message ?? res.status}`;
@@ -2994,7 +3001,7 @@ function cellPage() {
   const part = location.hash.replace(/^#/, '').split('&').filter((p) => /^(z|text|sample)=/.test(p)).join('&');
   document.querySelectorAll('p.cellnav a').forEach((a) => {
     const href = a.getAttribute('href');
-    const m = href.match(/^\/\?layer=(\d+)&kind=([a-z]+)&cell=(\d+)$/);
+    const m = href.match(/^\/\?layer=(\d+)&kind=([a-z]+)&cell=(\d+)(?:&model=[^#&]*)?$/);
     if (m) {
       if (part) a.href = `${href}#layer=${m[1]}&kind=${m[2]}&cell=${m[3]}&${part}`;
       a.dataset.keepsText = part ? 'true' : 'false';
@@ -3011,4 +3018,19 @@ function cellPage() {
   });
 }
 
+/** The model picker (several models served): switching goes at once, keeping a main page's text. */
+function modelPicker() {
+  const select = document.getElementById('model-select');
+  if (!select) return;
+  const form = select.form;
+  const go = form.querySelector('button');
+  if (go) go.hidden = true;
+  select.addEventListener('change', () => {
+    const keep = location.hash.replace(/^#/, '').split('&').filter((p) => /^(z|text|sample)=/.test(p)).join('&');
+    const action = form.getAttribute('action') || '/';
+    location.href = `${action}?model=${encodeURIComponent(select.value)}${keep ? '#' + keep : ''}`;
+  });
+}
+
+modelPicker();
 start();

@@ -11,6 +11,7 @@ mod hardening;
 mod loader_corpus;
 mod memory;
 mod model_load;
+mod models;
 mod openapi;
 mod probe;
 mod trace;

@@ -24,12 +24,12 @@ use std::task::{Context, Poll};
 use axum::body::{Body, Bytes};
 use axum::http::Request;
 use axum::Router;
-use cellscope::server::{router, AppState, Limits};
+use cellscope::server::{router, AppState, Limits, Served};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::common::tiny_model;
+use crate::common::{tiny_model, tiny_model_of};
 
 /// Schemas that may hold fields the document does not name, and why.
 const FREE_FORM: &[(&str, &str)] = &[
@@ -353,6 +353,11 @@ fn cases(apps: &Apps) -> Vec<Case> {
     // GET routes.
     add(main, "get", "/healthz", request("GET", "/healthz", None, Body::empty()), 200);
     add(main, "get", "/api/model", request("GET", "/api/model", None, Body::empty()), 200);
+    add(main, "get", "/api/model", request("GET", "/api/model?model=gru", None, Body::empty()), 200);
+    add(main, "get", "/api/model", request("GET", "/api/model?model=nope", None, Body::empty()), 422);
+    add(main, "get", "/api/models", request("GET", "/api/models", None, Body::empty()), 200);
+    add(main, "get", "/api/horizon", request("GET", "/api/horizon?model=nope", None, Body::empty()), 422);
+    add(main, "get", "/api/horizon", request("GET", "/api/horizon?model=gru", None, Body::empty()), 200);
     add(main, "get", "/api/openapi.json", request("GET", "/api/openapi.json", None, Body::empty()), 200);
     add(main, "get", "/api/horizon", request("GET", "/api/horizon", None, Body::empty()), 200);
     add(&apps.busy, "get", "/api/horizon", request("GET", "/api/horizon", None, Body::empty()), 503);
@@ -360,12 +365,17 @@ fn cases(apps: &Apps) -> Vec<Case> {
     for uri in ["/api/cell/1/h/3", "/api/cell/0/c/0", "/api/cell/1/f/15"] {
         add(main, "get", cell, request("GET", uri, None, Body::empty()), 200);
     }
-    for uri in ["/api/cell/2/h/0", "/api/cell/0/z/0", "/api/cell/0/h/16", "/api/cell/x/h/1"] {
+    for uri in
+        ["/api/cell/2/h/0", "/api/cell/0/z/0", "/api/cell/0/h/16", "/api/cell/x/h/1", "/api/cell/0/c/0?model=gru"]
+    {
         add(main, "get", cell, request("GET", uri, None, Body::empty()), 404);
     }
+    add(main, "get", cell, request("GET", "/api/cell/1/z/3?model=gru", None, Body::empty()), 200);
+    add(main, "get", cell, request("GET", "/api/cell/0/h/0?model=nope", None, Body::empty()), 422);
     for (path, uri) in [
         ("/healthz", "/healthz"),
         ("/api/model", "/api/model"),
+        ("/api/models", "/api/models"),
         ("/api/openapi.json", "/api/openapi.json"),
         ("/api/horizon", "/api/horizon"),
         (cell, "/api/cell/0/h/0"),
@@ -388,6 +398,22 @@ fn cases(apps: &Apps) -> Vec<Case> {
     );
     add(main, "post", trace, post(trace, &json!({"text": "ab", "layers": [1], "cells": [3, 0], "top_k": 2})), 200);
     add(main, "post", trace, post("/api/trace?format=npy", &json!({"text": C})), 200);
+    add(main, "post", trace, post(trace, &json!({"text": C, "model": "gru", "kinds": ["r", "z", "n"]})), 200);
+    add(main, "post", trace, post(trace, &json!({"text": C, "model": "nope"})), 422);
+    let compare = "/api/compare";
+    add(main, "post", compare, post(compare, &json!({"text": C.repeat(3), "feature": "string"})), 200);
+    add(
+        main,
+        "post",
+        compare,
+        post(
+            compare,
+            &json!({"text": C, "regex": "[a-z]", "models": ["gru", "tiny"], "positions": 2, "max_back": 5, "top_k": 1}),
+        ),
+        200,
+    );
+    add(main, "post", compare, post(compare, &json!({"text": C, "feature": "if", "models": ["nope"]})), 422);
+    add(main, "post", compare, post(compare, &json!({"text": C, "feature": "if", "positions": 0})), 422);
     let view = "/api/view";
     add(main, "post", view, post(view, &json!({"text": "a\u{1F600}b"})), 200);
     add(main, "post", view, post(view, &json!({"text": C, "layer": 1, "kinds": ["h", "c", "f"], "top_k": 0})), 200);
@@ -475,6 +501,12 @@ fn cases(apps: &Apps) -> Vec<Case> {
             json!({"probe": {"weights": [], "bias": "x"}, "text": "abc"}),
         ),
         (
+            compare,
+            json!({"text": "\"a\"", "feature": "string"}),
+            json!({"text": x, "feature": "string"}),
+            json!({"text": "a", "feature": "quux"}),
+        ),
+        (
             explain,
             json!({"text": "abc", "position": 0, "layer": 0, "cell": 0}),
             json!({"text": x, "position": 0, "layer": 0, "cell": 0}),
@@ -525,7 +557,15 @@ fn state(limits: Limits) -> AppState {
     // The shipped model's training metadata, so the document is held to a real one.
     let shipped = cellscope::model::Model::load(&cellscope::model::default_model_path()).expect("the shipped model");
     model.train = shipped.train;
-    AppState::new(model, limits, C.repeat(20), "test reference".into())
+    // A second model, of another architecture, for `model` and the comparison.
+    let gru = tiny_model_of(cellscope::model::Arch::Gru, None, 4);
+    AppState::with_models(
+        vec![
+            Served::new("tiny".into(), model, C.repeat(20), "test reference".into()),
+            Served::new("gru".into(), gru, C.repeat(20), "test reference".into()),
+        ],
+        limits,
+    )
 }
 
 /// Checks one answer against the document; returns the problems.

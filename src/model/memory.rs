@@ -182,6 +182,10 @@ pub struct Horizon {
     pub horizons: Vec<usize>,
     /// Steps back each gradient was followed at most.
     pub max_back: usize,
+    /// The median over the positions of the gradient at distance `d` divided by
+    /// its own peak, for d = 0..=max_back (shorter when the text is): how fast a
+    /// prediction's dependence on the past falls off. The plain RNN's falls fastest.
+    pub profile: Vec<f32>,
 }
 
 /// The memory horizon of `model` over `text`: the median, over `count` positions
@@ -189,7 +193,11 @@ pub struct Horizon {
 /// distance at which the gradient falls below 1% of its peak. `None` when the
 /// text has no such position.
 pub fn memory_horizon(model: &Model, text: &str, count: usize, max_back: usize) -> Option<Horizon> {
-    let trace = model.trace(text);
+    memory_horizon_of(model, &model.trace(text), count, max_back)
+}
+
+/// [`memory_horizon`] over a trace of `model` already made.
+pub fn memory_horizon_of(model: &Model, trace: &Trace, count: usize, max_back: usize) -> Option<Horizon> {
     let t_len = trace.len();
     if t_len < 2 || count == 0 {
         return None;
@@ -198,16 +206,37 @@ pub fn memory_horizon(model: &Model, text: &str, count: usize, max_back: usize) 
     let span = t_len - 2 - lo;
     let mut positions = Vec::new();
     let mut horizons = Vec::new();
+    // by_distance[d]: each position's gradient at distance d over its peak.
+    let mut by_distance: Vec<Vec<f32>> = Vec::new();
     for k in 0..count {
         let p = lo + span * (2 * k + 1) / (2 * count);
         if positions.last() == Some(&p) {
             continue;
         }
-        if let Some(s) = saliency(model, &trace, p, max_back) {
+        if let Some(s) = saliency(model, trace, p, max_back) {
             positions.push(p);
             horizons.push(horizon_1pct(&s));
+            let peak = s.grad_norm.iter().copied().fold(0.0, f32::max);
+            for (d, &g) in s.grad_norm.iter().rev().enumerate() {
+                if by_distance.len() <= d {
+                    by_distance.push(Vec::new());
+                }
+                by_distance[d].push(if peak > 0.0 { g / peak } else { 0.0 });
+            }
         }
     }
+    let profile = by_distance
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f32::total_cmp);
+            let m = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v[m]
+            } else {
+                (v[m - 1] + v[m]) / 2.0
+            }
+        })
+        .collect();
     if horizons.is_empty() {
         return None;
     }
@@ -218,7 +247,7 @@ pub fn memory_horizon(model: &Model, text: &str, count: usize, max_back: usize) 
         let (a, b) = (x.floor() as usize, x.ceil() as usize);
         sorted[a] + (sorted[b] - sorted[a]) * (x - a as f64)
     };
-    Some(Horizon { median: q(0.5), quartiles: [q(0.25), q(0.75)], positions, horizons, max_back })
+    Some(Horizon { median: q(0.5), quartiles: [q(0.25), q(0.75)], positions, horizons, max_back, profile })
 }
 
 #[cfg(test)]

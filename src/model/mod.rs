@@ -18,7 +18,7 @@ pub use lstm::{
     softmax_in_place, write_atomic, Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace,
     Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
 };
-pub use memory::{explain_step, horizon_1pct, memory_horizon, time_scale, Horizon, StepExplained};
+pub use memory::{explain_step, horizon_1pct, memory_horizon, memory_horizon_of, time_scale, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};

@@ -16,6 +16,8 @@ use crate::model::{Arch, Kind, Model, Trace};
 /// `GET /api/model`'s answer: the loaded model and this server's limits.
 #[derive(Serialize)]
 pub struct ModelInfo<'a> {
+    /// What requests name it by (`model`).
+    pub id: &'a str,
     pub name: &'a str,
     pub arch: &'static str,
     pub layers: usize,
@@ -38,9 +40,77 @@ pub struct LimitsInfo {
     pub max_response_bytes: usize,
 }
 
-/// `GET /api/model`
-pub async fn model_info(State(state): State<AppState>) -> Response {
+/// `?model=ID` in a URL (`None`: the default model).
+#[derive(Deserialize, Default)]
+pub struct ModelQuery {
+    pub model: Option<String>,
+}
+
+/// The state of the model a GET request's `?model=ID` names (the default
+/// without one); an unknown id is 400 `unknown_model`.
+pub struct Picked(pub AppState);
+
+impl axum::extract::FromRequestParts<AppState> for Picked {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, AppError> {
+        let Query(q) = Query::<ModelQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| AppError::invalid("bad_query", format!("bad query string: {}", e.body_text())))?;
+        state.select(q.model.as_deref()).map(Picked)
+    }
+}
+
+/// `GET /api/model` (`?model=ID` for another served model)
+pub async fn model_info(Picked(state): Picked) -> Response {
     Json(state.model_info()).into_response()
+}
+
+/// One served model in `GET /api/models`.
+#[derive(Serialize, Clone)]
+pub struct ModelSummary {
+    pub id: String,
+    pub name: String,
+    pub arch: &'static str,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub params: usize,
+    /// Test loss in nats per character, from the model file, when it was measured.
+    pub test_loss: Option<f64>,
+    /// Whether requests without `model` go to it.
+    pub default: bool,
+}
+
+/// `GET /api/models`' answer.
+#[derive(Serialize)]
+pub struct ModelList {
+    pub models: Vec<ModelSummary>,
+}
+
+/// `GET /api/models`: every served model, the default first.
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList { models: model_summaries(&state) })
+}
+
+/// The served models, the default first.
+pub fn model_summaries(state: &AppState) -> Vec<ModelSummary> {
+    state
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let m = &s.model;
+            ModelSummary {
+                id: s.id.clone(),
+                name: m.name.clone(),
+                arch: m.arch().name(),
+                layers: m.layers(),
+                hidden_size: m.hidden_size(),
+                params: m.weights.param_count(),
+                test_loss: m.train.test_loss,
+                default: i == 0,
+            }
+        })
+        .collect()
 }
 
 /// `GET /healthz`'s answer.
@@ -62,6 +132,8 @@ pub async fn openapi() -> Response {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     pub layers: Option<Vec<usize>>,
     pub kinds: Option<Vec<String>>,
@@ -200,15 +272,16 @@ pub async fn with_trace<R: Send + 'static>(
     text: String,
     answer: impl FnOnce(&Model, &std::sync::Arc<Trace>) -> R + Send + 'static,
 ) -> Result<R, AppError> {
-    let model = state.model.clone();
+    let served = state.served.clone();
     let cache = state.traces.clone();
-    state.queue.run(move || answer(&model, &cached_trace(&cache, &model, &text))).await
+    state.queue.run(move || answer(&served.model, &cached_trace(&cache, &served, &text))).await
 }
 
-/// The trace of `text` from `cache`, or computed and kept there. Call it inside a
-/// model slot.
-pub fn cached_trace(cache: &super::cache::TraceCache, model: &Model, text: &str) -> std::sync::Arc<Trace> {
-    let key = super::cache::key(text);
+/// The trace of `text` by the served model, from `cache`, or computed and kept
+/// there. Call it inside a model slot.
+pub fn cached_trace(cache: &super::cache::TraceCache, served: &super::Served, text: &str) -> std::sync::Arc<Trace> {
+    let model = &served.model;
+    let key = super::cache::key(&served.id, text);
     cache.get(&key).unwrap_or_else(|| {
         let t = std::sync::Arc::new(model.trace(text));
         cache.insert(key, t.clone());
@@ -236,6 +309,7 @@ pub async fn trace(
     headers: HeaderMap,
     JsonBody(req): JsonBody<TraceRequest>,
 ) -> Result<Response, AppError> {
+    let state = state.select(req.model.as_deref())?;
     let npy = wants_npy(&query, &headers)?;
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
@@ -285,6 +359,8 @@ pub async fn trace(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViewRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     pub layer: Option<usize>,
     pub kinds: Option<Vec<String>>,
@@ -294,6 +370,7 @@ pub struct ViewRequest {
 /// `POST /api/view`: one layer in the page's compact int8 format (see
 /// `json::view_bytes`), so a long text's cells arrive in one response.
 pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewRequest>) -> Result<Response, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     let layer = parse_layers(&state, Some(&[req.layer.unwrap_or(0)]))?[0];
     let kinds = parse_kinds(req.kinds.as_deref(), state.model.arch(), state.model.arch().kinds())?;
@@ -309,6 +386,8 @@ pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewReq
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RankRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     pub feature: Option<String>,
     pub regex: Option<String>,
@@ -366,6 +445,7 @@ pub async fn rank_cells(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RankRequest>,
 ) -> Result<Response, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
     let kinds = parse_kinds(req.kinds.as_deref(), state.model.arch(), state.model.arch().kinds())?;

@@ -2,7 +2,7 @@
 //! on the page, ranking cells, the clamp panel's statistics and an intervention's
 //! unclamped run all reuse the trace of the text that was just run.
 //!
-//! Keyed by the SHA-256 of the text (one model per server); bounded by bytes
+//! Keyed by the SHA-256 of the model's id and the text; bounded by bytes
 //! (`--trace-cache-mb`), least recently used out first. A trace larger than the
 //! whole budget is not kept. Entries are `Arc`s: an evicted trace lives on until
 //! the requests using it finish.
@@ -35,10 +35,15 @@ struct Entry {
     last_use: u64,
 }
 
-/// The cache key of a text.
-pub fn key(text: &str) -> Key {
+/// The cache key of a text traced by the model `model_id`.
+pub fn key(model_id: &str, text: &str) -> Key {
     use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes()).into()
+    let mut h = sha2::Sha256::new();
+    // The id's length first, so no (id, text) pair collides with another.
+    h.update((model_id.len() as u64).to_le_bytes());
+    h.update(model_id.as_bytes());
+    h.update(text.as_bytes());
+    h.finalize().into()
 }
 
 /// Bytes a trace holds (its matrices, probabilities and characters).
@@ -120,19 +125,26 @@ mod tests {
         let one = trace_bytes(&m.trace("abcabcabca"));
         let cache = TraceCache::new(2 * one + one / 2);
         for text in ["abcabcabca", "bcabcabcab", "cabcabcabc"] {
-            cache.insert(key(text), Arc::new(m.trace(text)));
+            cache.insert(key("t", text), Arc::new(m.trace(text)));
         }
         assert_eq!(cache.len(), 2, "the budget holds two traces");
-        assert!(cache.get(&key("abcabcabca")).is_none(), "the oldest went first");
+        assert!(cache.get(&key("t", "abcabcabca")).is_none(), "the oldest went first");
         // Using an entry makes it recent: the other one goes next.
-        assert!(cache.get(&key("bcabcabcab")).is_some());
-        cache.insert(key("aaaaaaaaaa"), Arc::new(m.trace("aaaaaaaaaa")));
-        assert!(cache.get(&key("bcabcabcab")).is_some());
-        assert!(cache.get(&key("cabcabcabc")).is_none());
+        assert!(cache.get(&key("t", "bcabcabcab")).is_some());
+        cache.insert(key("t", "aaaaaaaaaa"), Arc::new(m.trace("aaaaaaaaaa")));
+        assert!(cache.get(&key("t", "bcabcabcab")).is_some());
+        assert!(cache.get(&key("t", "cabcabcabc")).is_none());
         assert!(cache.used() <= 2 * one + one / 2);
         // Larger than the whole budget: not kept.
         let long: String = "abc ".repeat(50);
-        cache.insert(key(&long), Arc::new(m.trace(&long)));
-        assert!(cache.get(&key(&long)).is_none());
+        cache.insert(key("t", &long), Arc::new(m.trace(&long)));
+        assert!(cache.get(&key("t", &long)).is_none());
+    }
+
+    #[test]
+    fn the_same_text_by_two_models_has_two_keys() {
+        assert_ne!(key("lstm", "abc"), key("gru", "abc"));
+        assert_ne!(key("ab", "c"), key("a", "bc"));
+        assert_eq!(key("lstm", "abc"), key("lstm", "abc"));
     }
 }

@@ -97,6 +97,8 @@ fn echo(clamps: &[Clamp]) -> Vec<ClampEcho> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterveneRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     #[serde(default)]
     pub clamps: Vec<ClampRequest>,
@@ -273,6 +275,7 @@ pub async fn intervene(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<InterveneRequest>,
 ) -> Result<Response, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     let len = req.text.chars().count();
     let mut requested = req.clamps;
@@ -311,6 +314,8 @@ pub struct Watch {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     #[serde(default)]
     pub prime: String,
     pub length: usize,
@@ -382,6 +387,7 @@ pub async fn sample(
     Query(q): Query<StreamQuery>,
     JsonBody(req): JsonBody<SampleRequest>,
 ) -> Result<Response, AppError> {
+    let state = state.select(req.model.as_deref())?;
     let stream = match q.stream.as_deref() {
         None => false,
         Some("ndjson") => true,
@@ -528,9 +534,9 @@ pub fn logit_effect(model: &Model, cell: usize) -> LogitEffect {
     }
 }
 
-/// `GET /api/cell/{layer}/{kind}/{n}`: the cell page's data as JSON.
+/// `GET /api/cell/{layer}/{kind}/{n}` (`?model=ID`): the cell page's data as JSON.
 pub async fn cell(
-    State(state): State<AppState>,
+    super::api::Picked(state): super::api::Picked,
     Path((layer, kind, n)): Path<(String, String, String)>,
 ) -> Result<Json<super::pages::CellProfile>, AppError> {
     let (layer, kind, cell) = super::pages::parse_cell_path(&state.model, &layer, &kind, &n)

@@ -22,6 +22,8 @@ pub const HORIZON_MAX_BACK: usize = 600;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaliencyRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     pub position: usize,
 }
@@ -51,6 +53,7 @@ pub async fn saliency(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<SaliencyRequest>,
 ) -> Result<Json<SaliencyAnswer>, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     let len = req.text.chars().count();
     if req.position + 1 >= len {
@@ -91,6 +94,8 @@ pub async fn saliency(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     pub position: usize,
     pub layer: usize,
@@ -103,6 +108,7 @@ pub async fn explain(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ExplainRequest>,
 ) -> Result<Json<StepExplained>, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     let len = req.text.chars().count();
     if req.position >= len {
@@ -140,8 +146,8 @@ pub struct HorizonAnswer {
 }
 
 /// `GET /api/horizon`: the memory horizon over the reference text, computed on
-/// the first call (in a queue slot) and kept.
-pub async fn horizon(State(state): State<AppState>) -> Result<Json<HorizonAnswer>, AppError> {
+/// the first call (in a queue slot) and kept; `?model=ID` for another served model.
+pub async fn horizon(super::api::Picked(state): super::api::Picked) -> Result<Json<HorizonAnswer>, AppError> {
     let h = reference_horizon(&state).await?;
     Ok(Json(HorizonAnswer {
         text: state.reference_name.to_string(),

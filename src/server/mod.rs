@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cache;
 pub mod causal;
+pub mod compare;
 pub mod error;
 pub mod guard;
 pub mod json;
@@ -35,7 +36,7 @@ pub use json::trace_json;
 
 use crate::model::{Model, Trace};
 use guard::Guard;
-use net::NetLimits;
+pub use net::NetLimits;
 use queue::WorkQueue;
 
 /// Request limits, all configurable by `serve` flags.
@@ -91,51 +92,118 @@ impl Limits {
     }
 }
 
-/// Shared, read-only server state.
-#[derive(Clone)]
-pub struct AppState {
+/// One served model and what is computed once for it.
+pub struct Served {
+    /// The name requests pick it by (`model` in a JSON body, `?model=` in a URL):
+    /// the model file's stem, e.g. `linux-lstm`.
+    pub id: String,
     pub model: Arc<Model>,
-    pub limits: Limits,
-    /// Model slots and the line in front of them.
-    pub queue: Arc<WorkQueue>,
-    /// Recent traces, by text.
-    pub traces: Arc<cache::TraceCache>,
-    /// Host names accepted besides IP literals and localhost (`--allow-host`).
-    pub allowed_hosts: Arc<Vec<String>>,
-    /// Origins allowed to call the API from other sites (`--cors-origin`); none by default.
-    pub cors_origins: Arc<Vec<String>>,
     /// The text cell pages show contexts from (shipped beside the model).
     pub reference: Arc<String>,
     /// Where the reference text came from, for the page.
     pub reference_name: Arc<String>,
     /// The reference text's trace, computed on first use.
-    pub reference_trace: Arc<OnceCell<Arc<pages::ReferenceTrace>>>,
+    pub reference_trace: OnceCell<Arc<pages::ReferenceTrace>>,
     /// The built-in samples' traces, computed on first use, so the home page never
     /// waits in the queue behind API work.
-    pub sample_traces: Arc<Vec<OnceCell<Arc<Trace>>>>,
+    pub sample_traces: Vec<OnceCell<Arc<Trace>>>,
     /// Per built-in sample, the cell the home page opens on (the finder's best
     /// string or if cell on it), chosen on first use.
-    pub first_views: Arc<Vec<OnceCell<Option<pages::FirstView>>>>,
+    pub first_views: Vec<OnceCell<Option<pages::FirstView>>>,
     /// The memory horizon over the reference text, computed on first use.
-    pub horizon: Arc<OnceCell<crate::model::Horizon>>,
+    pub horizon: OnceCell<crate::model::Horizon>,
+}
+
+impl Served {
+    pub fn new(id: String, model: Model, reference: String, reference_name: String) -> Self {
+        Self {
+            id,
+            model: Arc::new(model),
+            reference: Arc::new(reference),
+            reference_name: Arc::new(reference_name),
+            reference_trace: OnceCell::new(),
+            sample_traces: pages::SAMPLES.iter().map(|_| OnceCell::new()).collect(),
+            first_views: pages::SAMPLES.iter().map(|_| OnceCell::new()).collect(),
+            horizon: OnceCell::new(),
+        }
+    }
+}
+
+/// Shared, read-only server state: every served model, and the one a request
+/// picked ([`AppState::select`]). It dereferences to the picked [`Served`], so a
+/// handler reads `state.model`, `state.reference`, ... of the model it was asked about.
+#[derive(Clone)]
+pub struct AppState {
+    /// The model this request is about (the first served one unless it asked).
+    pub served: Arc<Served>,
+    /// Every served model, the default first.
+    pub models: Arc<Vec<Arc<Served>>>,
+    pub limits: Limits,
+    /// Model slots and the line in front of them (shared by all models).
+    pub queue: Arc<WorkQueue>,
+    /// Recent traces, by model and text.
+    pub traces: Arc<cache::TraceCache>,
+    /// Host names accepted besides IP literals and localhost (`--allow-host`).
+    pub allowed_hosts: Arc<Vec<String>>,
+    /// Origins allowed to call the API from other sites (`--cors-origin`); none by default.
+    pub cors_origins: Arc<Vec<String>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
+    }
 }
 
 impl AppState {
+    /// One model, as `cellscope serve --model PATH` serves it; its id is its name.
     pub fn new(model: Model, limits: Limits, reference: String, reference_name: String) -> Self {
+        let id = model.name.clone();
+        Self::with_models(vec![Served::new(id, model, reference, reference_name)], limits)
+    }
+
+    /// Several models; the first is the default. Ids must be distinct (the
+    /// command line makes them so).
+    ///
+    /// # Panics
+    /// When `models` is empty.
+    pub fn with_models(models: Vec<Served>, limits: Limits) -> Self {
+        let models: Vec<Arc<Served>> = models.into_iter().map(Arc::new).collect();
         Self {
+            served: models.first().expect("at least one model").clone(),
+            models: Arc::new(models),
             queue: Arc::new(WorkQueue::new(limits.max_concurrent, limits.max_queue)),
             traces: Arc::new(cache::TraceCache::new(limits.trace_cache_bytes)),
-            model: Arc::new(model),
             limits,
             allowed_hosts: Arc::new(Vec::new()),
             cors_origins: Arc::new(Vec::new()),
-            reference: Arc::new(reference),
-            reference_name: Arc::new(reference_name),
-            reference_trace: Arc::new(OnceCell::new()),
-            sample_traces: Arc::new(pages::SAMPLES.iter().map(|_| OnceCell::new()).collect()),
-            first_views: Arc::new(pages::SAMPLES.iter().map(|_| OnceCell::new()).collect()),
-            horizon: Arc::new(OnceCell::new()),
         }
+    }
+
+    /// The state for the model a request names (`None`: the default), or
+    /// `unknown_model` listing the served ones.
+    pub fn select(&self, id: Option<&str>) -> Result<AppState, error::AppError> {
+        let Some(id) = id else {
+            return Ok(AppState { served: self.models[0].clone(), ..self.clone() });
+        };
+        match self.models.iter().find(|m| m.id == id) {
+            Some(m) => Ok(AppState { served: m.clone(), ..self.clone() }),
+            None => Err(error::AppError::invalid(
+                "unknown_model",
+                format!("no model {id:?} is served here; use one of {}", self.model_ids().join(", ")),
+            )),
+        }
+    }
+
+    /// The served models' ids, the default first.
+    pub fn model_ids(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    /// Whether the picked model is the default (pages then leave `?model=` out of links).
+    pub fn is_default(&self) -> bool {
+        Arc::ptr_eq(&self.served, &self.models[0])
     }
 
     /// `GET /api/model`'s body.
@@ -143,6 +211,7 @@ impl AppState {
         let m = &self.model;
         let l = &self.limits;
         api::ModelInfo {
+            id: &self.id,
             name: &m.name,
             arch: m.arch().name(),
             layers: m.layers(),
@@ -190,13 +259,16 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::index).post(pages::index_post))
         .route("/cell/{layer}/{kind}/{n}", get(pages::cell))
         .route("/model", get(pages::model_card))
+        .route("/compare", get(compare::page).post(compare::page_post))
         .route("/healthz", get(api::healthz))
         .route("/api/model", get(api::model_info))
+        .route("/api/models", get(api::models))
         .route("/api/trace", post(api::trace))
         .route("/api/view", post(api::view))
         .route("/api/cells/rank", post(api::rank_cells))
         .route("/api/probe", post(probe::probe))
         .route("/api/probe/score", post(probe::score))
+        .route("/api/compare", post(compare::compare))
         .route("/api/intervene", post(causal::intervene))
         .route("/api/sample", post(causal::sample))
         .route("/api/saliency", post(memory::saliency))
@@ -237,108 +309,91 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// `cellscope serve` flags.
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {
-    /// Model file. Default: the shipped Linux model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// HOST:PORT to listen on (a name such as localhost:3001 is resolved).
-    #[arg(long, default_value = "127.0.0.1:3000")]
-    pub addr: String,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
-    pub max_body_bytes: usize,
-    /// Longest text (in characters) a request may trace.
-    #[arg(long, default_value_t = Limits::default().max_text_chars)]
-    pub max_text_chars: usize,
-    /// Model runs (trace and answer) at once; each holds one text's trace in memory.
-    #[arg(long, default_value_t = Limits::default().max_concurrent)]
-    pub max_concurrent: usize,
-    /// Requests that may wait for a model slot; beyond that, 503 with Retry-After.
-    #[arg(long, default_value_t = Limits::default().max_queue)]
-    pub max_queue: usize,
-    /// Largest answer in bytes (estimated before any work; 413 beyond it).
-    #[arg(long, default_value_t = Limits::default().max_response_bytes)]
-    pub max_response_bytes: usize,
-    /// Megabytes of recent traces kept so the same text is not traced twice (0 = off).
-    #[arg(long, default_value_t = Limits::default().trace_cache_bytes >> 20)]
-    pub trace_cache_mb: usize,
-    /// Open connections at most; more are closed at once.
-    #[arg(long, default_value_t = NetLimits::default().max_connections)]
-    pub max_connections: usize,
-    /// Seconds a client may take to send a request's head (also the idle keep-alive timeout).
-    #[arg(long, default_value_t = NetLimits::default().header_timeout.as_secs())]
-    pub header_timeout: u64,
-    /// Seconds a client may take to send a request's body.
-    #[arg(long, default_value_t = Limits::default().body_timeout_secs)]
-    pub body_timeout: u64,
-    /// Seconds to let requests in flight finish after Ctrl-C / SIGTERM.
-    #[arg(long, default_value_t = NetLimits::default().shutdown_grace.as_secs())]
-    pub shutdown_grace: u64,
-    /// Also answer to this Host name (repeatable; `*` for any). IP literals and
-    /// localhost are always accepted.
-    #[arg(long = "allow-host", value_name = "NAME")]
-    pub allow_hosts: Vec<String>,
-    /// Let pages from this origin (e.g. http://localhost:8888 for Jupyter) call the
-    /// API (repeatable). Default: no cross-origin access.
-    #[arg(long = "cors-origin", value_name = "ORIGIN")]
-    pub cors_origins: Vec<String>,
-    /// Text for cell pages' top contexts. Default: the reference text shipped
-    /// beside the model (`<model>.reference.txt`), else the built-in C sample.
-    #[arg(long)]
-    pub reference: Option<PathBuf>,
-}
-
-impl ServeArgs {
-    fn limits(&self) -> anyhow::Result<(Limits, NetLimits)> {
-        let limits = Limits {
-            max_body_bytes: self.max_body_bytes,
-            max_text_chars: self.max_text_chars,
-            max_concurrent: self.max_concurrent,
-            max_queue: self.max_queue,
-            max_response_bytes: self.max_response_bytes,
-            body_timeout_secs: self.body_timeout,
-            trace_cache_bytes: self.trace_cache_mb.min(1 << 20) << 20,
-        };
-        limits.validate()?;
-        for (flag, v) in [("--header-timeout", self.header_timeout), ("--shutdown-grace", self.shutdown_grace)] {
-            if !(1..=3600).contains(&v) {
-                bail!("{flag} {v} is out of range: use 1..=3600 seconds");
-            }
-        }
-        if !(1..=65_536).contains(&self.max_connections) {
-            bail!("--max-connections {} is out of range: use 1..=65536", self.max_connections);
-        }
-        let net = NetLimits {
-            max_connections: self.max_connections,
-            header_timeout: Duration::from_secs(self.header_timeout),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace),
-        };
-        Ok((limits, net))
-    }
-}
-
-/// Loads the reference text: the flag, else `<model stem>.reference.txt` beside
-/// the model, else the built-in sample.
+/// The reference text for a model: the flag's file, else `<model stem>.reference.txt`
+/// beside the model; `None` when neither is given or there.
 pub fn load_reference(
     model_path: &std::path::Path,
     flag: Option<&std::path::Path>,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<Option<(String, String)>> {
     if let Some(p) = flag {
         let text = std::fs::read_to_string(p).with_context(|| format!("reading --reference {}", p.display()))?;
-        return Ok((text, p.display().to_string()));
+        return Ok(Some((text, p.display().to_string())));
     }
     let beside = model_path.with_extension("reference.txt");
-    if let Ok(text) = std::fs::read_to_string(&beside) {
-        return Ok((text, beside.file_name().map_or(String::new(), |s| s.to_string_lossy().into_owned())));
+    Ok(std::fs::read_to_string(&beside)
+        .ok()
+        .map(|text| (text, beside.file_name().map_or(String::new(), |s| s.to_string_lossy().into_owned()))))
+}
+
+/// What `cellscope serve` runs: the models, limits and network settings its
+/// flags (`cli.rs`) decided.
+pub struct ServeConfig {
+    /// The models, the default first (see [`load_models`]).
+    pub models: Vec<Served>,
+    pub limits: Limits,
+    pub net: NetLimits,
+    /// HOST:PORT to listen on.
+    pub addr: String,
+    /// Host names accepted besides IP literals, localhost and the bound host.
+    pub allow_hosts: Vec<String>,
+    pub cors_origins: Vec<String>,
+}
+
+/// The model files `serve` loads when none are named: every `*.safetensors`
+/// in the default model's folder (training checkpoints left out), the default
+/// model first, the rest by name.
+pub fn default_model_files() -> anyhow::Result<Vec<PathBuf>> {
+    let default = crate::model::default_model_path();
+    let dir = default.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let mut others: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing the models folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.ends_with(".safetensors") && !name.ends_with(".ckpt.safetensors") && *p != default
+        })
+        .collect();
+    others.sort();
+    let mut files = vec![default];
+    files.extend(others);
+    Ok(files)
+}
+
+/// Loads each model file with its reference text: `reference` when given, else
+/// `<stem>.reference.txt` beside the model, else the first model's reference
+/// when this model's vocabulary covers it, else the built-in C sample. Each
+/// model's id is its file stem, made unique with `-2`, `-3`, ... when two
+/// files share a stem.
+pub fn load_models(paths: &[PathBuf], reference: Option<&std::path::Path>) -> anyhow::Result<Vec<Served>> {
+    let mut served: Vec<Served> = Vec::new();
+    for path in paths {
+        let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
+        let (text, name) = match (load_reference(path, reference)?, served.first()) {
+            (Some(found), _) => found,
+            (None, Some(first)) if model.vocab.encode(&first.reference).unknown.is_empty() => {
+                (first.reference.to_string(), first.reference_name.to_string())
+            }
+            (None, _) => (pages::SAMPLES[0].text.to_string(), "built-in C sample".into()),
+        };
+        let stem = path
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().trim_end_matches(".safetensors").to_string());
+        let mut id = stem.clone();
+        let mut k = 2;
+        while served.iter().any(|s| s.id == id) {
+            id = format!("{stem}-{k}");
+            k += 1;
+        }
+        served.push(Served::new(id, model, text, name));
     }
-    Ok((pages::SAMPLES[0].text.to_string(), "built-in C sample".into()))
+    if served.is_empty() {
+        bail!("no model to serve; name one with --model PATH");
+    }
+    Ok(served)
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
-pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
-    let (limits, net) = args.limits()?;
+pub fn serve_blocking(config: ServeConfig) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -346,24 +401,22 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let path = args.model.clone().unwrap_or_else(crate::model::default_model_path);
-    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let (reference, reference_name) = load_reference(&path, args.reference.as_deref())?;
-    let mut state = AppState::new(model, limits, reference, reference_name);
-    let (bind_host, _) = args
-        .addr
+    let ServeConfig { models, limits, net, addr, allow_hosts, cors_origins } = config;
+    limits.validate()?;
+    let mut state = AppState::with_models(models, limits);
+    let (bind_host, _) = addr
         .rsplit_once(':')
-        .with_context(|| format!("--addr {:?} is not HOST:PORT (e.g. 127.0.0.1:3000 or localhost:3001)", args.addr))?;
-    let mut hosts: Vec<String> = args.allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        .with_context(|| format!("--addr {addr:?} is not HOST:PORT (e.g. 127.0.0.1:3000 or localhost:3001)"))?;
+    let mut hosts: Vec<String> = allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
     hosts.push(bind_host.trim_matches(['[', ']']).to_ascii_lowercase());
     state.allowed_hosts = Arc::new(hosts);
-    state.cors_origins = Arc::new(args.cors_origins.clone());
+    state.cors_origins = Arc::new(cors_origins);
     return_memory_to_the_system();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async move {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.addr)
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&addr)
             .await
-            .with_context(|| format!("--addr {:?}: cannot resolve it (use HOST:PORT, e.g. 127.0.0.1:3000)", args.addr))?
+            .with_context(|| format!("--addr {addr:?}: cannot resolve it (use HOST:PORT, e.g. 127.0.0.1:3000)"))?
             .collect();
         // A name may resolve to several addresses (localhost: ::1 and 127.0.0.1);
         // take the first that binds.
@@ -381,15 +434,19 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
         let listener = match (listener, last_error) {
             (Some(l), _) => l,
             (None, Some(e)) => return Err(e),
-            (None, None) => anyhow::bail!("--addr {:?} resolves to no address", args.addr),
+            (None, None) => anyhow::bail!("--addr {addr:?} resolves to no address"),
         };
-        tracing::info!(
-            "serving {} ({} layers × {} cells) on http://{}",
-            state.model.name,
-            state.model.layers(),
-            state.model.hidden_size(),
-            listener.local_addr()?
-        );
+        for m in state.models.iter() {
+            tracing::info!(
+                "model {}: {} ({} × {} {})",
+                m.id,
+                m.model.name,
+                m.model.layers(),
+                m.model.hidden_size(),
+                m.model.arch().name()
+            );
+        }
+        tracing::info!("serving {} model(s) on http://{}", state.models.len(), listener.local_addr()?);
         net::serve(listener, router(state), net, shutdown_signal()).await?;
         tracing::info!("shut down cleanly");
         anyhow::Ok(())

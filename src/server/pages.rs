@@ -119,6 +119,86 @@ fn legend(kind: Kind) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What every page's header shows: the model, the links that keep it, and a
+/// picker when several models are served.
+pub struct Chrome {
+    pub model_name: String,
+    /// The model's id (`data-model` on the page, for the script's requests).
+    pub model_id: String,
+    /// `?model=ID` for links from a page about a model other than the default, else "".
+    pub mq: String,
+    /// The same for links that already have a query, HTML-escaped (`&amp;model=ID`,
+    /// the id percent-encoded, so templates insert it as is), else "".
+    pub mqa: String,
+    /// The served models, when there are several (else empty: no picker).
+    pub models: Vec<ModelChoice>,
+    /// Where the picker's form goes (the same kind of page for the other model).
+    pub picker_action: &'static str,
+}
+
+pub struct ModelChoice {
+    pub id: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+impl Chrome {
+    pub fn new(state: &AppState, picker_action: &'static str) -> Self {
+        let (mq, mqa) = if state.is_default() {
+            (String::new(), String::new())
+        } else {
+            let id = urlencoding_min(&state.id);
+            (format!("?model={id}"), format!("&amp;model={id}"))
+        };
+        let models = if state.models.len() > 1 {
+            state
+                .models
+                .iter()
+                .map(|m| ModelChoice {
+                    id: m.id.clone(),
+                    label: format!(
+                        "{} ({} × {} {})",
+                        m.id,
+                        m.model.layers(),
+                        m.model.hidden_size(),
+                        m.model.arch().name().to_uppercase()
+                    ),
+                    selected: m.id == state.id,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self { model_name: state.model.name.clone(), model_id: state.id.clone(), mq, mqa, models, picker_action }
+    }
+
+    /// For pages about no model in particular (errors).
+    fn none() -> Self {
+        Self {
+            model_name: String::new(),
+            model_id: String::new(),
+            mq: String::new(),
+            mqa: String::new(),
+            models: Vec::new(),
+            picker_action: "/",
+        }
+    }
+}
+
+/// Percent-encodes what a model id could hold that a query value cannot
+/// (ids are file stems, so this is rare).
+fn urlencoding_min(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 struct KindOption {
     letter: &'static str,
     label: &'static str,
@@ -136,7 +216,7 @@ fn kind_options(arch: Arch, selected: Kind) -> Vec<KindOption> {
 #[derive(Template)]
 #[template(path = "index.html")]
 struct IndexPage {
-    model_name: String,
+    chrome: Chrome,
     layers: Vec<usize>,
     hidden: usize,
     layer: usize,
@@ -167,18 +247,56 @@ pub struct ViewQuery {
     pub kind: Option<String>,
     pub cell: Option<usize>,
     pub text: Option<String>,
+    /// The served model to show (`GET /api/models`); the default when absent or empty.
+    pub model: Option<String>,
 }
 
-fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
-    let mut body = String::new();
-    body.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>");
-    escape_html(title, &mut body);
-    body.push_str(" · cellscope</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main class=\"narrow\"><h1>");
-    escape_html(title, &mut body);
-    body.push_str("</h1><p class=\"error\">");
-    escape_html(message, &mut body);
-    body.push_str("</p><p><a href=\"/\">Back to cellscope</a></p></main></body></html>");
-    (status, Html(body)).into_response()
+/// A page's answer when it cannot show what was asked: an error page.
+pub struct PageError {
+    status: StatusCode,
+    title: &'static str,
+    message: String,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        html_error(self.status, self.title, &self.message)
+    }
+}
+
+/// The state for the model a page's `?model=` names, or the error page to answer.
+fn page_state(state: &AppState, model: Option<&str>) -> Result<AppState, PageError> {
+    state.select(model.filter(|m| !m.is_empty())).map_err(|e| PageError {
+        status: StatusCode::NOT_FOUND,
+        title: "No such model",
+        message: e.message,
+    })
+}
+
+type ModelQueryResult = Result<Query<super::api::ModelQuery>, axum::extract::rejection::QueryRejection>;
+
+/// [`page_state`] for a page whose only query is `?model=`.
+fn page_state_query(state: &AppState, q: ModelQueryResult) -> Result<AppState, PageError> {
+    match q {
+        Ok(Query(q)) => page_state(state, q.model.as_deref()),
+        Err(e) => Err(PageError { status: StatusCode::BAD_REQUEST, title: "Bad query string", message: e.body_text() }),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    chrome: Chrome,
+    title: &'a str,
+    message: &'a str,
+}
+
+/// An error as a page (the API answers JSON instead; see `error.rs`).
+pub fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
+    match (ErrorPage { chrome: Chrome::none(), title, message }).render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => AppError::internal(format!("rendering an error page: {e}")).into_response(),
+    }
 }
 
 /// The cell a first-time visitor sees: the finder's best cell for a concept on
@@ -235,6 +353,10 @@ async fn index_trace(state: &AppState, q: &ViewQuery, sample: &Sample, text: &st
 }
 
 async fn render_index(state: AppState, q: ViewQuery) -> Response {
+    let state = match page_state(&state, q.model.as_deref()) {
+        Ok(s) => s,
+        Err(page) => return page.into_response(),
+    };
     let model = state.model.clone();
     let sample = q.sample.as_deref().and_then(|id| SAMPLES.iter().find(|s| s.id == id)).unwrap_or(&SAMPLES[0]);
     // Forms send textarea newlines as CRLF; the model (and the script path) use LF.
@@ -304,7 +426,7 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
         "kinds": crate::display::kind_table(model.arch().kinds()),
     });
     let page = IndexPage {
-        model_name: model.name.clone(),
+        chrome: Chrome::new(&state, "/"),
         layers: (0..model.layers()).collect(),
         hidden: model.hidden_size(),
         layer,
@@ -345,11 +467,14 @@ pub async fn index(
 pub async fn index_post(State(state): State<AppState>, form: Result<Form<ViewQuery>, FormRejection>) -> Response {
     match form {
         Ok(Form(q)) => render_index(state, q).await,
-        Err(e) => {
-            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { e.status() } else { StatusCode::BAD_REQUEST };
-            html_error(status, "Bad form", &e.body_text())
-        }
+        Err(e) => form_error(&e),
     }
+}
+
+/// The error page for a form that could not be read (413 when it was too large).
+pub fn form_error(e: &FormRejection) -> Response {
+    let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { e.status() } else { StatusCode::BAD_REQUEST };
+    html_error(status, "Bad form", &e.body_text())
 }
 
 /// One gate kind's (fraction > 0.9, fraction < 0.1) per cell.
@@ -459,7 +584,7 @@ struct ConceptRow {
 #[derive(Template)]
 #[template(path = "cell.html")]
 struct CellPage {
-    model_name: String,
+    chrome: Chrome,
     layer: usize,
     kind_letter: &'static str,
     kind_label: &'static str,
@@ -577,7 +702,7 @@ fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
 }
 
 /// `n` with thousands separators: 3402337 → "3,402,337".
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
@@ -732,7 +857,15 @@ pub async fn cell_profile(state: &AppState, layer: usize, kind: Kind, cell: usiz
 }
 
 /// `GET /cell/{layer}/{kind}/{n}`
-pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(String, String, String)>) -> Response {
+pub async fn cell(
+    State(state): State<AppState>,
+    Path((layer, kind, n)): Path<(String, String, String)>,
+    q: ModelQueryResult,
+) -> Response {
+    let state = match page_state_query(&state, q) {
+        Ok(s) => s,
+        Err(page) => return page.into_response(),
+    };
     let model = state.model.clone();
     let (layer, kind, cell) = match parse_cell_path(&model, &layer, &kind, &n) {
         Ok(x) => x,
@@ -765,7 +898,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         gs.iter().map(|g| (crate::display::shown_char(&g.char), format!("{:+.2}", g.p))).collect::<Vec<_>>()
     };
     let page = CellPage {
-        model_name: model.name.clone(),
+        chrome: Chrome::new(&state, "/"),
         layer,
         kind_letter: kind.letter(),
         kind_label: kind.describe(),
@@ -782,7 +915,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
         legend: legend(kind),
         promotes: profile.logit_effect.as_ref().map(|e| effect(&e.promotes)).unwrap_or_default(),
         suppresses: profile.logit_effect.as_ref().map(|e| effect(&e.suppresses)).unwrap_or_default(),
-        kinds: Kind::ALL.iter().map(|k| k.letter()).collect(),
+        kinds: model.arch().kinds().iter().map(|k| k.letter()).collect(),
         memory: match (profile.time_scale, profile.mean_forget) {
             (Some(t), Some(f)) => format!(
                 "Memory time scale: {t:.1} characters (−1 / ln of its mean forget gate, {f:.4}, over the reference text): \
@@ -801,7 +934,7 @@ pub async fn cell(State(state): State<AppState>, Path((layer, kind, n)): Path<(S
 #[derive(Template)]
 #[template(path = "model.html")]
 struct ModelPage {
-    model_name: String,
+    chrome: Chrome,
     rows: Vec<(String, String)>,
     tensors: Vec<(String, String)>,
     curve_svg: String,
@@ -973,7 +1106,11 @@ fn saturation_svg(rt: &ReferenceTrace) -> String {
 }
 
 /// `GET /model`
-pub async fn model_card(State(state): State<AppState>) -> Response {
+pub async fn model_card(State(state): State<AppState>, q: ModelQueryResult) -> Response {
+    let state = match page_state_query(&state, q) {
+        Ok(s) => s,
+        Err(page) => return page.into_response(),
+    };
     let model = state.model.clone();
     let rt = match reference_trace(&state).await {
         Ok(rt) => rt,
@@ -996,7 +1133,7 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
     // The curve is drawn; the rest is shown as it is stored.
     let train = crate::model::TrainMeta { curve: Vec::new(), ..t.clone() };
     let page = ModelPage {
-        model_name: model.name.clone(),
+        chrome: Chrome::new(&state, "/model"),
         rows,
         tensors,
         curve_svg: curve_svg(&t.curve),

@@ -18,6 +18,8 @@ use crate::finder::probe::{probe_trace, Probe, ProbeSpec, Scored, SpecError};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     pub text: String,
     pub feature: Option<String>,
     pub regex: Option<String>,
@@ -72,6 +74,7 @@ pub async fn probe(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ProbeRequest>,
 ) -> Result<Json<ProbeAnswer>, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     let layers = parse_layers(&state, req.layers.as_deref())?;
     let kinds = parse_kinds(req.kinds.as_deref(), state.model.arch(), state.model.arch().default_kinds())?;
@@ -103,6 +106,8 @@ pub async fn probe(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
+    /// The served model to use (`GET /api/models`); the default when left out.
+    pub model: Option<String>,
     /// `/api/probe`'s answer, or just its weights and bias.
     pub probe: ProbeSpec,
     pub text: String,
@@ -127,6 +132,7 @@ pub async fn score(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ScoreRequest>,
 ) -> Result<Json<ScoreAnswer>, AppError> {
+    let state = state.select(req.model.as_deref())?;
     check_text(&state, &req.text)?;
     req.probe.check(&state.model).map_err(|e: SpecError| AppError::invalid("bad_probe", e.to_string()))?;
     let labelled = req.feature.is_some() || req.regex.is_some() || req.spans.is_some();
