@@ -16,6 +16,7 @@ pub mod json;
 pub mod memory;
 pub mod net;
 pub mod pages;
+pub mod plots;
 pub mod probe;
 pub mod queue;
 

@@ -54,8 +54,8 @@ pub fn escape_html(s: &str, out: &mut String) {
 
 /// JSON safe to place inside `<script type="application/json">`: `<`, `>` and `&`
 /// become `\u003c`-style escapes, so `</script>` in user text cannot end the block.
-pub fn script_json(v: &serde_json::Value) -> String {
-    let s = v.to_string();
+pub fn script_json<T: serde::Serialize>(v: &T) -> String {
+    let s = serde_json::to_string(v).unwrap_or_else(|_| "null".into());
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -239,6 +239,28 @@ struct IndexPage {
     intro: Option<String>,
 }
 
+/// What the home page hands `app.js` in `<script id="initial">`: the view the
+/// server rendered, the model's shape, the samples, and the display rules per kind.
+#[derive(serde::Serialize)]
+struct Initial {
+    layer: usize,
+    kind: &'static str,
+    cell: usize,
+    layers: usize,
+    hidden: usize,
+    samples: Vec<InitialSample>,
+    max_text_chars: usize,
+    /// `display::kind_table` of the model's kinds.
+    kinds: serde_json::Value,
+}
+
+#[derive(serde::Serialize)]
+struct InitialSample {
+    id: &'static str,
+    title: &'static str,
+    text: &'static str,
+}
+
 /// The page's view choice, from the query string or the form.
 #[derive(Deserialize, Default)]
 pub struct ViewQuery {
@@ -418,13 +440,16 @@ async fn render_index(state: AppState, q: ViewQuery) -> Response {
             (s, 0)
         }
     };
-    let initial = serde_json::json!({
-        "layer": layer, "kind": kind.letter(), "cell": cell,
-        "layers": model.layers(), "hidden": model.hidden_size(),
-        "samples": SAMPLES.iter().map(|s| serde_json::json!({"id": s.id, "title": s.title, "text": s.text})).collect::<Vec<_>>(),
-        "max_text_chars": state.limits.max_text_chars,
-        "kinds": crate::display::kind_table(model.arch().kinds()),
-    });
+    let initial = Initial {
+        layer,
+        kind: kind.letter(),
+        cell,
+        layers: model.layers(),
+        hidden: model.hidden_size(),
+        samples: SAMPLES.iter().map(|s| InitialSample { id: s.id, title: s.title, text: s.text }).collect(),
+        max_text_chars: state.limits.max_text_chars,
+        kinds: crate::display::kind_table(model.arch().kinds()),
+    };
     let page = IndexPage {
         chrome: Chrome::new(&state, "/"),
         layers: (0..model.layers()).collect(),
@@ -642,65 +667,6 @@ fn context_rows(
         .collect()
 }
 
-/// An SVG bar chart of a histogram over [lo, hi], with value ticks under it and
-/// the tallest bar's count beside it. `lo` "0" means a gate (ticks 0 … 1).
-fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
-    let (left, w, h) = (34.0, 480.0, 140.0);
-    let max = counts.iter().copied().max().unwrap_or(1).max(1);
-    let bw = w / counts.len() as f32;
-    let mut s = format!(
-        "<svg class=\"hist\" viewBox=\"0 0 {} {}\" role=\"img\" aria-label=\"activation histogram\">",
-        left + w + 8.0,
-        h + 36.0
-    );
-    for (i, &c) in counts.iter().enumerate() {
-        let bh = h * c as f32 / max as f32;
-        let u = -1.0 + 2.0 * (i as f32 + 0.5) / counts.len() as f32;
-        let _ = write!(
-            s,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" stroke=\"#888\" stroke-width=\"0.3\"><title>{c}</title></rect>",
-            left + i as f32 * bw,
-            h - bh,
-            bw,
-            bh,
-            css_color(u)
-        );
-    }
-    // Axes: the count scale on the left, the value ticks below.
-    let _ = write!(
-        s,
-        "<line x1=\"{left}\" y1=\"{h}\" x2=\"{0}\" y2=\"{h}\" stroke=\"#333\"/><line x1=\"{left}\" y1=\"0\" x2=\"{left}\" y2=\"{h}\" stroke=\"#333\"/>\
-         <text x=\"{1}\" y=\"10\" font-size=\"11\" text-anchor=\"end\">{max}</text><text x=\"{1}\" y=\"{h}\" font-size=\"11\" text-anchor=\"end\">0</text>",
-        left + w,
-        left - 4.0
-    );
-    let gate = lo == "0";
-    let labels: [&str; 5] =
-        if gate { ["0", "0.25", "0.5", "0.75", "1"] } else { ["−1", "−0.5", "0", "+0.5", "+1"] };
-    for (i, label) in labels.iter().enumerate() {
-        let x = left + w * i as f32 / 4.0;
-        let anchor = match i {
-            0 => "start",
-            4 => "end",
-            _ => "middle",
-        };
-        let _ = write!(
-            s,
-            "<line x1=\"{x:.1}\" y1=\"{h}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#333\"/><text x=\"{x:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"{anchor}\">{label}</text>",
-            h + 4.0,
-            h + 16.0
-        );
-    }
-    let what = if lo.contains("tanh") { "tanh(c)" } else { "value" };
-    let _ = write!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#555\">{what} ({lo} … {hi}); bar height = characters</text></svg>",
-        left + w / 2.0,
-        h + 32.0
-    );
-    s
-}
-
 /// `n` with thousands separators: 3402337 → "3,402,337".
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -712,13 +678,6 @@ pub fn thousands(n: u64) -> String {
         out.push(ch);
     }
     out
-}
-
-/// A round step (1, 2 or 5 × 10^k) cutting `span` into about `parts` pieces.
-fn nice_step(span: f64, parts: f64) -> f64 {
-    let raw = (span / parts).max(f64::MIN_POSITIVE);
-    let p = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
 }
 
 /// Parses `/cell/{layer}/{kind}/{n}`'s parts, or gives an error code (`bad_kind` for
@@ -910,7 +869,7 @@ pub async fn cell(
         reference_len: profile.reference_chars,
         top: context_rows(&rt, &profile.values, &profile.windows[0], kind),
         bottom: context_rows(&rt, &profile.values, &profile.windows[1], kind),
-        histogram_svg: histogram_svg(&profile.histogram, lo, hi),
+        histogram_svg: super::plots::histogram_svg(&profile.histogram, lo, hi),
         concepts,
         legend: legend(kind),
         promotes: profile.logit_effect.as_ref().map(|e| effect(&e.promotes)).unwrap_or_default(),
@@ -959,152 +918,6 @@ pub fn horizon_words(h: &crate::model::Horizon) -> String {
     )
 }
 
-/// A line chart of training and validation loss from the metadata's curve.
-fn curve_svg(curve: &[crate::model::CurvePoint]) -> String {
-    if curve.is_empty() {
-        return "<p class=\"muted\">This model's metadata has no training curve.</p>".into();
-    }
-    type Point = (f64, Option<f64>, Option<f64>);
-    let pts: Vec<Point> = curve.iter().map(|p| (p.0 as f64, Some(p.1), p.2)).collect();
-    if pts.len() < 2 {
-        return "<p class=\"muted\">Too few points to plot.</p>".into();
-    }
-    let (w, h, pad) = (560.0, 250.0, 40.0);
-    let max_step = pts.iter().map(|p| p.0).fold(1.0, f64::max);
-    let ys: Vec<f64> = pts.iter().flat_map(|p| [p.1, p.2]).flatten().collect();
-    let y_lo = ys.iter().copied().fold(f64::INFINITY, f64::min).floor().max(0.0);
-    let y_hi = ys.iter().copied().fold(0.0, f64::max).min(y_lo + 4.0).ceil();
-    let x = |s: f64| pad + (w - 2.0 * pad) * s / max_step;
-    let y = |v: f64| h - pad - (h - 2.0 * pad) * ((v.min(y_hi) - y_lo) / (y_hi - y_lo).max(1e-9));
-    let path = |sel: &dyn Fn(&Point) -> Option<f64>| {
-        let mut d = String::new();
-        for p in &pts {
-            if let Some(v) = sel(p) {
-                let _ = write!(d, "{}{:.1},{:.1}", if d.is_empty() { "M" } else { " L" }, x(p.0), y(v));
-            }
-        }
-        d
-    };
-    let mut s = format!("<svg class=\"curve\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"training curve\">");
-    let _ = write!(s, "<path d=\"{}\" fill=\"none\" stroke=\"#999\" stroke-width=\"1\"/>", path(&|p| p.1));
-    let _ = write!(s, "<path d=\"{}\" fill=\"none\" stroke=\"#b2182b\" stroke-width=\"2\"/>", path(&|p| p.2));
-    let _ = write!(
-        s,
-        "<line x1=\"{pad}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#333\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{0}\" stroke=\"#333\"/>",
-        h - pad,
-        w - pad
-    );
-    // Tick labels: steps along x, loss along y.
-    let x_step = nice_step(max_step, 5.0);
-    let mut t = 0.0;
-    while t <= max_step + 1e-9 {
-        let _ = write!(
-            s,
-            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#333\"/><text x=\"{0:.1}\" y=\"{3}\" font-size=\"11\" text-anchor=\"middle\">{4}</text>",
-            x(t),
-            h - pad,
-            h - pad + 4.0,
-            h - pad + 15.0,
-            thousands(t as u64)
-        );
-        t += x_step;
-    }
-    let y_step = nice_step(y_hi - y_lo, 4.0);
-    for i in 0..=((y_hi - y_lo) / y_step + 1e-9).floor() as usize {
-        let v = ((y_lo + i as f64 * y_step) * 100.0).round() / 100.0;
-        let _ = write!(
-            s,
-            "<line x1=\"{pad}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#e1e4e8\"/><text x=\"{2}\" y=\"{3:.1}\" font-size=\"11\" text-anchor=\"end\">{v}</text>",
-            y(v),
-            w - pad,
-            pad - 4.0,
-            y(v) + 4.0
-        );
-    }
-    let _ = write!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#555\">training step</text>",
-        w / 2.0,
-        h - 4.0
-    );
-    s.push_str("<text x=\"60\" y=\"20\" font-size=\"12\" fill=\"#6a737d\">train loss</text><text x=\"150\" y=\"20\" font-size=\"12\" fill=\"#b2182b\">validation loss (nats/char)</text></svg>");
-    s
-}
-
-/// The paper's gate-saturation scatter: per gate, x = fraction of characters
-/// where it is right-saturated (> 0.9), y = left-saturated (< 0.1).
-fn saturation_svg(rt: &ReferenceTrace) -> String {
-    let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
-    let size = 200.0;
-    let pad = 34.0;
-    if rt.saturation.first().is_none_or(|gates| gates.is_empty()) {
-        return "<p>This architecture has no gates.</p>".into();
-    }
-    let mut s = String::from("<div class=\"sat\">");
-    for (gi, gate) in rt.saturation.first().into_iter().flatten().map(|g| &g.0).enumerate() {
-        let _ = write!(
-            s,
-            "<figure><svg viewBox=\"0 0 {0} {0}\" role=\"img\" aria-label=\"{1} saturation\">",
-            size + 2.0 * pad,
-            gate.describe()
-        );
-        let _ = write!(
-            s,
-            "<rect x=\"{pad}\" y=\"{pad}\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#333\"/>"
-        );
-        let _ = write!(
-            s,
-            "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{0}\" y2=\"{0}\" stroke=\"#ccc\" transform=\"translate(0,0)\"/>",
-            pad + size
-        );
-        for (layer, gates) in rt.saturation.iter().enumerate() {
-            for &(right, left) in &gates[gi].1 {
-                let _ = write!(
-                    s,
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{}\" fill-opacity=\"0.6\"/>",
-                    pad + size * right,
-                    pad + size * (1.0 - left),
-                    colors[layer % colors.len()]
-                );
-            }
-        }
-        let _ = write!(s, "<text x=\"{pad}\" y=\"14\" font-size=\"12\">{}</text>", gate.describe());
-        // Ticks at 0, 0.5 and 1 on both axes (fractions of the characters).
-        for f in [0.0, 0.5, 1.0] {
-            let (x, y) = (pad + size * f, pad + size * (1.0 - f));
-            let _ = write!(
-                s,
-                "<line x1=\"{x}\" y1=\"{0}\" x2=\"{x}\" y2=\"{1}\" stroke=\"#333\"/><text x=\"{x}\" y=\"{2}\" font-size=\"10\" text-anchor=\"middle\">{f}</text>\
-                 <line x1=\"{pad}\" y1=\"{y}\" x2=\"{3}\" y2=\"{y}\" stroke=\"#333\"/><text x=\"{4}\" y=\"{5}\" font-size=\"10\" text-anchor=\"end\">{f}</text>",
-                pad + size,
-                pad + size + 4.0,
-                pad + size + 13.0,
-                pad - 4.0,
-                pad - 6.0,
-                y + 3.5
-            );
-        }
-        let _ = write!(
-            s,
-            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">fraction right-saturated (&gt; 0.9) →</text>",
-            pad + size / 2.0,
-            size + 2.0 * pad - 4.0
-        );
-        let _ = write!(
-            s,
-            "<text x=\"10\" y=\"{0}\" font-size=\"10\" text-anchor=\"middle\" transform=\"rotate(-90 10 {0})\">left-saturated (&lt; 0.1) →</text>",
-            pad + size / 2.0
-        );
-        s.push_str("</svg></figure>");
-    }
-    s.push_str("<p class=\"muted\">Colour = layer: ");
-    for l in 0..rt.saturation.len() {
-        let _ = write!(s, "<span style=\"color:{}\">● layer {l}</span> ", colors[l % colors.len()]);
-    }
-    s.push_str("· y = fraction of characters left-saturated (< 0.1).</p></div>");
-    s
-}
-
 /// `GET /model`
 pub async fn model_card(State(state): State<AppState>, q: ModelQueryResult) -> Response {
     let state = match page_state_query(&state, q) {
@@ -1136,8 +949,8 @@ pub async fn model_card(State(state): State<AppState>, q: ModelQueryResult) -> R
         chrome: Chrome::new(&state, "/model"),
         rows,
         tensors,
-        curve_svg: curve_svg(&t.curve),
-        saturation_svg: saturation_svg(&rt),
+        curve_svg: super::plots::curve_svg(&t.curve),
+        saturation_svg: super::plots::saturation_svg(&rt),
         train_json: serde_json::to_string_pretty(&train).unwrap_or_default(),
         reference_name: state.reference_name.to_string(),
         horizon: state.horizon.get().map(horizon_words),

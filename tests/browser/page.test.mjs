@@ -1318,6 +1318,43 @@ async function withBrowser(server) {
       noPageErrors();
     });
 
+    await step('several models: the picker switches model and keeps the text; /compare shows them side by side', async () => {
+      const listed = await (await fetch(server.base + '/api/models')).json();
+      const ids = listed.models.map((m) => m.id);
+      if (ids.length > 1) {
+        await page.goto(server.base + '/');
+        await page.waitForFunction(() => window.cellscope.runs > 0, null, { timeout: TRACE_TIMEOUT });
+        ok((await page.$$eval('#model-select option', (o) => o.length)) === ids.length, 'the picker lists every served model');
+        ok(await page.isHidden('form.model-pick button'), 'with scripts the picker needs no Go button');
+        await setText(page, 'if (a) { s = "quoted"; } /* note */\n');
+        await traced(page, () => page.click('#run'));
+        const other = listed.models.find((m) => m.arch !== 'lstm') ?? listed.models[1];
+        await Promise.all([page.waitForNavigation(), page.selectOption('#model-select', other.id)]);
+        ok(new URL(page.url()).searchParams.get('model') === other.id, `the picker went to ${page.url()}`);
+        await page.waitForFunction(() => window.cellscope.runs > 0, null, { timeout: TRACE_TIMEOUT });
+        ok((await page.$eval('body', (b) => b.dataset.model)) === other.id, 'the page is not about the picked model');
+        const text = await page.$eval('#colored', (p) => p.textContent);
+        ok(text.startsWith('if (a) { s = "quoted"; }'), `the picked model's page lost the text: ${JSON.stringify(text.slice(0, 40))}`);
+        const kinds = await page.$$eval('#kind option', (o) => o.map((x) => x.value));
+        const want = { lstm: 'h,c,i,f,g,o,write,keep', gru: 'h,r,z,n', rnn: 'h' }[other.arch];
+        ok(kinds.join(',') === want, `the ${other.arch} page offers kinds ${kinds}`);
+        ok((await page.getAttribute('#cell-link', 'href')).includes(`?model=${other.id}`), 'the cell page link drops the model');
+      }
+      await page.goto(server.base + '/compare?feature=string');
+      const rows = await page.$$eval('#compare-table tbody tr', (r) => r.map((x) => x.dataset.model));
+      ok(rows.join(',') === ids.join(','), `compare rows ${rows}, models ${ids}`);
+      const curves = await page.$$eval('#compare-plot polyline.gradient-curve', (l) => l.map((x) => x.getAttribute('points').trim().split(' ').length));
+      ok(curves.length === ids.length && curves.every((n) => n > 100), `compare plot curves: ${curves}`);
+      ok((await page.$$('section.compare-text pre.colored .ch')).length > 100 * ids.length, 'each model colours the text');
+      if (SCREENSHOT && SHIPPED_MODEL && ids.length > 1) {
+        await page.setViewportSize({ width: 1280, height: 1000 });
+        mkdirSync(FIGURES, { recursive: true });
+        await page.screenshot({ path: path.join(FIGURES, 'compare.png'), fullPage: false });
+        console.log(`# wrote ${path.join(FIGURES, 'compare.png')}`);
+        await page.setViewportSize({ width: 1280, height: 900 });
+      }
+    });
+
     if (SCREENSHOT && !SHIPPED_MODEL) {
       console.log(`# skipping docs/screenshot.png, docs/quote-cell.png and docs/if-cell.png: the served model is ${MODEL}, not the shipped default`);
     } else if (SCREENSHOT) {
