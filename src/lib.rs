@@ -21,7 +21,7 @@
 //!   streams, backward pass (BPTT), Adam/RMSProp, clipping, checkpoints and resume
 //!   (`train/backprop.rs` holds the gradient formulas).
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
-//! - [`display`]: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
+//! - `display`: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
 //!   one place for the terminal, the pages and the API.
 //! - [`server`]: the axum app: `server::router` lists every route; JSON API
 //!   (`server/api.rs`), the causal lab (`server/causal.rs`: clamps, sampling),
@@ -35,7 +35,7 @@
 pub mod analysis;
 pub mod analysis_cli;
 pub mod cli;
-pub mod display;
+pub(crate) mod display;
 pub mod finder;
 pub mod model;
 pub mod probe_cli;

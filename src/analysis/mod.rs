@@ -44,19 +44,22 @@
 //! says what was wrong and what to do. Degenerate but harmless input (an empty text, a constant
 //! cell, NaN activations) gives a neutral answer instead of an error.
 
-pub mod features;
-pub mod probe;
-pub mod rank;
-pub mod stats;
+mod features;
+pub(crate) mod probe;
+mod rank;
+mod stats;
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use features::{c_features, regex_mask, span_mask, CFeatures};
-pub use rank::{auc, metric_name, pearson, rank_columns, spearman, ColumnScore, GradedMetric, Labels};
-pub use stats::{histogram, saturation, top_windows, Window};
+pub use features::{c_features, CFeatures};
+pub(crate) use features::{regex_mask, span_mask};
+pub use rank::{auc, pearson, spearman, GradedMetric, Labels};
+pub(crate) use rank::{metric_name, rank_columns};
+pub use stats::{histogram, saturation};
+pub(crate) use stats::{top_windows, Window};
 
 /// What can go wrong in analysis: all of it is bad input from the caller.
 #[derive(Debug, thiserror::Error)]
@@ -187,12 +190,12 @@ impl Concept {
 
     /// True for concepts with a value per character (scored by correlation), false for those
     /// that hold or not (scored by AUC).
-    pub fn is_graded(self) -> bool {
+    pub(crate) fn is_graded(self) -> bool {
         matches!(self, Concept::ParenDepth | Concept::BraceDepth | Concept::Column)
     }
 
     /// A one-line description for a UI.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Concept::String => "inside a \"string literal\"",
             Concept::Char => "inside a 'c' character literal",

@@ -58,7 +58,7 @@
 //! is monotone, so ties stay ties and only same-bin pairs can err. For roughly normal values
 //! the fullest bin holds about 0.08 % of them, a bound of about 4·10⁻⁴.
 
-pub mod probe;
+pub(crate) mod probe;
 
 use std::fmt;
 use std::str::FromStr;
@@ -75,10 +75,10 @@ use crate::model::{Kind, Model, Trace};
 
 /// Characters traced at once by the streaming functions: bounds memory to about
 /// `CHUNK × layers × 6 × H × 4` bytes per chunk in flight (200 MB for 2 × 512 cells).
-pub const CHUNK: usize = 8192;
+pub(crate) const CHUNK: usize = 8192;
 
 /// Histogram bins per cell for streaming AUC; see the module doc for the error bound.
-pub const BINS: usize = 2048;
+pub(crate) const BINS: usize = 2048;
 
 /// The pre-activations are squashed into `(−Z_MAX, Z_MAX)` before binning.
 const Z_MAX: f32 = 4.0;
@@ -212,7 +212,7 @@ pub enum Feature {
 
 impl Feature {
     /// Binary or graded, which decides the metric.
-    pub fn label_kind(&self) -> LabelKind {
+    pub(crate) fn label_kind(&self) -> LabelKind {
         match self {
             Feature::Concept(c) if c.is_graded() => LabelKind::Graded,
             _ => LabelKind::Binary,
@@ -220,7 +220,7 @@ impl Feature {
     }
 
     /// `"auc"` or `"pearson"`: the metric streaming ranking uses.
-    pub fn metric(&self) -> &'static str {
+    pub(crate) fn metric(&self) -> &'static str {
         match self.label_kind() {
             LabelKind::Binary => "auc",
             LabelKind::Graded => "pearson",
@@ -228,7 +228,7 @@ impl Feature {
     }
 
     /// The labels of `chars`; `features` is the lexer's output for the same characters.
-    pub fn labels(&self, chars: &[char], features: &CFeatures) -> Labels {
+    pub(crate) fn labels(&self, chars: &[char], features: &CFeatures) -> Labels {
         match self {
             Feature::Concept(c) => features.labels(*c),
             Feature::Regex(re) => Labels::Binary(regex_mask(chars, re)),
@@ -238,7 +238,7 @@ impl Feature {
 
 /// The labels of `chars` for each feature, lexing the text once (lexing needs the whole
 /// text: a chunk could start inside a comment).
-pub fn labels_for(features: &[Feature], chars: &[char]) -> Vec<Labels> {
+pub(crate) fn labels_for(features: &[Feature], chars: &[char]) -> Vec<Labels> {
     let lexed = if features.iter().any(|f| matches!(f, Feature::Concept(_))) {
         c_features(chars)
     } else {
@@ -482,16 +482,6 @@ impl StreamingRanker {
         }
     }
 
-    /// Characters fed so far.
-    pub fn chars(&self) -> u64 {
-        self.rows
-    }
-
-    /// The label tracks this ranker scores, in order.
-    pub fn targets(&self) -> &[LabelKind] {
-        &self.targets
-    }
-
     /// Adds one traced chunk, with one label track per target covering exactly its characters.
     /// Chunks may come from different texts (a corpus). Each cell's bins are fitted to the
     /// first chunk it sees, so feed chunks of a few thousand characters (a one-character first
@@ -512,7 +502,7 @@ impl StreamingRanker {
     /// and feeds each chunk with its part of `labels` (one track per target, each covering all
     /// of `chars`). The next chunk is traced on a second thread while this one is counted.
     /// `progress(done, total)` is called after each chunk.
-    pub fn feed_text(
+    pub(crate) fn feed_text(
         &mut self,
         model: &Model,
         chars: &[char],
@@ -864,7 +854,13 @@ pub fn rank_text(
 
 /// The values of one cell at every character of `text`, traced in chunks so that only this
 /// cell's column is kept.
-pub fn cell_values(model: &Model, text: &str, layer: usize, kind: Kind, cell: usize) -> Result<Vec<f32>, FinderError> {
+pub(crate) fn cell_values(
+    model: &Model,
+    text: &str,
+    layer: usize,
+    kind: Kind,
+    cell: usize,
+) -> Result<Vec<f32>, FinderError> {
     if layer >= model.layers() {
         return Err(FinderError::LayerOutOfRange { layer, last: model.layers() - 1 });
     }

@@ -113,11 +113,6 @@ impl<'m> Stepper<'m> {
         &self.probs
     }
 
-    /// The recurrent state after the last step.
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     /// One recorded value of the last step: `kind` of cell `cell` in layer `layer`.
     ///
     /// # Panics

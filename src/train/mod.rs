@@ -89,10 +89,10 @@ impl Default for TrainConfig {
 }
 
 /// The largest `--hidden` the trainer accepts (the shipped model uses 512).
-pub const MAX_HIDDEN: usize = 4096;
+pub(crate) const MAX_HIDDEN: usize = 4096;
 /// The most layers the trainer accepts: plain LSTM stacks this deep already train
 /// poorly without residual connections, which this trainer lacks.
-pub const MAX_LAYERS: usize = 16;
+pub(crate) const MAX_LAYERS: usize = 16;
 /// The memory a run may be estimated to need ([`TrainConfig::memory_estimate`])
 /// before it is refused rather than left to abort on a failed allocation.
 pub const MAX_TRAIN_BYTES: u64 = 16 << 30;
@@ -214,21 +214,14 @@ pub enum TrainError {
     Checkpoint { path: String, problem: String },
 }
 
-/// A text split ready for training: its ids under the run's vocabulary.
-pub struct Corpus {
-    pub name: String,
-    pub sha256: String,
-    pub ids: Vec<u32>,
-}
-
 /// The largest text file any command reads (a corpus far beyond what a 2-core
 /// machine trains on in a day).
-pub const MAX_TEXT_BYTES: u64 = 4 << 30;
+pub(crate) const MAX_TEXT_BYTES: u64 = 4 << 30;
 
 /// Reads a UTF-8 text file. The error names the file and says what is wrong: it
 /// is missing or unreadable, a directory, or not UTF-8. Every command that reads a
 /// text file reads it with this.
-pub fn read_text(path: &Path) -> Result<String, TrainError> {
+pub(crate) fn read_text(path: &Path) -> Result<String, TrainError> {
     let shown = || path.display().to_string();
     // Stat first: a FIFO would block and /dev/zero never ends.
     let meta = std::fs::metadata(path).map_err(|source| TrainError::Read { path: shown(), source })?;
@@ -254,7 +247,7 @@ pub fn read_text(path: &Path) -> Result<String, TrainError> {
 }
 
 /// Lowercase hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -264,7 +257,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// from the ones before it, as one continuous stream from the zero state, in chunks
 /// so memory stays bounded. Characters outside the vocabulary are not scored.
 /// Returns (nats per character, characters scored).
-pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize)) -> (f64, usize) {
+pub(crate) fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize)) -> (f64, usize) {
     const CHUNK: usize = 8192;
     let chars: Vec<char> = text.chars().collect();
     let mut state = model.zero_state();
@@ -298,7 +291,7 @@ pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize
 ///
 /// Needs at least 2 ids (one prediction); with fewer there is nothing to score
 /// and the result is NaN. [`train`] asks for `seq + 1` validation characters.
-pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize, threads: usize) -> f64 {
+pub(crate) fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize, threads: usize) -> f64 {
     if ids.len() < 2 {
         return f64::NAN;
     }
@@ -349,7 +342,7 @@ pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize
 
 /// Progress of a run, saved in checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub step: u64,
     /// Batch index within the current epoch (the data position).
     pub batch_in_epoch: u64,
@@ -544,7 +537,7 @@ fn fmt_duration(s: f64) -> String {
 /// The loss curve for the model card, from the JSON-lines log: one point per
 /// `every` steps, `[step, mean training loss since the last point, validation loss
 /// or null]`, plus a point at every validation.
-pub fn curve_from_log(path: &Path, every: u64) -> Vec<CurvePoint> {
+pub(crate) fn curve_from_log(path: &Path, every: u64) -> Vec<CurvePoint> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
