@@ -250,6 +250,22 @@ fn cli_all_concepts_prints_a_row_per_concept() {
     }
 }
 
+/// The help and the error for an unknown feature list every concept (they are made from
+/// `analysis::CONCEPTS`, not written by hand).
+#[test]
+fn cli_help_and_unknown_feature_list_every_concept() {
+    let help = Command::new(env!("CARGO_BIN_EXE_cellscope")).args(["find-cells", "--help"]).output().expect("runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let file = TempFile::new("concepts.c", "int x;\n");
+    let out = find_cells(&["--file", file.0.to_str().expect("utf-8"), "--feature", "strung"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for concept in cellscope::analysis::CONCEPTS {
+        assert!(help.contains(concept.name()), "find-cells --help lacks {concept}:\n{help}");
+        assert!(err.contains(concept.name()), "the unknown-feature error lacks {concept}: {err}");
+    }
+    assert!(help.contains("paren-depth (or depth)") && err.contains("paren-depth (or depth)"), "{help}\n{err}");
+}
+
 #[test]
 fn cli_bad_input_fails_with_one_line() {
     let file = TempFile::new("bad.c", "int x;\n");

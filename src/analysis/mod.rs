@@ -129,10 +129,7 @@ pub enum AnalysisError {
         len: usize,
     },
     /// A concept name `Concept::from_str` does not know.
-    #[error(
-        "unknown concept `{0}` (expected one of: string, char, comment, if, paren-depth, \
-         depth, brace-depth, column, preprocessor)"
-    )]
+    #[error("unknown concept `{0}` (expected one of: {names})", names = concept_names(|_| true))]
     UnknownConcept(String),
     /// A graded metric name `GradedMetric::from_str` does not know.
     #[error("unknown metric `{0}` (expected pearson or spearman)")]
@@ -172,6 +169,20 @@ pub const CONCEPTS: &[Concept] = &[
     Concept::Column,
     Concept::Preprocessor,
 ];
+
+/// Other names `FromStr` accepts.
+const ALIASES: &[(&str, Concept)] = &[("depth", Concept::ParenDepth)];
+
+/// The names of the concepts `keep` selects, in [`CONCEPTS`] order, with their aliases:
+/// `string, char, …, paren-depth (or depth), …`, for help texts and error messages that list
+/// the choices.
+pub(crate) fn concept_names(keep: impl Fn(Concept) -> bool) -> String {
+    let shown = |c: Concept| match ALIASES.iter().find(|(_, a)| *a == c) {
+        Some((alias, _)) => format!("{c} (or {alias})"),
+        None => c.name().to_owned(),
+    };
+    CONCEPTS.iter().copied().filter(|&c| keep(c)).map(shown).collect::<Vec<_>>().join(", ")
+}
 
 impl Concept {
     /// The canonical name, as accepted by `FromStr` and used when serialised.
@@ -219,10 +230,10 @@ impl FromStr for Concept {
     type Err = AnalysisError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "depth" {
-            return Ok(Concept::ParenDepth);
-        }
-        CONCEPTS.iter().copied().find(|c| c.name() == s).ok_or_else(|| AnalysisError::UnknownConcept(s.to_owned()))
+        let alias = ALIASES.iter().find(|(name, _)| *name == s).map(|&(_, c)| c);
+        alias
+            .or_else(|| CONCEPTS.iter().copied().find(|c| c.name() == s))
+            .ok_or_else(|| AnalysisError::UnknownConcept(s.to_owned()))
     }
 }
 
@@ -245,7 +256,11 @@ mod tests {
         }
         assert_eq!("depth".parse::<Concept>().ok(), Some(Concept::ParenDepth));
         let err = "strings".parse::<Concept>().expect_err("not a concept");
-        assert!(err.to_string().contains("paren-depth"), "{err}");
+        for &c in CONCEPTS {
+            assert!(err.to_string().contains(c.name()), "{err} lacks {c}");
+        }
+        assert!(err.to_string().contains("paren-depth (or depth)"), "{err}");
+        assert_eq!(concept_names(|c| !c.is_graded()), "string, char, comment, if, preprocessor");
     }
 
     #[test]

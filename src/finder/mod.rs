@@ -69,7 +69,8 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::analysis::{
-    c_features, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept, GradedMetric, Labels,
+    c_features, concept_names, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept, GradedMetric,
+    Labels,
 };
 use crate::model::{Kind, Model, Trace};
 
@@ -90,10 +91,7 @@ pub enum FinderError {
     #[error(transparent)]
     Analysis(#[from] AnalysisError),
     /// `--feature` / `feature` names nothing we know.
-    #[error(
-        "unknown feature `{0}` (expected one of: string, char, comment, if, paren-depth, depth, \
-         brace-depth, column, preprocessor, or regex:RE)"
-    )]
+    #[error("unknown feature `{0}` (expected one of: {names}, or regex:RE)", names = concept_names(|_| true))]
     UnknownFeature(String),
     /// `regex:RE` with a pattern that does not compile.
     #[error("bad regex `{pattern}`: {message}")]
