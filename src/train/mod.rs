@@ -624,25 +624,13 @@ pub fn train(
     let ckpt_path = sidecar(&opts.out, ".ckpt.safetensors");
     let log_path = sidecar(&opts.out, ".log.jsonl");
     let mut run = start_or_resume(&config, &texts, opts, &ckpt_path, &log_path)?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+    let write_error = |source| TrainError::Write { path: log_path.display().to_string(), source };
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(write_error)?;
 
     let total_steps = ((config.epochs as f64) * batches_per_epoch as f64).ceil() as u64;
     let total_steps = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let chars_per_step = (config.batch * config.seq) as u64;
-    let mut shards: Vec<Shard> = shard_sizes(config.batch, config.threads)
-        .into_iter()
-        .map(|size| Shard {
-            size,
-            inputs: vec![0; size * config.seq],
-            targets: vec![0; size * config.seq],
-            grads: run.weights.zeros_like(),
-            ws: Workspace::default(),
-        })
-        .collect();
+    let mut shards = new_shards(&config, &run.weights);
     let started = Instant::now();
     let elapsed_before = run.progress.elapsed_s;
     let steps_before = run.progress.step;
@@ -661,12 +649,7 @@ pub fn train(
         gather_batch(&texts.ids, stream_len, run.progress.batch_in_epoch as usize, config.seq, &mut shards);
         let step = run.progress.step;
         let loss = run_shards(&mut run, step, 1.0 / chars_per_step as f32, &mut shards) / chars_per_step as f64;
-        let (first, rest) = shards.split_at_mut(1);
-        for s in rest {
-            first[0].grads.add_assign(&mut s.grads);
-        }
-        let grads = &mut first[0].grads;
-        let grad_norm = clip_grad_norm(grads, config.clip);
+        let (grads, grad_norm) = summed_and_clipped(&mut shards, config.clip);
         if !loss.is_finite() || !grad_norm.is_finite() {
             // Stop before the optimiser writes non-finite values into the weights.
             let what = format!("the training loss is {loss} (gradient norm {grad_norm})");
@@ -691,19 +674,11 @@ pub fn train(
             record["val_loss"] = serde_json::json!(val);
             saved_step = Some(step);
         }
-        writeln!(log, "{record}")
-            .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
-        if opts.verbose && (step % 10 == 0 || record.get("val_loss").is_some()) {
+        writeln!(log, "{record}").map_err(write_error)?;
+        let validated = record.get("val_loss").is_some();
+        if opts.verbose && (step % 10 == 0 || validated) {
             let eta = (total_steps - step) as f64 * chars_per_step as f64 / cps.max(1.0);
-            let val = run.progress.best_val.map_or("-".into(), |v| format!("{v:.4}"));
-            eprint!(
-                "\rstep {step}/{total_steps} | epoch {epoch_f:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
-                cps / 1000.0,
-                fmt_duration(eta)
-            );
-            if record.get("val_loss").is_some() {
-                eprintln!();
-            }
+            print_progress(&run.progress, total_steps, epoch_f, recent_loss, cps, eta, validated);
         }
     }
     save_checkpoint(&run, &ckpt_path)?;
@@ -873,6 +848,48 @@ struct Shard {
     targets: Vec<u32>,
     grads: Weights,
     ws: Workspace,
+}
+
+/// One shard per thread (`shard_sizes`), with buffers for `config.seq` steps and a
+/// gradient shaped like `weights`.
+fn new_shards(config: &TrainConfig, weights: &Weights) -> Vec<Shard> {
+    shard_sizes(config.batch, config.threads)
+        .into_iter()
+        .map(|size| Shard {
+            size,
+            inputs: vec![0; size * config.seq],
+            targets: vec![0; size * config.seq],
+            grads: weights.zeros_like(),
+            ws: Workspace::default(),
+        })
+        .collect()
+}
+
+/// Adds every shard's gradient into the first shard's and clips the sum to global norm
+/// `clip`; returns the sum and its norm before clipping.
+fn summed_and_clipped(shards: &mut [Shard], clip: f32) -> (&mut Weights, f32) {
+    let (first, rest) = shards.split_at_mut(1);
+    for s in rest {
+        first[0].grads.add_assign(&mut s.grads);
+    }
+    let grads = &mut first[0].grads;
+    let norm = clip_grad_norm(grads, clip);
+    (grads, norm)
+}
+
+/// The `--verbose` progress line, rewritten in place; a validation step ends it, so that
+/// each validation stays on screen.
+fn print_progress(p: &Progress, total_steps: u64, epoch: f64, recent_loss: f64, cps: f64, eta: f64, validated: bool) {
+    let val = p.best_val.map_or("-".into(), |v| format!("{v:.4}"));
+    eprint!(
+        "\rstep {}/{total_steps} | epoch {epoch:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
+        p.step,
+        cps / 1000.0,
+        fmt_duration(eta)
+    );
+    if validated {
+        eprintln!();
+    }
 }
 
 /// Batch `j` of the epoch: stream b (numbered across shards) reads characters
