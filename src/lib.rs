@@ -15,8 +15,9 @@
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
 //! - [`finder`]: traces → analysis: ranks every cell of a trace, or streams whole
-//!   files in chunks (binned AUC with a stated bound); top contexts for cell pages;
-//!   concept directions (sparse probes over many cells, `finder/probe.rs`).
+//!   files in chunks (binned AUC with a stated bound); a cell's top contexts with
+//!   their text (`top_contexts`); concept directions (sparse probes over many
+//!   cells, `finder/probe.rs`).
 //! - [`train`]: the trainer for all three architectures: batches of parallel
 //!   streams, backward pass (BPTT), Adam/RMSProp, clipping, checkpoints and resume
 //!   (`train/backprop.rs` holds the gradient formulas).
@@ -31,6 +32,9 @@
 //!   the accept loop (`server/net.rs`). Pages are enhanced by `static/app.js`.
 //! - [`cli`], [`analysis_cli`] and [`probe_cli`] (`find-cells --probe`): the `cellscope` commands; `main.rs` only parses
 //!   and calls [`cli::run`].
+//!
+//! `pub` is what `main.rs`, the integration tests and the benches use, with the types
+//! their signatures name; the rest is `pub(crate)` or private.
 
 pub mod analysis;
 pub mod analysis_cli;
