@@ -5,11 +5,11 @@
 //! the text, one column per cell) and per-character labels. It knows nothing of the model or of
 //! HTTP, so it is tested on synthetic matrices.
 //!
-//! - [`features`]: a small C lexer giving per-character labels, plus masks from a regex or from
+//! - `features`: a small C lexer giving per-character labels, plus masks from a regex or from
 //!   character spans.
-//! - [`rank`]: scores every column against the labels and sorts the cells best first.
-//! - [`stats`]: a cell's most extreme windows of text, histograms, gate saturation.
-//! - [`probe`]: a concept *direction*: a sparse L1 logistic probe over many cells, its
+//! - `rank`: scores every column against the labels and sorts the cells best first.
+//! - `stats`: a cell's most extreme windows of text, histograms, gate saturation.
+//! - `probe`: a concept *direction*: a sparse L1 logistic probe over many cells, its
 //!   strength chosen on held-out characters.
 //!
 //! # Scores
@@ -238,7 +238,7 @@ impl FromStr for Concept {
 }
 
 /// Labels for one concept over a text. To label several concepts, call [`c_features`] once
-/// and [`CFeatures::labels`] for each.
+/// and `CFeatures::labels` for each.
 pub fn concept_labels(text: &[char], concept: Concept) -> Labels {
     c_features(text).labels(concept)
 }

@@ -4,9 +4,9 @@
 //! Two ways to rank, one answer ([`CellScore`], best first, ties by layer, kind, cell):
 //!
 //! - [`rank_trace`]: exact, on one [`Trace`] held in memory (a pasted text in the web app).
-//!   Every requested layer × kind is ranked by [`rank_columns`] and the lists are merged.
+//!   Every requested layer × kind is ranked by `rank_columns` and the lists are merged.
 //! - [`StreamingRanker`], [`rank_text`]: for whole files and corpora, traced in chunks of
-//!   [`CHUNK`] characters (the state carried across) and never held whole: the Linux test
+//!   `CHUNK` characters (the state carried across) and never held whole: the Linux test
 //!   split is 305k characters, and 2 layers × 6 kinds × 512 cells of it would be 7.5 GB. The
 //!   ranker keeps per-cell summaries instead, `O(layers × kinds × H × BINS)` memory.
 //!
@@ -21,7 +21,7 @@
 //! of the whole column, so it is not offered in streaming mode.
 //!
 //! Binary labels: AUC from two histograms per cell, of the values at all characters and at
-//! the positive ones, over [`BINS`] bins. With `p_b`, `n_b` the positive and negative counts
+//! the positive ones, over `BINS` bins. With `p_b`, `n_b` the positive and negative counts
 //! in bin `b` and `N_<b` the negatives below it,
 //!
 //! `AUC_binned = Σ_b p_b·(N_<b + ½·n_b) / (P·N)`
@@ -131,7 +131,7 @@ pub enum FinderError {
     Mismatch(String),
 }
 
-/// How well one cell tracks a concept; see [`crate::analysis::ColumnScore`] for the metrics.
+/// How well one cell tracks a concept; see `crate::analysis::ColumnScore` for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CellScore {
     /// Layer, 0-based.
@@ -165,7 +165,7 @@ fn sorted_unique<T: Ord + Copy>(items: &[T]) -> Vec<T> {
 /// Ranks every cell of the requested layers and kinds of `trace` against `labels` (one per
 /// character, unknown characters included: they have activations too), best first.
 ///
-/// Exact ([`rank_columns`] per layer × kind). Repeated layers or kinds count once.
+/// Exact (`rank_columns` per layer × kind). Repeated layers or kinds count once.
 ///
 /// # Panics
 /// If a layer is not in the trace or a kind not recorded by its architecture; callers
@@ -204,7 +204,7 @@ pub fn rank_trace(
 pub enum Feature {
     /// Labelled by the C lexer ([`c_features`]).
     Concept(Concept),
-    /// Binary: inside a match of the regex ([`regex_mask`]).
+    /// Binary: inside a match of the regex (`regex_mask`).
     Regex(Regex),
 }
 
@@ -409,7 +409,7 @@ impl<'a> LabelSlice<'a> {
 ///
 /// Built for a fixed list of label tracks ("targets"), all ranked in one pass, so several
 /// concepts cost one trace. Feed it [`Trace`]s with their labels ([`Self::feed`]), or whole
-/// texts ([`Self::feed_text`], which traces them in chunks); then [`Self::finish`] each target.
+/// texts (`Self::feed_text`, which traces them in chunks); then [`Self::finish`] each target.
 #[derive(Debug, Clone)]
 pub struct StreamingRanker {
     hidden: usize,
@@ -654,7 +654,7 @@ impl StreamingRanker {
 
     /// The cells ranked against target `target`, best first (ties by layer, kind, cell).
     ///
-    /// Errors as [`rank_columns`] does: binary labels without positives or negatives, graded
+    /// Errors as `rank_columns` does: binary labels without positives or negatives, graded
     /// labels that never varied.
     ///
     /// # Panics
@@ -912,7 +912,7 @@ pub struct Contexts {
 }
 
 /// The top and bottom `k` windows of ±`radius` characters of one cell over `text` (for cell
-/// pages), as [`top_windows`] picks them, with the text and per-character values of each.
+/// pages), as `top_windows` picks them, with the text and per-character values of each.
 pub fn top_contexts(
     model: &Model,
     text: &str,

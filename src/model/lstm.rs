@@ -82,7 +82,7 @@ fn layer_suffix(name: &str) -> Option<&str> {
 const PROJ_BLOCK_FLOATS: usize = 1 << 20;
 
 /// The weights of one recurrent layer, named and shaped as in PyTorch's `nn.LSTM`,
-/// `nn.GRU` and `nn.RNN` (G = [`Arch::gates`]: 4, 3 or 1).
+/// `nn.GRU` and `nn.RNN` (G = `Arch::gates`: 4, 3 or 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerWeights {
     /// (G·H, in): input-to-gates, rows in gate order (i, f, g, o or r, z, n).

@@ -49,7 +49,7 @@ impl Weights {
         Self::random_scaled(vocab, embed, hidden, layers, seed, 0.08)
     }
 
-    /// As [`Weights::random`] with uniform(−scale, scale).
+    /// As `Weights::random` with uniform(−scale, scale).
     pub fn random_scaled(
         vocab: usize,
         embed: Option<usize>,
@@ -62,7 +62,7 @@ impl Weights {
     }
 
     /// Fresh weights of any architecture, uniform(−scale, scale); an LSTM's forget
-    /// biases start at 1 (see [`Weights::random`]).
+    /// biases start at 1 (see `Weights::random`).
     pub fn random_arch(
         arch: Arch,
         vocab: usize,

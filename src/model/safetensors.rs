@@ -11,7 +11,7 @@
 //! read from disk, and so that f16/bf16/f64 tensors convert to f32 on the way in.
 //!
 //! What the reader requires is what the format's specification requires:
-//! - the header length is at most [`MAX_HEADER_BYTES`] and fits in the file;
+//! - the header length is at most `MAX_HEADER_BYTES` and fits in the file;
 //! - the header is a JSON object without repeated keys; `__metadata__`, if present,
 //!   maps strings to strings;
 //! - every tensor has a dtype we read, a shape whose byte size is computed without
@@ -19,8 +19,8 @@
 //! - the tensors' byte ranges tile the data section: no overlap, no hole, nothing
 //!   after the last tensor.
 //!
-//! Reading is three steps, [`header_len`], [`Header::parse`] and
-//! [`Header::read_tensors`], so that a loader reading a file from disk checks the
+//! Reading is three steps, `header_len`, `Header::parse` and
+//! `Header::read_tensors`, so that a loader reading a file from disk checks the
 //! header before it reads (or allocates for) the data; [`parse`] runs the same steps
 //! over bytes already in memory. Every offset and size is checked before use: nothing
 //! here panics or allocates more than the file's own size justifies.

@@ -20,7 +20,7 @@
 //! step, and stops with [`TrainError::Diverged`] (saving nothing from the bad step)
 //! when the loss or the gradient stops being finite.
 //!
-//! [`sample`] draws text from a model one character at a time.
+//! `sample` draws text from a model one character at a time.
 
 pub mod backprop;
 mod gemm;
@@ -604,11 +604,12 @@ pub struct TrainReport {
 /// Trains (or resumes) a model. `stop` is polled every step (set it from a signal
 /// handler); when set, a checkpoint is saved and the function returns.
 ///
-/// The steps: [`read_texts`] (everything that can be wrong with the request is
-/// checked before the first step), [`start_or_resume`], then per batch
-/// [`gather_batch`], [`run_shards`] (forward and backward on every shard), the
-/// optimiser step, [`Run::advance`], and every `eval_every` steps
-/// [`validate_and_save`]; at the end [`score_test`].
+/// The steps: `read_texts` (everything that can be wrong with the request is
+/// checked before the first step), `start_or_resume`, `new_shards`, then per batch
+/// `gather_batch`, `run_shards` (forward and backward on every shard),
+/// `summed_and_clipped`, the optimiser step, `Run::advance`, and every `eval_every`
+/// steps `validate_and_save`; with `--verbose`, `print_progress`; at the end
+/// `score_test`.
 pub fn train(
     config: TrainConfig,
     train_path: &Path,
