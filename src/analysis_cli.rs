@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::analysis::{AnalysisError, CONCEPTS};
+use crate::analysis::{concept_names, AnalysisError, CONCEPTS};
 use crate::finder::{labels_for, CellScore, Feature, StreamingRanker, BINS, CHUNK};
 use crate::model::{Arch, Kind};
 
@@ -27,9 +27,14 @@ pub struct FindCellsArgs {
     /// A text to analyse; repeat for a corpus (each file is traced from the zero state).
     #[arg(long = "file", required = true, value_name = "PATH")]
     pub files: Vec<PathBuf>,
-    /// string, char, comment, if, paren-depth (or depth), brace-depth, column, preprocessor,
-    /// or regex:RE (characters inside a match).
-    #[arg(long, required_unless_present_any = ["all_concepts", "score_with"], conflicts_with = "all_concepts")]
+    /// What to rank cells for: a concept or regex:RE. The help lists the concepts from
+    /// `analysis::CONCEPTS`.
+    #[arg(
+        long,
+        help = format!("{}, or regex:RE (characters inside a match)", concept_names(|_| true)),
+        required_unless_present_any = ["all_concepts", "score_with"],
+        conflicts_with = "all_concepts"
+    )]
     pub feature: Option<String>,
     /// Rank every built-in concept in one pass and print the best cell of each.
     #[arg(long)]

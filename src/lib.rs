@@ -15,13 +15,14 @@
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works
 //!   on plain matrices and labels; knows nothing of the model.
 //! - [`finder`]: traces → analysis: ranks every cell of a trace, or streams whole
-//!   files in chunks (binned AUC with a stated bound); top contexts for cell pages;
-//!   concept directions (sparse probes over many cells, `finder/probe.rs`).
+//!   files in chunks (binned AUC with a stated bound); a cell's top contexts with
+//!   their text (`top_contexts`); concept directions (sparse probes over many
+//!   cells, `finder/probe.rs`).
 //! - [`train`]: the trainer for all three architectures: batches of parallel
 //!   streams, backward pass (BPTT), Adam/RMSProp, clipping, checkpoints and resume
 //!   (`train/backprop.rs` holds the gradient formulas).
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
-//! - [`display`]: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
+//! - `display`: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
 //!   one place for the terminal, the pages and the API.
 //! - [`server`]: the axum app: `server::router` lists every route; JSON API
 //!   (`server/api.rs`), the causal lab (`server/causal.rs`: clamps, sampling),
@@ -31,11 +32,14 @@
 //!   the accept loop (`server/net.rs`). Pages are enhanced by `static/app.js`.
 //! - [`cli`], [`analysis_cli`] and [`probe_cli`] (`find-cells --probe`): the `cellscope` commands; `main.rs` only parses
 //!   and calls [`cli::run`].
+//!
+//! `pub` is what `main.rs`, the integration tests and the benches use, with the types
+//! their signatures name; the rest is `pub(crate)` or private.
 
 pub mod analysis;
 pub mod analysis_cli;
 pub mod cli;
-pub mod display;
+pub(crate) mod display;
 pub mod finder;
 pub mod model;
 pub mod probe_cli;

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::analysis::Labels;
+use crate::analysis::{concept_names, Labels};
 use crate::analysis_cli::{parse_kinds, parse_layers, FindCellsArgs, ProgressBar};
 use crate::finder::labels_for;
 use crate::finder::probe::{probe_texts, score_texts, Probe, ProbeSpec};
@@ -106,7 +106,8 @@ fn binary_labels(feature: &Feature, texts: &[Vec<char>]) -> Result<Vec<Vec<bool>
             Some(Labels::Binary(b)) => Ok(b),
             _ => bail!(
                 "feature `{feature}` is graded (a number per character); a direction separates yes/no concepts: use \
-                 string, char, comment, if, preprocessor or regex:RE"
+                 {} or regex:RE",
+                concept_names(|c| !c.is_graded())
             ),
         })
         .collect()

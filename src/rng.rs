@@ -35,7 +35,7 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
+    pub(crate) fn uniform(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
     }
 
@@ -51,7 +51,7 @@ impl Rng {
     }
 
     /// Draws an index from a discrete distribution (weights need not sum to 1).
-    pub fn categorical(&mut self, weights: &[f32]) -> usize {
+    pub(crate) fn categorical(&mut self, weights: &[f32]) -> usize {
         let total: f32 = weights.iter().sum();
         let mut u = self.uniform() * total;
         for (i, &w) in weights.iter().enumerate() {

@@ -4,6 +4,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use cellscope::analysis::{concept_labels, Concept, GradedMetric, Labels};
+use cellscope::finder::rank_trace;
 use cellscope::model::{Arch, Kind};
 use cellscope::server::{router, AppState, Limits};
 use http_body_util::BodyExt;
@@ -225,9 +227,40 @@ async fn view_is_one_layer_of_int8_with_a_json_header() {
     assert_eq!(q, (t.layers[1].h()[[2, 5]] * 127.0).round() as i8);
 }
 
+/// A ranked cell as the API answers it: (layer, kind letter, cell, score).
+fn ranked_cells(answer: &Value) -> Vec<(u64, String, u64, f64)> {
+    let cells = answer["cells"].as_array().unwrap_or_else(|| panic!("no cells in {answer}"));
+    cells
+        .iter()
+        .map(|c| {
+            let kind = c["kind"].as_str().expect("kind letter").to_string();
+            (c["layer"].as_u64().unwrap(), kind, c["cell"].as_u64().unwrap(), c["score"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// Same cells in the same order, scores equal up to the last bit (serde_json parses floats
+/// to within an ulp).
+fn assert_same_ranking(got: &[(u64, String, u64, f64)], want: &[(u64, String, u64, f64)], what: &str) {
+    let keys = |r: &[(u64, String, u64, f64)]| r.iter().map(|(l, k, c, _)| (*l, k.clone(), *c)).collect::<Vec<_>>();
+    assert_eq!(keys(got), keys(want), "{what}: other cells or another order");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g.3 - w.3).abs() < 1e-12, "{what}: {g:?} scored, expected {w:?}");
+    }
+}
+
+/// The first `top` cells the library ranks for `labels` over the app's model (`tiny_model(None, 21)`),
+/// every layer and kind, as [`ranked_cells`] writes them.
+fn expected_ranking(text: &str, labels: &Labels, top: usize) -> Vec<(u64, String, u64, f64)> {
+    let trace = tiny_model(None, 21).trace(text);
+    let ranked = rank_trace(&trace, labels, &[0, 1], Arch::Lstm.kinds(), GradedMetric::Pearson).expect("valid labels");
+    ranked.iter().take(top).map(|c| (c.layer as u64, c.kind.letter().to_string(), c.cell as u64, c.score)).collect()
+}
+
 #[tokio::test]
 async fn rank_finds_cells_for_concepts_regexes_and_spans() {
     let text = "x = \"ab\"; y = 1; s = \"cd ef\"; if (z) { w = 2; }\n".repeat(4);
+    let chars: Vec<char> = text.chars().collect();
     let (s, v) =
         post_json(app(), "/api/cells/rank", json!({"text": text, "feature": "string", "top_k": 5}).to_string()).await;
     assert_eq!(s, 200, "{v}");
@@ -237,18 +270,57 @@ async fn rank_finds_cells_for_concepts_regexes_and_spans() {
     let scores: Vec<f64> = cells.iter().map(|c| c["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted best first: {scores:?}");
     assert!(scores[0] >= 0.5 && scores[0] <= 1.0);
+    let string = concept_labels(&chars, Concept::String);
+    assert_same_ranking(&ranked_cells(&v), &expected_ranking(&text, &string, 5), "the string concept");
     let (s, v) =
         post_json(app(), "/api/cells/rank", json!({"text": text, "feature": "column", "kinds": ["c"]}).to_string())
             .await;
     assert_eq!(s, 200);
     assert_eq!(v["metric"], "pearson");
     assert!(v["cells"].as_array().unwrap().iter().all(|c| c["kind"] == "c"));
+
+    // A regex labels the characters inside its matches: here the `if`s (ASCII, so byte
+    // offsets are character offsets).
     let (s, v) = post_json(app(), "/api/cells/rank", json!({"text": text, "regex": "if"}).to_string()).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) =
-        post_json(app(), "/api/cells/rank", json!({"text": text, "spans": [[4, 8], [20, 27]]}).to_string()).await;
+    assert_eq!((v["feature"].as_str(), v["metric"].as_str()), (Some("regex:if"), Some("auc")));
+    let mut inside_if = vec![false; chars.len()];
+    for m in text.match_indices("if") {
+        inside_if[m.0..m.0 + 2].fill(true);
+    }
+    assert_same_ranking(&ranked_cells(&v), &expected_ranking(&text, &Labels::Binary(inside_if), 20), "the regex");
+
+    // Spans planted on one cell: exactly where layer-1 cell `planted`'s c is positive. That
+    // cell separates them perfectly, and so does its h = o·tanh(c) (o > 0); on this
+    // repetitive text other cells may too, so the planted one is looked for among the
+    // perfect scores. A span off by one character would cost it its 1.0.
+    let c = tiny_model(None, 21).trace(&text).layers[1].get(Kind::Cell).to_owned();
+    let planted = (0..c.ncols())
+        .find(|&j| {
+            let positive = c.column(j).iter().filter(|&&x| x > 0.0).count();
+            positive > 20 && positive < c.nrows() - 20
+        })
+        .expect("some layer-1 cell changes sign over the text");
+    let positive: Vec<bool> = c.column(planted).iter().map(|&x| x > 0.0).collect();
+    let mut spans = Vec::new();
+    for (i, &p) in positive.iter().enumerate() {
+        match spans.last_mut() {
+            Some((_, end)) if p && *end == i => *end = i + 1,
+            _ if p => spans.push((i, i + 1)),
+            _ => {}
+        }
+    }
+    let all = 2 * Arch::Lstm.kinds().len() * 16;
+    let request = json!({"text": text, "spans": spans, "top_k": all});
+    let (s, v) = post_json(app(), "/api/cells/rank", request.to_string()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["feature"], "spans");
+    let ranked = ranked_cells(&v);
+    assert_same_ranking(&ranked, &expected_ranking(&text, &Labels::Binary(positive), all), "the spans");
+    let perfect: Vec<_> = ranked.iter().take_while(|c| c.3 == 1.0).map(|(l, k, c, _)| (*l, k.as_str(), *c)).collect();
+    for kind in ["h", "c"] {
+        assert!(perfect.contains(&(1, kind, planted as u64)), "planted cell {planted} ({kind}) not among {perfect:?}");
+    }
 }
 
 #[tokio::test]

@@ -156,17 +156,32 @@ fn chunked_rank_text_equals_one_shot() {
 fn top_contexts_show_extreme_windows() {
     let m = tiny_model(None, 3);
     let text = corpus(2);
-    let ctx = top_contexts(&m, &text, 1, Kind::Cell, 5, 3, 4).expect("valid cell");
+    let (k, radius) = (3, 4);
+    let ctx = top_contexts(&m, &text, 1, Kind::Cell, 5, k, radius).expect("valid cell");
     let values = m.trace(&text).layers[1].get(Kind::Cell).column(5).to_vec();
+    let chars: Vec<char> = text.chars().collect();
     let max = values.iter().copied().fold(f32::MIN, f32::max);
-    assert_eq!(ctx.highest.len(), 3);
-    assert!((ctx.highest[0].value - max).abs() < 1e-5);
-    for c in ctx.highest.iter().chain(&ctx.lowest) {
-        assert_eq!(c.text.chars().count(), c.end - c.start);
-        assert_eq!(c.values.len(), c.end - c.start);
-        assert_eq!(c.values[c.center - c.start], c.value);
+    let min = values.iter().copied().fold(f32::MAX, f32::min);
+    assert_eq!((ctx.highest.len(), ctx.lowest.len()), (k, k));
+    assert!((ctx.highest[0].value - max).abs() < 1e-5, "highest {} but the cell reaches {max}", ctx.highest[0].value);
+    assert!((ctx.lowest[0].value - min).abs() < 1e-5, "lowest {} but the cell reaches {min}", ctx.lowest[0].value);
+    // Most extreme first, and k different places: no two windows overlap.
+    assert!(ctx.highest.windows(2).all(|w| w[0].value >= w[1].value), "{:?}", ctx.highest);
+    assert!(ctx.lowest.windows(2).all(|w| w[0].value <= w[1].value), "{:?}", ctx.lowest);
+    for side in [&ctx.highest, &ctx.lowest] {
+        for (i, a) in side.iter().enumerate() {
+            for b in &side[i + 1..] {
+                assert!(a.end <= b.start || b.end <= a.start, "windows {a:?} and {b:?} overlap");
+            }
+        }
     }
-    assert!(ctx.lowest[0].value <= ctx.highest[0].value);
+    // Each window is the text and the values around its centre.
+    for c in ctx.highest.iter().chain(&ctx.lowest) {
+        assert_eq!((c.start, c.end), (c.center.saturating_sub(radius), (c.center + radius + 1).min(chars.len())));
+        assert_eq!(c.text, chars[c.start..c.end].iter().collect::<String>());
+        assert_eq!(c.values, values[c.start..c.end]);
+        assert_eq!(c.value, values[c.center]);
+    }
     let err = top_contexts(&m, &text, 2, Kind::Cell, 0, 3, 4).expect_err("no layer 2");
     assert!(err.to_string().contains("layer 2"), "{err}");
 }
@@ -248,6 +263,22 @@ fn cli_all_concepts_prints_a_row_per_concept() {
             .unwrap_or_else(|| panic!("no row for {concept}:\n{stdout}"));
         assert_eq!(row.split_whitespace().count(), 5, "{row}");
     }
+}
+
+/// The help and the error for an unknown feature list every concept (they are made from
+/// `analysis::CONCEPTS`, not written by hand).
+#[test]
+fn cli_help_and_unknown_feature_list_every_concept() {
+    let help = Command::new(env!("CARGO_BIN_EXE_cellscope")).args(["find-cells", "--help"]).output().expect("runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let file = TempFile::new("concepts.c", "int x;\n");
+    let out = find_cells(&["--file", file.0.to_str().expect("utf-8"), "--feature", "strung"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for concept in cellscope::analysis::CONCEPTS {
+        assert!(help.contains(concept.name()), "find-cells --help lacks {concept}:\n{help}");
+        assert!(err.contains(concept.name()), "the unknown-feature error lacks {concept}: {err}");
+    }
+    assert!(help.contains("paren-depth (or depth)") && err.contains("paren-depth (or depth)"), "{help}\n{err}");
 }
 
 #[test]

@@ -187,7 +187,11 @@ fn cli_fits_saves_and_scores_a_direction() {
 
     // Refusals: a graded concept, a file that is not a probe, a text too short to hold out.
     for (args, phrase) in [
-        (vec!["--file", a, "--feature", "depth", "--probe"], "is graded"),
+        (
+            vec!["--file", a, "--feature", "depth", "--probe"],
+            "is graded (a number per character); a direction separates yes/no concepts: use string, char, comment, if, \
+             preprocessor or regex:RE",
+        ),
         (vec!["--file", a, "--feature", "string", "--score-with", a], "is not a saved direction"),
         (vec!["--file", a, "--feature", "string", "--probe", "--max-cells", "0"], "max_cells must be"),
         (vec!["--file", a, "--probe"], "--feature"),

@@ -52,18 +52,8 @@ pub struct CFeatures {
 }
 
 impl CFeatures {
-    /// Number of characters described.
-    pub fn len(&self) -> usize {
-        self.column.len()
-    }
-
-    /// True when the text was empty.
-    pub fn is_empty(&self) -> bool {
-        self.column.is_empty()
-    }
-
     /// The labels for one concept, without lexing the text again.
-    pub fn labels(&self, concept: Concept) -> Labels {
+    pub(crate) fn labels(&self, concept: Concept) -> Labels {
         let graded = |v: &[u32]| Labels::Graded(v.iter().map(|&d| d as f32).collect());
         match concept {
             Concept::String => Labels::Binary(self.string.clone()),
@@ -92,7 +82,7 @@ pub fn c_features(text: &[char]) -> CFeatures {
 ///
 /// The regex runs on the UTF-8 string, so byte offsets are mapped back to character indices.
 /// Empty matches mark nothing.
-pub fn regex_mask(text: &[char], re: &Regex) -> Vec<bool> {
+pub(crate) fn regex_mask(text: &[char], re: &Regex) -> Vec<bool> {
     let s: String = text.iter().collect();
     // char_at[b] is the index of the character starting at byte b; match bounds always fall on
     // character boundaries, and s.len() maps to text.len().
@@ -114,7 +104,7 @@ pub fn regex_mask(text: &[char], re: &Regex) -> Vec<bool> {
 ///
 /// Spans may overlap or be empty. A span with `start > end` or `end > len` is an error, so a
 /// client's off-by-one is reported instead of silently clipped.
-pub fn span_mask(len: usize, spans: &[(usize, usize)]) -> Result<Vec<bool>, AnalysisError> {
+pub(crate) fn span_mask(len: usize, spans: &[(usize, usize)]) -> Result<Vec<bool>, AnalysisError> {
     let mut mask = vec![false; len];
     for (index, &(start, end)) in spans.iter().enumerate() {
         if start > end {
@@ -440,7 +430,7 @@ mod tests {
 
     fn f(text: &str) -> CFeatures {
         let feats = c_features(&chars(text));
-        assert_eq!(feats.len(), text.chars().count());
+        assert_eq!(feats.column.len(), text.chars().count());
         feats
     }
 
@@ -726,7 +716,7 @@ mod tests {
 
     #[test]
     fn empty_text() {
-        assert!(f("").is_empty());
+        assert!(f("").column.is_empty());
     }
 
     #[test]

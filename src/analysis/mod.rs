@@ -5,11 +5,11 @@
 //! the text, one column per cell) and per-character labels. It knows nothing of the model or of
 //! HTTP, so it is tested on synthetic matrices.
 //!
-//! - [`features`]: a small C lexer giving per-character labels, plus masks from a regex or from
+//! - `features`: a small C lexer giving per-character labels, plus masks from a regex or from
 //!   character spans.
-//! - [`rank`]: scores every column against the labels and sorts the cells best first.
-//! - [`stats`]: a cell's most extreme windows of text, histograms, gate saturation.
-//! - [`probe`]: a concept *direction*: a sparse L1 logistic probe over many cells, its
+//! - `rank`: scores every column against the labels and sorts the cells best first.
+//! - `stats`: a cell's most extreme windows of text, histograms, gate saturation.
+//! - `probe`: a concept *direction*: a sparse L1 logistic probe over many cells, its
 //!   strength chosen on held-out characters.
 //!
 //! # Scores
@@ -44,19 +44,22 @@
 //! says what was wrong and what to do. Degenerate but harmless input (an empty text, a constant
 //! cell, NaN activations) gives a neutral answer instead of an error.
 
-pub mod features;
-pub mod probe;
-pub mod rank;
-pub mod stats;
+mod features;
+pub(crate) mod probe;
+mod rank;
+mod stats;
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use features::{c_features, regex_mask, span_mask, CFeatures};
-pub use rank::{auc, metric_name, pearson, rank_columns, spearman, ColumnScore, GradedMetric, Labels};
-pub use stats::{histogram, saturation, top_windows, Window};
+pub use features::{c_features, CFeatures};
+pub(crate) use features::{regex_mask, span_mask};
+pub use rank::{auc, pearson, spearman, GradedMetric, Labels};
+pub(crate) use rank::{metric_name, rank_columns};
+pub use stats::{histogram, saturation};
+pub(crate) use stats::{top_windows, Window};
 
 /// What can go wrong in analysis: all of it is bad input from the caller.
 #[derive(Debug, thiserror::Error)]
@@ -126,10 +129,7 @@ pub enum AnalysisError {
         len: usize,
     },
     /// A concept name `Concept::from_str` does not know.
-    #[error(
-        "unknown concept `{0}` (expected one of: string, char, comment, if, paren-depth, \
-         depth, brace-depth, column, preprocessor)"
-    )]
+    #[error("unknown concept `{0}` (expected one of: {names})", names = concept_names(|_| true))]
     UnknownConcept(String),
     /// A graded metric name `GradedMetric::from_str` does not know.
     #[error("unknown metric `{0}` (expected pearson or spearman)")]
@@ -170,6 +170,20 @@ pub const CONCEPTS: &[Concept] = &[
     Concept::Preprocessor,
 ];
 
+/// Other names `FromStr` accepts.
+const ALIASES: &[(&str, Concept)] = &[("depth", Concept::ParenDepth)];
+
+/// The names of the concepts `keep` selects, in [`CONCEPTS`] order, with their aliases:
+/// `string, char, …, paren-depth (or depth), …`, for help texts and error messages that list
+/// the choices.
+pub(crate) fn concept_names(keep: impl Fn(Concept) -> bool) -> String {
+    let shown = |c: Concept| match ALIASES.iter().find(|(_, a)| *a == c) {
+        Some((alias, _)) => format!("{c} (or {alias})"),
+        None => c.name().to_owned(),
+    };
+    CONCEPTS.iter().copied().filter(|&c| keep(c)).map(shown).collect::<Vec<_>>().join(", ")
+}
+
 impl Concept {
     /// The canonical name, as accepted by `FromStr` and used when serialised.
     pub fn name(self) -> &'static str {
@@ -187,12 +201,12 @@ impl Concept {
 
     /// True for concepts with a value per character (scored by correlation), false for those
     /// that hold or not (scored by AUC).
-    pub fn is_graded(self) -> bool {
+    pub(crate) fn is_graded(self) -> bool {
         matches!(self, Concept::ParenDepth | Concept::BraceDepth | Concept::Column)
     }
 
     /// A one-line description for a UI.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Concept::String => "inside a \"string literal\"",
             Concept::Char => "inside a 'c' character literal",
@@ -216,15 +230,15 @@ impl FromStr for Concept {
     type Err = AnalysisError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "depth" {
-            return Ok(Concept::ParenDepth);
-        }
-        CONCEPTS.iter().copied().find(|c| c.name() == s).ok_or_else(|| AnalysisError::UnknownConcept(s.to_owned()))
+        let alias = ALIASES.iter().find(|(name, _)| *name == s).map(|&(_, c)| c);
+        alias
+            .or_else(|| CONCEPTS.iter().copied().find(|c| c.name() == s))
+            .ok_or_else(|| AnalysisError::UnknownConcept(s.to_owned()))
     }
 }
 
 /// Labels for one concept over a text. To label several concepts, call [`c_features`] once
-/// and [`CFeatures::labels`] for each.
+/// and `CFeatures::labels` for each.
 pub fn concept_labels(text: &[char], concept: Concept) -> Labels {
     c_features(text).labels(concept)
 }
@@ -242,7 +256,11 @@ mod tests {
         }
         assert_eq!("depth".parse::<Concept>().ok(), Some(Concept::ParenDepth));
         let err = "strings".parse::<Concept>().expect_err("not a concept");
-        assert!(err.to_string().contains("paren-depth"), "{err}");
+        for &c in CONCEPTS {
+            assert!(err.to_string().contains(c.name()), "{err} lacks {c}");
+        }
+        assert!(err.to_string().contains("paren-depth (or depth)"), "{err}");
+        assert_eq!(concept_names(|c| !c.is_graded()), "string, char, comment, if, preprocessor");
     }
 
     #[test]

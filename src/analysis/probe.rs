@@ -50,28 +50,28 @@ use serde::{Deserialize, Serialize};
 use super::auc;
 
 /// The text is cut into this many contiguous blocks for the held-out split.
-pub const BLOCKS: usize = 10;
+pub(crate) const BLOCKS: usize = 10;
 /// The blocks held out (0-based): the 3rd and the 8th, so both have text on each side.
-pub const HELDOUT_BLOCKS: [usize; 2] = [2, 7];
+pub(crate) const HELDOUT_BLOCKS: [usize; 2] = [2, 7];
 /// Characters between a held-out block and the training characters, used by neither.
-pub const GUARD: usize = 50;
+pub(crate) const GUARD: usize = 50;
 /// Fewest characters a probe is fitted on: each held-out block then has at least 20.
-pub const MIN_CHARS: usize = 200;
+pub(crate) const MIN_CHARS: usize = 200;
 /// Largest number of values (columns × characters) one fit may hold: 2 layers × 512 cells ×
 /// h and c over 20,000 characters, 164 MB of `f32`.
-pub const MAX_VALUES: usize = 2048 * 20_000;
+pub(crate) const MAX_VALUES: usize = 2048 * 20_000;
 /// Most cells a probe may keep.
-pub const MAX_CELLS: usize = 512;
+pub(crate) const MAX_CELLS: usize = 512;
 /// Cells a probe keeps at most unless asked otherwise.
-pub const DEFAULT_MAX_CELLS: usize = 64;
+pub(crate) const DEFAULT_MAX_CELLS: usize = 64;
 /// Strengths on the path, `λ_max` down to `λ_max · PATH_MIN_RATIO`, evenly spaced in log.
-pub const PATH_STEPS: usize = 40;
+pub(crate) const PATH_STEPS: usize = 40;
 /// The weakest strength on the path, relative to `λ_max`.
-pub const PATH_MIN_RATIO: f64 = 1e-3;
+pub(crate) const PATH_MIN_RATIO: f64 = 1e-3;
 /// The chosen fit is the sparsest whose held-out AUC is within this of the best.
-pub const AUC_SLACK: f64 = 0.005;
+pub(crate) const AUC_SLACK: f64 = 0.005;
 /// The path stops after this many steps without a better held-out AUC.
-pub const PATIENCE: usize = 8;
+pub(crate) const PATIENCE: usize = 8;
 
 /// Coordinate descent stops when no coefficient moved the score by more than this (in
 /// logits, root-mean-square over the training characters).
@@ -176,7 +176,7 @@ pub enum ProbeError {
 
 /// How to fit.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeOptions {
+pub(crate) struct ProbeOptions {
     /// The L1 strength λ; `None` chooses it on held-out characters.
     pub l1: Option<f64>,
     /// Most cells the answer may keep.
@@ -206,7 +206,7 @@ impl ProbeOptions {
 
 /// One column the probe keeps: `weight · (x − mean) / std` enters the score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ColumnWeight {
+pub(crate) struct ColumnWeight {
     /// Index of the column (cell) across all blocks, left to right.
     pub column: usize,
     /// Weight on the standardized value; positive: higher inside the concept.
@@ -219,7 +219,7 @@ pub struct ColumnWeight {
 
 /// The best single column, chosen on the training characters, for comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct BestColumn {
+pub(crate) struct BestColumn {
     /// Index of the column across all blocks.
     pub column: usize,
     /// +1 if higher inside the concept on the training characters, −1 if lower.
@@ -301,7 +301,7 @@ impl Split {
 
 /// A fitted probe over plain columns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProbeFit {
+pub(crate) struct ProbeFit {
     /// The columns kept, largest |weight| first (ties by column).
     pub weights: Vec<ColumnWeight>,
     /// The intercept b.
@@ -324,7 +324,7 @@ pub struct ProbeFit {
 
 /// Fits a sparse logistic probe of `labels` on the columns of `blocks` (each `T × n_k`, one
 /// row per character; their columns are numbered left to right across blocks).
-pub fn fit(blocks: &[ArrayView2<f32>], labels: &[bool], options: ProbeOptions) -> Result<ProbeFit, ProbeError> {
+pub(crate) fn fit(blocks: &[ArrayView2<f32>], labels: &[bool], options: ProbeOptions) -> Result<ProbeFit, ProbeError> {
     options.check()?;
     let len = labels.len();
     let rows = blocks.first().map_or(len, |b| b.nrows());
@@ -359,7 +359,7 @@ pub fn fit(blocks: &[ArrayView2<f32>], labels: &[bool], options: ProbeOptions) -
 
 /// Checks that `labels` can train and check a probe (enough characters, both classes in the
 /// training and in the held-out part) and answers the split, before any work.
-pub fn check_labels(labels: &[bool]) -> Result<Split, ProbeError> {
+pub(crate) fn check_labels(labels: &[bool]) -> Result<Split, ProbeError> {
     let len = labels.len();
     let positives = labels.iter().filter(|&&y| y).count();
     if positives == 0 {
@@ -389,7 +389,7 @@ pub fn check_labels(labels: &[bool]) -> Result<Split, ProbeError> {
 }
 
 /// Refuses a fit over more than [`MAX_VALUES`] values, before any work.
-pub fn check_size(columns: usize, rows: usize) -> Result<(), ProbeError> {
+pub(crate) fn check_size(columns: usize, rows: usize) -> Result<(), ProbeError> {
     let values = columns.saturating_mul(rows);
     if values > MAX_VALUES {
         return Err(ProbeError::TooLarge { columns, rows, values, max: MAX_VALUES });
@@ -399,7 +399,12 @@ pub fn check_size(columns: usize, rows: usize) -> Result<(), ProbeError> {
 
 /// The probe's score at every row: `bias + Σ w·(x − mean)/std` over the raw values, where
 /// `value(column, row)` reads the raw value.
-pub fn score_rows(rows: usize, weights: &[ColumnWeight], bias: f64, value: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+pub(crate) fn score_rows(
+    rows: usize,
+    weights: &[ColumnWeight],
+    bias: f64,
+    value: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
     let mut scores = vec![bias; rows];
     for w in weights {
         let scale = w.weight / w.std;

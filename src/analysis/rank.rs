@@ -85,7 +85,7 @@ impl FromStr for GradedMetric {
 
 /// The name of the metric `rank_columns` uses for these labels: `"auc"` for binary labels,
 /// otherwise the graded metric's name.
-pub fn metric_name(labels: &Labels, graded_metric: GradedMetric) -> &'static str {
+pub(crate) fn metric_name(labels: &Labels, graded_metric: GradedMetric) -> &'static str {
     match labels {
         Labels::Binary(_) => "auc",
         Labels::Graded(_) => graded_metric.name(),
@@ -94,7 +94,7 @@ pub fn metric_name(labels: &Labels, graded_metric: GradedMetric) -> &'static str
 
 /// How well one column (cell) separates or follows the labels.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct ColumnScore {
+pub(crate) struct ColumnScore {
     /// Index of the column in the activation matrix.
     pub column: usize,
     /// Strength regardless of direction: `max(AUC, 1 − AUC)` in `[0.5, 1]` for binary labels,
@@ -166,7 +166,7 @@ pub fn spearman(x: &[f32], y: &[f32]) -> Option<f64> {
 /// does a constant column. Errors if the labels do not have one entry per row, if binary labels
 /// lack positives or negatives, or if graded labels are constant or not finite, since no
 /// ranking would then mean anything.
-pub fn rank_columns(
+pub(crate) fn rank_columns(
     m: ArrayView2<f32>,
     labels: &Labels,
     graded_metric: GradedMetric,

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 /// A stretch of text around one extreme activation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Window {
+pub(crate) struct Window {
     /// Character index of the extreme value.
     pub center: usize,
     /// First character of the window (`center − radius`, clipped to 0).
@@ -31,7 +31,7 @@ pub struct Window {
 /// `k` different places rather than `k` neighbours of one peak. Equal values prefer the earlier
 /// position; NaN values are never chosen. Fewer than `k` windows come back when the text runs
 /// out. `O(T log T)`.
-pub fn top_windows(values: &[f32], k: usize, radius: usize, highest: bool) -> Vec<Window> {
+pub(crate) fn top_windows(values: &[f32], k: usize, radius: usize, highest: bool) -> Vec<Window> {
     if k == 0 {
         return Vec::new();
     }

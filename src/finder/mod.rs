@@ -4,9 +4,9 @@
 //! Two ways to rank, one answer ([`CellScore`], best first, ties by layer, kind, cell):
 //!
 //! - [`rank_trace`]: exact, on one [`Trace`] held in memory (a pasted text in the web app).
-//!   Every requested layer × kind is ranked by [`rank_columns`] and the lists are merged.
+//!   Every requested layer × kind is ranked by `rank_columns` and the lists are merged.
 //! - [`StreamingRanker`], [`rank_text`]: for whole files and corpora, traced in chunks of
-//!   [`CHUNK`] characters (the state carried across) and never held whole: the Linux test
+//!   `CHUNK` characters (the state carried across) and never held whole: the Linux test
 //!   split is 305k characters, and 2 layers × 6 kinds × 512 cells of it would be 7.5 GB. The
 //!   ranker keeps per-cell summaries instead, `O(layers × kinds × H × BINS)` memory.
 //!
@@ -21,7 +21,7 @@
 //! of the whole column, so it is not offered in streaming mode.
 //!
 //! Binary labels: AUC from two histograms per cell, of the values at all characters and at
-//! the positive ones, over [`BINS`] bins. With `p_b`, `n_b` the positive and negative counts
+//! the positive ones, over `BINS` bins. With `p_b`, `n_b` the positive and negative counts
 //! in bin `b` and `N_<b` the negatives below it,
 //!
 //! `AUC_binned = Σ_b p_b·(N_<b + ½·n_b) / (P·N)`
@@ -58,7 +58,7 @@
 //! is monotone, so ties stay ties and only same-bin pairs can err. For roughly normal values
 //! the fullest bin holds about 0.08 % of them, a bound of about 4·10⁻⁴.
 
-pub mod probe;
+pub(crate) mod probe;
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,16 +69,17 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::analysis::{
-    c_features, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept, GradedMetric, Labels,
+    c_features, concept_names, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept, GradedMetric,
+    Labels,
 };
 use crate::model::{Kind, Model, Trace};
 
 /// Characters traced at once by the streaming functions: bounds memory to about
 /// `CHUNK × layers × 6 × H × 4` bytes per chunk in flight (200 MB for 2 × 512 cells).
-pub const CHUNK: usize = 8192;
+pub(crate) const CHUNK: usize = 8192;
 
 /// Histogram bins per cell for streaming AUC; see the module doc for the error bound.
-pub const BINS: usize = 2048;
+pub(crate) const BINS: usize = 2048;
 
 /// The pre-activations are squashed into `(−Z_MAX, Z_MAX)` before binning.
 const Z_MAX: f32 = 4.0;
@@ -90,10 +91,7 @@ pub enum FinderError {
     #[error(transparent)]
     Analysis(#[from] AnalysisError),
     /// `--feature` / `feature` names nothing we know.
-    #[error(
-        "unknown feature `{0}` (expected one of: string, char, comment, if, paren-depth, depth, \
-         brace-depth, column, preprocessor, or regex:RE)"
-    )]
+    #[error("unknown feature `{0}` (expected one of: {names}, or regex:RE)", names = concept_names(|_| true))]
     UnknownFeature(String),
     /// `regex:RE` with a pattern that does not compile.
     #[error("bad regex `{pattern}`: {message}")]
@@ -133,7 +131,7 @@ pub enum FinderError {
     Mismatch(String),
 }
 
-/// How well one cell tracks a concept; see [`crate::analysis::ColumnScore`] for the metrics.
+/// How well one cell tracks a concept; see `crate::analysis::ColumnScore` for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CellScore {
     /// Layer, 0-based.
@@ -167,7 +165,7 @@ fn sorted_unique<T: Ord + Copy>(items: &[T]) -> Vec<T> {
 /// Ranks every cell of the requested layers and kinds of `trace` against `labels` (one per
 /// character, unknown characters included: they have activations too), best first.
 ///
-/// Exact ([`rank_columns`] per layer × kind). Repeated layers or kinds count once.
+/// Exact (`rank_columns` per layer × kind). Repeated layers or kinds count once.
 ///
 /// # Panics
 /// If a layer is not in the trace or a kind not recorded by its architecture; callers
@@ -206,13 +204,13 @@ pub fn rank_trace(
 pub enum Feature {
     /// Labelled by the C lexer ([`c_features`]).
     Concept(Concept),
-    /// Binary: inside a match of the regex ([`regex_mask`]).
+    /// Binary: inside a match of the regex (`regex_mask`).
     Regex(Regex),
 }
 
 impl Feature {
     /// Binary or graded, which decides the metric.
-    pub fn label_kind(&self) -> LabelKind {
+    pub(crate) fn label_kind(&self) -> LabelKind {
         match self {
             Feature::Concept(c) if c.is_graded() => LabelKind::Graded,
             _ => LabelKind::Binary,
@@ -220,7 +218,7 @@ impl Feature {
     }
 
     /// `"auc"` or `"pearson"`: the metric streaming ranking uses.
-    pub fn metric(&self) -> &'static str {
+    pub(crate) fn metric(&self) -> &'static str {
         match self.label_kind() {
             LabelKind::Binary => "auc",
             LabelKind::Graded => "pearson",
@@ -228,7 +226,7 @@ impl Feature {
     }
 
     /// The labels of `chars`; `features` is the lexer's output for the same characters.
-    pub fn labels(&self, chars: &[char], features: &CFeatures) -> Labels {
+    pub(crate) fn labels(&self, chars: &[char], features: &CFeatures) -> Labels {
         match self {
             Feature::Concept(c) => features.labels(*c),
             Feature::Regex(re) => Labels::Binary(regex_mask(chars, re)),
@@ -238,7 +236,7 @@ impl Feature {
 
 /// The labels of `chars` for each feature, lexing the text once (lexing needs the whole
 /// text: a chunk could start inside a comment).
-pub fn labels_for(features: &[Feature], chars: &[char]) -> Vec<Labels> {
+pub(crate) fn labels_for(features: &[Feature], chars: &[char]) -> Vec<Labels> {
     let lexed = if features.iter().any(|f| matches!(f, Feature::Concept(_))) {
         c_features(chars)
     } else {
@@ -411,7 +409,7 @@ impl<'a> LabelSlice<'a> {
 ///
 /// Built for a fixed list of label tracks ("targets"), all ranked in one pass, so several
 /// concepts cost one trace. Feed it [`Trace`]s with their labels ([`Self::feed`]), or whole
-/// texts ([`Self::feed_text`], which traces them in chunks); then [`Self::finish`] each target.
+/// texts (`Self::feed_text`, which traces them in chunks); then [`Self::finish`] each target.
 #[derive(Debug, Clone)]
 pub struct StreamingRanker {
     hidden: usize,
@@ -482,16 +480,6 @@ impl StreamingRanker {
         }
     }
 
-    /// Characters fed so far.
-    pub fn chars(&self) -> u64 {
-        self.rows
-    }
-
-    /// The label tracks this ranker scores, in order.
-    pub fn targets(&self) -> &[LabelKind] {
-        &self.targets
-    }
-
     /// Adds one traced chunk, with one label track per target covering exactly its characters.
     /// Chunks may come from different texts (a corpus). Each cell's bins are fitted to the
     /// first chunk it sees, so feed chunks of a few thousand characters (a one-character first
@@ -512,7 +500,7 @@ impl StreamingRanker {
     /// and feeds each chunk with its part of `labels` (one track per target, each covering all
     /// of `chars`). The next chunk is traced on a second thread while this one is counted.
     /// `progress(done, total)` is called after each chunk.
-    pub fn feed_text(
+    pub(crate) fn feed_text(
         &mut self,
         model: &Model,
         chars: &[char],
@@ -666,7 +654,7 @@ impl StreamingRanker {
 
     /// The cells ranked against target `target`, best first (ties by layer, kind, cell).
     ///
-    /// Errors as [`rank_columns`] does: binary labels without positives or negatives, graded
+    /// Errors as `rank_columns` does: binary labels without positives or negatives, graded
     /// labels that never varied.
     ///
     /// # Panics
@@ -864,7 +852,13 @@ pub fn rank_text(
 
 /// The values of one cell at every character of `text`, traced in chunks so that only this
 /// cell's column is kept.
-pub fn cell_values(model: &Model, text: &str, layer: usize, kind: Kind, cell: usize) -> Result<Vec<f32>, FinderError> {
+pub(crate) fn cell_values(
+    model: &Model,
+    text: &str,
+    layer: usize,
+    kind: Kind,
+    cell: usize,
+) -> Result<Vec<f32>, FinderError> {
     if layer >= model.layers() {
         return Err(FinderError::LayerOutOfRange { layer, last: model.layers() - 1 });
     }
@@ -918,7 +912,7 @@ pub struct Contexts {
 }
 
 /// The top and bottom `k` windows of ±`radius` characters of one cell over `text` (for cell
-/// pages), as [`top_windows`] picks them, with the text and per-character values of each.
+/// pages), as `top_windows` picks them, with the text and per-character values of each.
 pub fn top_contexts(
     model: &Model,
     text: &str,

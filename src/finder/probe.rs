@@ -15,10 +15,10 @@ use crate::analysis::probe::{self, BestColumn, ColumnWeight, PathPoint, ProbeErr
 use crate::model::{Kind, Model, Trace};
 
 /// Most cells a probe to score may name.
-pub const MAX_SPEC_CELLS: usize = 4096;
+pub(crate) const MAX_SPEC_CELLS: usize = 4096;
 
 /// Windows a long corpus is sampled in when it has more than `max_chars` characters.
-pub const WINDOWS: usize = 20;
+pub(crate) const WINDOWS: usize = 20;
 
 /// One cell of a probe and its place in the score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ impl ProbeSpec {
     }
 
     /// The probe's score at every character of `trace`.
-    pub fn scores(&self, trace: &Trace) -> Vec<f32> {
+    pub(crate) fn scores(&self, trace: &Trace) -> Vec<f32> {
         let columns: Vec<ColumnWeight> = self
             .weights
             .iter()
@@ -177,7 +177,7 @@ impl ProbeSpec {
 
     /// The best cell's value at every character of `trace`, in its direction (negated when
     /// it is lower inside the concept), so that higher always means "inside".
-    pub fn best_cell_values(&self, trace: &Trace) -> Option<Vec<f32>> {
+    pub(crate) fn best_cell_values(&self, trace: &Trace) -> Option<Vec<f32>> {
         let b = self.best_cell?;
         let s = if b.sign < 0 { -1.0 } else { 1.0 };
         Some(trace.layers[b.layer].get(b.kind).column(b.cell).iter().map(|&v| s * v).collect())
@@ -241,7 +241,7 @@ fn fit_blocks(
 ///
 /// # Panics
 /// If a layer is not in the trace; callers check against [`Model::layers`].
-pub fn probe_trace(
+pub(crate) fn probe_trace(
     trace: &Trace,
     labels: &[bool],
     layers: &[usize],
@@ -271,7 +271,7 @@ fn kept(total: usize, max_chars: usize) -> impl Fn(usize) -> bool {
 /// Fits a probe over whole texts (each traced from the zero state in chunks), keeping at most
 /// `max_chars` characters in evenly spaced windows when they are longer. `labels` has one
 /// track per text. `progress(done, total)` follows the tracing.
-pub fn probe_texts(
+pub(crate) fn probe_texts(
     model: &Model,
     texts: &[Vec<char>],
     labels: &[Vec<bool>],
@@ -337,7 +337,7 @@ impl Scored {
 
 /// Scores a probe over whole texts, each traced from the zero state in chunks; `labels`, one
 /// track per text, gives AUCs.
-pub fn score_texts(
+pub(crate) fn score_texts(
     model: &Model,
     spec: &ProbeSpec,
     texts: &[Vec<char>],

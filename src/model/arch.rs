@@ -52,7 +52,7 @@ impl Arch {
     }
 
     /// G: the blocks of H rows stacked in `weight_ih` and `weight_hh`.
-    pub fn gates(self) -> usize {
+    pub(crate) fn gates(self) -> usize {
         match self {
             Arch::Lstm => 4,
             Arch::Gru => 3,
@@ -61,7 +61,7 @@ impl Arch {
     }
 
     /// Whether the state carries a cell state c besides h (LSTM only).
-    pub fn has_cell(self) -> bool {
+    pub(crate) fn has_cell(self) -> bool {
         self == Arch::Lstm
     }
 
@@ -77,13 +77,13 @@ impl Arch {
     }
 
     /// Whether this architecture records `kind`.
-    pub fn has(self, kind: Kind) -> bool {
+    pub(crate) fn has(self, kind: Kind) -> bool {
         self.kinds().contains(&kind)
     }
 
     /// The kinds shown when a request names none: h and c where there is a c,
     /// else h alone.
-    pub fn default_kinds(self) -> &'static [Kind] {
+    pub(crate) fn default_kinds(self) -> &'static [Kind] {
         if self.has_cell() {
             &[Kind::Hidden, Kind::Cell]
         } else {
@@ -92,7 +92,7 @@ impl Arch {
     }
 
     /// The kind a view opens on: c for an LSTM (the paper's figures), else h.
-    pub fn default_kind(self) -> Kind {
+    pub(crate) fn default_kind(self) -> Kind {
         if self.has_cell() {
             Kind::Cell
         } else {
@@ -234,7 +234,7 @@ pub struct MissingKind {
 
 impl Arch {
     /// `Ok` if this architecture records `kind`, else the error that says which it does.
-    pub fn check_kind(self, kind: Kind) -> Result<Kind, MissingKind> {
+    pub(crate) fn check_kind(self, kind: Kind) -> Result<Kind, MissingKind> {
         if self.has(kind) {
             Ok(kind)
         } else {

@@ -38,7 +38,7 @@
 /// `exp(x)` for f32 without branches: 2^k · p(r) with x = k·ln2 + r, |r| ≤ ln2/2,
 /// p the degree-6 Taylor polynomial (relative error ≈ 1.2e-7 on the reduced range).
 #[inline(always)]
-pub fn exp_fast(x: f32) -> f32 {
+pub(crate) fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Adding 1.5·2^23 rounds to the nearest integer and leaves it in the low bits.
     const MAGIC: f32 = 12_582_912.0;
@@ -352,7 +352,7 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f
 /// same loop as the recurrence minus the cell update: one step's input projection
 /// of a layer ≥ 1 (sampling, clamped steps), where a whole text's would be a GEMM.
 /// Reads W once, contiguously, with eight independent accumulators per block.
-pub fn packed_matvec(w: &PackedHh, x: &[f32], y: &mut [f32]) {
+pub(crate) fn packed_matvec(w: &PackedHh, x: &[f32], y: &mut [f32]) {
     let n = w.hidden;
     assert!(x.len() == n && y.len() == 4 * n, "packed_matvec: x must be H = {n} long and y 4H");
     // SAFETY: `w` holds blocks·H·4·lanes floats packed for `lanes`, x holds H and y
@@ -735,7 +735,7 @@ mod x86 {
 
 /// Softmax of each `width`-long row of `rows`, in place: p_j = e^(z_j − max z) / Σ_k e^(z_k − max z).
 /// Uses [`exp_fast`], which LLVM vectorises once the features are enabled.
-pub fn softmax_rows(rows: &mut [f32], width: usize) {
+pub(crate) fn softmax_rows(rows: &mut [f32], width: usize) {
     #[inline(always)]
     fn generic(rows: &mut [f32], width: usize) {
         // Max and sum keep 16 independent lanes: a single running value would be
@@ -788,14 +788,14 @@ pub fn softmax_rows(rows: &mut [f32], width: usize) {
 
 /// Which operand of a GEMM is read transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trans {
+pub(crate) enum Trans {
     N,
     T,
 }
 
 /// C = α·op(A)·op(B) + β·C for row-major slices. `op(A)` is m × k, `op(B)` k × n,
 /// C m × n. A stored as given: if `ta == T`, `a` holds the k × m matrix.
-pub fn gemm(
+pub(crate) fn gemm(
     m: usize,
     k: usize,
     n: usize,

@@ -50,7 +50,7 @@ use super::safetensors::{self, FormatError, Tensor, TensorFile};
 use super::vocab::{Encoded, Vocab, VocabError};
 
 /// Number of gates of an LSTM cell (i, f, g, o).
-pub const GATES: usize = 4;
+pub(crate) const GATES: usize = 4;
 
 /// Largest model file [`Model::load`] reads (4 GiB). The file is held in memory while
 /// it converts, so a larger one is refused before anything is read.
@@ -58,7 +58,7 @@ pub const MAX_MODEL_BYTES: u64 = 4 << 30;
 
 /// Most layers a model file may have; `rnn.*_l{k}` names run from `_l0` to `_l63`.
 /// Far beyond any model worth tracing, and it bounds what a layer name can ask for.
-pub const MAX_LAYERS: usize = 64;
+pub(crate) const MAX_LAYERS: usize = 64;
 
 /// The four tensors of every layer, by their `nn.LSTM` names: `rnn.{param}_l{k}`.
 const LAYER_PARAMS: [&str; 4] = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"];
@@ -82,7 +82,7 @@ fn layer_suffix(name: &str) -> Option<&str> {
 const PROJ_BLOCK_FLOATS: usize = 1 << 20;
 
 /// The weights of one recurrent layer, named and shaped as in PyTorch's `nn.LSTM`,
-/// `nn.GRU` and `nn.RNN` (G = [`Arch::gates`]: 4, 3 or 1).
+/// `nn.GRU` and `nn.RNN` (G = `Arch::gates`: 4, 3 or 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerWeights {
     /// (G·H, in): input-to-gates, rows in gate order (i, f, g, o or r, z, n).
@@ -114,12 +114,12 @@ impl Weights {
         self.layers[0].weight_hh.ncols()
     }
 
-    pub fn vocab_size(&self) -> usize {
+    pub(crate) fn vocab_size(&self) -> usize {
         self.decoder_bias.len()
     }
 
     /// Number of scalar parameters.
-    pub fn param_count(&self) -> usize {
+    pub(crate) fn param_count(&self) -> usize {
         let layers: usize =
             self.layers.iter().map(|l| l.weight_ih.len() + l.weight_hh.len() + l.bias_ih.len() + l.bias_hh.len()).sum();
         layers + self.embedding.as_ref().map_or(0, |e| e.len()) + self.decoder_weight.len() + self.decoder_bias.len()
@@ -241,7 +241,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn zeros(arch: Arch, layers: usize, hidden: usize) -> Self {
+    pub(crate) fn zeros(arch: Arch, layers: usize, hidden: usize) -> Self {
         let cell = if arch.has_cell() { hidden } else { 0 };
         Self { h: vec![vec![0.0; hidden]; layers], c: vec![vec![0.0; cell]; layers] }
     }
@@ -606,7 +606,7 @@ impl Model {
     }
 
     /// Runs already-encoded text.
-    pub fn trace_encoded(&self, enc: Encoded, state: &State) -> Trace {
+    pub(crate) fn trace_encoded(&self, enc: Encoded, state: &State) -> Trace {
         self.trace_clamped(enc, state, &[])
     }
 
@@ -747,7 +747,7 @@ impl Model {
     }
 
     /// softmax(H W_decᵀ + b) for a (T, H) matrix of top-layer hidden states.
-    pub fn next_char_probs(&self, h: ArrayView2<f32>) -> Array2<f32> {
+    pub(crate) fn next_char_probs(&self, h: ArrayView2<f32>) -> Array2<f32> {
         let (t_len, n) = h.dim();
         let v = self.vocab.len();
         let mut logits: Vec<f32> = Vec::with_capacity(t_len * v);
@@ -1025,13 +1025,8 @@ pub(crate) fn apply_clamps(out: &mut LayerOut, hidden: usize, t: usize, clamps: 
     }
 }
 
-/// Numerically stable softmax (max subtracted before exponentiating).
-pub fn softmax_in_place(row: &mut [f32]) {
-    kernel::softmax_rows(row, row.len());
-}
-
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);

@@ -75,7 +75,7 @@ fn factor(v: f32) -> String {
 
 /// Explains step `position` of cell `cell` in layer `layer` of `trace` (an LSTM's
 /// trace). `None` when an index is out of range or the trace has no LSTM gates.
-pub fn explain_step(trace: &Trace, layer: usize, cell: usize, position: usize) -> Option<StepExplained> {
+pub(crate) fn explain_step(trace: &Trace, layer: usize, cell: usize, position: usize) -> Option<StepExplained> {
     let lt = trace.layers.get(layer)?;
     let cs = lt.try_get(Kind::Cell)?;
     if position >= trace.len() || cell >= cs.ncols() {
@@ -192,7 +192,7 @@ pub struct Horizon {
 /// spread evenly from `max_back` on (so each can look back that far), of the
 /// distance at which the gradient falls below 1% of its peak. `None` when the
 /// text has no such position.
-pub fn memory_horizon(model: &Model, text: &str, count: usize, max_back: usize) -> Option<Horizon> {
+pub(crate) fn memory_horizon(model: &Model, text: &str, count: usize, max_back: usize) -> Option<Horizon> {
     memory_horizon_of(model, &model.trace(text), count, max_back)
 }
 

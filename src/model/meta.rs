@@ -76,7 +76,7 @@ impl TrainMeta {
     /// Records a text's score under `NAME_loss`, `NAME_sha256` and `NAME_chars`,
     /// into the named field where there is one (`test`, `val`), else into
     /// [`TrainMeta::recorded`].
-    pub fn record(&mut self, name: &str, loss: f64, sha256: String, chars: u64) {
+    pub(crate) fn record(&mut self, name: &str, loss: f64, sha256: String, chars: u64) {
         // Through the JSON form, so a name matching a field's prefix (test, val,
         // train) lands in that field and never in both places.
         let mut v = serde_json::to_value(&*self).expect("metadata serialises");

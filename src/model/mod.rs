@@ -14,11 +14,10 @@ mod step;
 mod vocab;
 
 pub use arch::{Arch, Kind, MissingKind};
-pub use lstm::{
-    softmax_in_place, write_atomic, Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace,
-    Weights, GATES, MAX_LAYERS, MAX_MODEL_BYTES,
-};
-pub use memory::{explain_step, horizon_1pct, memory_horizon, memory_horizon_of, time_scale, Horizon, StepExplained};
+pub(crate) use lstm::{write_atomic, GATES};
+pub use lstm::{Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights, MAX_MODEL_BYTES};
+pub(crate) use memory::{explain_step, memory_horizon, time_scale};
+pub use memory::{horizon_1pct, memory_horizon_of, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
@@ -27,7 +26,7 @@ pub use vocab::{Encoded, Vocab, VocabError};
 use crate::rng::Rng;
 
 /// The shipped default model, relative to the crate root.
-pub const DEFAULT_MODEL: &str = "models/linux-lstm.safetensors";
+pub(crate) const DEFAULT_MODEL: &str = "models/linux-lstm.safetensors";
 
 /// Finds the default model: `models/linux-lstm.safetensors` under the current
 /// directory, else under the crate root this binary was built from.
@@ -43,12 +42,14 @@ use ndarray::{Array1, Array2};
 impl Weights {
     /// Fresh weights as char-rnn initialises them: uniform(−0.08, 0.08), except the
     /// forget-gate biases, which start at 1 (split as 1 in `bias_ih`, 0 in `bias_hh`)
-    /// so that early on cells remember rather than forget.
-    pub fn random(vocab: usize, embed: Option<usize>, hidden: usize, layers: usize, seed: u64) -> Self {
+    /// so that early on cells remember rather than forget. The trainer starts from
+    /// [`Weights::random_arch`] with its `--init` scale; unit tests use this.
+    #[cfg(test)]
+    pub(crate) fn random(vocab: usize, embed: Option<usize>, hidden: usize, layers: usize, seed: u64) -> Self {
         Self::random_scaled(vocab, embed, hidden, layers, seed, 0.08)
     }
 
-    /// As [`Weights::random`] with uniform(−scale, scale).
+    /// As `Weights::random` with uniform(−scale, scale).
     pub fn random_scaled(
         vocab: usize,
         embed: Option<usize>,
@@ -61,7 +62,7 @@ impl Weights {
     }
 
     /// Fresh weights of any architecture, uniform(−scale, scale); an LSTM's forget
-    /// biases start at 1 (see [`Weights::random`]).
+    /// biases start at 1 (see `Weights::random`).
     pub fn random_arch(
         arch: Arch,
         vocab: usize,

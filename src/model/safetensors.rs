@@ -11,7 +11,7 @@
 //! read from disk, and so that f16/bf16/f64 tensors convert to f32 on the way in.
 //!
 //! What the reader requires is what the format's specification requires:
-//! - the header length is at most [`MAX_HEADER_BYTES`] and fits in the file;
+//! - the header length is at most `MAX_HEADER_BYTES` and fits in the file;
 //! - the header is a JSON object without repeated keys; `__metadata__`, if present,
 //!   maps strings to strings;
 //! - every tensor has a dtype we read, a shape whose byte size is computed without
@@ -19,8 +19,8 @@
 //! - the tensors' byte ranges tile the data section: no overlap, no hole, nothing
 //!   after the last tensor.
 //!
-//! Reading is three steps, [`header_len`], [`Header::parse`] and
-//! [`Header::read_tensors`], so that a loader reading a file from disk checks the
+//! Reading is three steps, `header_len`, `Header::parse` and
+//! `Header::read_tensors`, so that a loader reading a file from disk checks the
 //! header before it reads (or allocates for) the data; [`parse`] runs the same steps
 //! over bytes already in memory. Every offset and size is checked before use: nothing
 //! here panics or allocates more than the file's own size justifies.
@@ -32,12 +32,12 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 /// Bytes of the little-endian `u64` header length that opens every file.
-pub const PREFIX_BYTES: usize = 8;
+pub(crate) const PREFIX_BYTES: usize = 8;
 
 /// Largest header accepted, in bytes (the reference implementation's limit). A header
 /// is read whole before it is parsed, so this bounds what a file can make a reader
 /// allocate before its layout has been checked.
-pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+pub(crate) const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// What can be wrong with the bytes of a safetensors file.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -168,7 +168,7 @@ fn outside(name: &str, begin: u64, end: u64, data_len: usize) -> FormatError {
 /// against [`MAX_HEADER_BYTES`] and the file's size, before anything is allocated for
 /// the header. `start` holds the file's first [`PREFIX_BYTES`] bytes (fewer if the
 /// file is shorter).
-pub fn header_len(start: &[u8], file_len: u64) -> Result<usize, FormatError> {
+pub(crate) fn header_len(start: &[u8], file_len: u64) -> Result<usize, FormatError> {
     let prefix: [u8; PREFIX_BYTES] = match start.get(..PREFIX_BYTES) {
         Some(p) if file_len >= PREFIX_BYTES as u64 => p.try_into().expect("a slice of PREFIX_BYTES"),
         _ => return Err(FormatError::TooShort(file_len)),
@@ -237,7 +237,7 @@ impl Entry {
 /// A checked header: the metadata, and every tensor's dtype, shape and place in a
 /// data section of [`Header::data_len`] bytes.
 #[derive(Debug)]
-pub struct Header {
+pub(crate) struct Header {
     /// Sorted by position in the data section.
     entries: Vec<Entry>,
     metadata: BTreeMap<String, String>,
@@ -275,7 +275,7 @@ impl Header {
     }
 
     /// Converts every tensor of the data section `data` to f32.
-    pub fn read_tensors(self, data: &[u8]) -> Result<TensorFile, FormatError> {
+    pub(crate) fn read_tensors(self, data: &[u8]) -> Result<TensorFile, FormatError> {
         let mut tensors = BTreeMap::new();
         for e in self.entries {
             let raw =

@@ -113,15 +113,10 @@ impl<'m> Stepper<'m> {
         &self.probs
     }
 
-    /// The recurrent state after the last step.
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     /// One recorded value of the last step: `kind` of cell `cell` in layer `layer`.
     ///
     /// # Panics
-    /// If the model's architecture does not record `kind` (check with [`Arch::has`]).
+    /// If the model's architecture does not record `kind` (check with `Arch::has`).
     pub fn value(&self, layer: usize, kind: Kind, cell: usize) -> f32 {
         let arch = self.model.arch();
         if arch != Arch::Lstm {

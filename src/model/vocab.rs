@@ -49,7 +49,7 @@ impl Vocab {
     }
 
     /// Parses the `cellscope.vocab` metadata value.
-    pub fn from_json(json: &str) -> Result<Self, VocabError> {
+    pub(crate) fn from_json(json: &str) -> Result<Self, VocabError> {
         let entries: Vec<String> = serde_json::from_str(json).map_err(|e| VocabError::NotJson(e.to_string()))?;
         let mut chars = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
@@ -71,7 +71,7 @@ impl Vocab {
     }
 
     /// The `cellscope.vocab` metadata value.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let entries: Vec<String> = self.chars.iter().map(|c| c.to_string()).collect();
         serde_json::to_string(&entries).expect("strings serialise")
     }
@@ -91,10 +91,6 @@ impl Vocab {
 
     pub fn id(&self, c: char) -> Option<u32> {
         self.ids.get(&c).copied()
-    }
-
-    pub fn char(&self, id: usize) -> Option<char> {
-        self.chars.get(id).copied()
     }
 
     /// Encodes a text; unknown characters are reported, never dropped.

@@ -33,7 +33,7 @@
 
 use super::gemm::{gemm_packed, PackedB};
 use crate::model::kernel::{gemm, sigmoid, simd, tanh, Simd, Trans};
-use crate::model::{Arch, Weights, GATES};
+use crate::model::{Arch, LayerWeights, Weights, GATES};
 use crate::rng::Rng;
 
 /// Hidden and cell state of B streams, carried from one batch to the next.
@@ -308,26 +308,11 @@ fn forward_layer(
     }
     reuse(&mut lb.h, (steps + 1) * bn);
     lb.h[..bn].copy_from_slice(&state.h[k]);
-    // The GRU keeps b_hh apart: r multiplies its n block.
-    let bias: Vec<f32> = if w.arch == Arch::Gru {
-        lw.bias_ih.to_vec()
-    } else {
-        lw.bias_ih.iter().zip(lw.bias_hh.iter()).map(|(a, b)| a + b).collect()
+    let x = match below.last() {
+        Some(lower) => Input::Dense(&lower.out),
+        None => Input::OneHot { ids: inputs, table: &ws.table },
     };
-    for row in lb.a.chunks_exact_mut(g) {
-        row.copy_from_slice(&bias);
-    }
-    if k == 0 {
-        for (row, &id) in lb.a.chunks_exact_mut(g).zip(inputs) {
-            let col = &ws.table[id as usize * g..(id as usize + 1) * g];
-            for (x, y) in row.iter_mut().zip(col) {
-                *x += y;
-            }
-        }
-    } else {
-        let x = &below[k - 1].out;
-        gemm(rows, n, g, 1.0, x, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::T, 1.0, &mut lb.a);
-    }
+    input_side(w, k, x, d, &mut lb.a);
     // W_hhᵀ (H × G·H) from W_hh (G·H × H).
     let w_hh_t = PackedB::new(lw.weight_hh.as_slice().expect("standard layout"), n, g, true);
     match w.arch {
@@ -341,54 +326,109 @@ fn forward_layer(
         Arch::Rnn => rnn_forward(lb, &w_hh_t, d),
     }
     lb.out.copy_from_slice(&lb.h[bn..]);
-    if dropout > 0.0 {
-        reuse(&mut lb.mask, rows * n);
-        let keep = 1.0 / (1.0 - dropout);
-        for (m, x) in lb.mask.iter_mut().zip(lb.out.iter_mut()) {
-            *m = if rng.uniform() < dropout { 0.0 } else { keep };
-            *x *= *m;
-        }
-    } else {
-        lb.mask.clear();
-    }
+    apply_dropout(&mut lb.out, &mut lb.mask, dropout, rng);
     state.h[k].copy_from_slice(&lb.h[steps * bn..]);
+}
+
+/// What a layer reads: layer 0 the characters (one-hot, as ids and the [`input_table`]),
+/// the others the output of the layer below (S·B × H).
+enum Input<'a> {
+    OneHot { ids: &'a [u32], table: &'a [f32] },
+    Dense(&'a [f32]),
+}
+
+/// The input side of every step at once into `a` (S·B × G·H): X W_ihᵀ + b_ih, plus b_hh
+/// but for the GRU, which keeps b_hh apart (r multiplies its n block).
+fn input_side(w: &Weights, k: usize, x: Input, d: Dims, a: &mut [f32]) {
+    let Dims { batch, steps, n, g } = d;
+    let lw = &w.layers[k];
+    let bias: Vec<f32> = if w.arch == Arch::Gru {
+        lw.bias_ih.to_vec()
+    } else {
+        lw.bias_ih.iter().zip(lw.bias_hh.iter()).map(|(a, b)| a + b).collect()
+    };
+    for row in a.chunks_exact_mut(g) {
+        row.copy_from_slice(&bias);
+    }
+    match x {
+        Input::OneHot { ids, table } => {
+            for (row, &id) in a.chunks_exact_mut(g).zip(ids) {
+                let col = &table[id as usize * g..(id as usize + 1) * g];
+                for (x, y) in row.iter_mut().zip(col) {
+                    *x += y;
+                }
+            }
+        }
+        Input::Dense(x) => {
+            gemm(steps * batch, n, g, 1.0, x, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::T, 1.0, a);
+        }
+    }
+}
+
+/// Inverted dropout on a layer's output: each value is zeroed with probability `p` or
+/// scaled by 1/(1−p), the multipliers kept in `mask` for the backward pass (left empty
+/// when `p` is 0).
+fn apply_dropout(out: &mut [f32], mask: &mut Vec<f32>, p: f32, rng: &mut Rng) {
+    if p <= 0.0 {
+        mask.clear();
+        return;
+    }
+    reuse(mask, out.len());
+    let keep = 1.0 / (1.0 - p);
+    for (m, x) in mask.iter_mut().zip(out.iter_mut()) {
+        *m = if rng.uniform() < p { 0.0 } else { keep };
+        *x *= *m;
+    }
+}
+
+/// The loop over time every recurrence shares: for t = 0 … S−1, `hidden_side[t] +=
+/// h_t W_hhᵀ` (B × G·H; it holds the biases, and for LSTM and RNN the input side too),
+/// then `step(t, hidden_side[t], h_t, h_{t+1})` applies the architecture's equations.
+fn forward_through_time(
+    d: Dims,
+    w_hh_t: &PackedB,
+    hidden_side: &mut [f32],
+    h: &mut [f32],
+    mut step: impl FnMut(usize, &[f32], &[f32], &mut [f32]),
+) {
+    let Dims { batch, steps, n, g } = d;
+    let bn = batch * n;
+    for t in 0..steps {
+        let pre = &mut hidden_side[t * batch * g..(t + 1) * batch * g];
+        let (h_prev, h_next) = h.split_at_mut((t + 1) * bn);
+        let h_prev = &h_prev[t * bn..];
+        gemm_packed(batch, n, g, h_prev, w_hh_t, 1.0, pre);
+        step(t, pre, h_prev, &mut h_next[..bn]);
+    }
 }
 
 /// The LSTM recurrence over the batch (the module doc's forward equations).
 fn lstm_forward(lb: &mut LayerBuffers, w_hh_t: &PackedB, d: Dims) {
-    let Dims { batch, steps, n, g } = d;
-    let bn = batch * n;
-    for t in 0..steps {
-        let a = &mut lb.a[t * batch * g..(t + 1) * batch * g];
-        gemm_packed(batch, n, g, &lb.h[t * bn..(t + 1) * bn], w_hh_t, 1.0, a);
-        let (c_prev, c_next) = lb.c.split_at_mut((t + 1) * bn);
-        let c_prev = &c_prev[t * bn..];
-        let c_next = &mut c_next[..bn];
-        let h_next = &mut lb.h[(t + 1) * bn..(t + 2) * bn];
+    let bn = d.batch * d.n;
+    let LayerBuffers { a, i, f, g, o, tanh_c, h, c, .. } = lb;
+    forward_through_time(d, w_hh_t, a, h, |t, a, _, h_next| {
+        let (c_prev, c_next) = c.split_at_mut((t + 1) * bn);
         let r = t * bn..(t + 1) * bn;
         let (is, fs, gs, os, tc) =
-            (&mut lb.i[r.clone()], &mut lb.f[r.clone()], &mut lb.g[r.clone()], &mut lb.o[r.clone()], &mut lb.tanh_c[r]);
-        gates_forward(a, c_prev, c_next, h_next, is, fs, gs, os, tc, n);
-    }
+            (&mut i[r.clone()], &mut f[r.clone()], &mut g[r.clone()], &mut o[r.clone()], &mut tanh_c[r]);
+        gates_forward(a, &c_prev[t * bn..], &mut c_next[..bn], h_next, is, fs, gs, os, tc, d.n);
+    });
 }
 
-/// The GRU recurrence over the batch: Gh per step, then r, z, n and h (kept in the
-/// `i`, `f`, `g` buffers and `h`).
+/// The GRU recurrence over the batch: Gh = b_hh + h_{t-1} W_hhᵀ per step (into `gh`),
+/// then r, z, n and h (kept in the `i`, `f`, `g` buffers and `h`).
 fn gru_forward(lb: &mut LayerBuffers, w_hh_t: &PackedB, bias_hh: &[f32], d: Dims) {
     let Dims { batch, steps, n, g } = d;
     let bn = batch * n;
     reuse(&mut lb.gh, steps * batch * g);
-    for t in 0..steps {
-        let gh = &mut lb.gh[t * batch * g..(t + 1) * batch * g];
-        for row in gh.chunks_exact_mut(g) {
-            row.copy_from_slice(bias_hh);
-        }
-        gemm_packed(batch, n, g, &lb.h[t * bn..(t + 1) * bn], w_hh_t, 1.0, gh);
-        let a = &lb.a[t * batch * g..(t + 1) * batch * g];
-        let (h_prev, h_next) = lb.h.split_at_mut((t + 1) * bn);
-        let (h_prev, h_next) = (&h_prev[t * bn..], &mut h_next[..bn]);
+    for row in lb.gh.chunks_exact_mut(g) {
+        row.copy_from_slice(bias_hh);
+    }
+    let LayerBuffers { a, gh, i: rs, f: zs, g: ns, h, .. } = lb;
+    forward_through_time(d, w_hh_t, gh, h, |t, gh, h_prev, h_next| {
+        let a = &a[t * batch * g..(t + 1) * batch * g];
         let r = t * bn..(t + 1) * bn;
-        let (rs, zs, ns) = (&mut lb.i[r.clone()], &mut lb.f[r.clone()], &mut lb.g[r]);
+        let (rs, zs, ns) = (&mut rs[r.clone()], &mut zs[r.clone()], &mut ns[r]);
         for b in 0..batch {
             let (ai, hi) = (&a[b * g..(b + 1) * g], &gh[b * g..(b + 1) * g]);
             for j in 0..n {
@@ -400,20 +440,16 @@ fn gru_forward(lb: &mut LayerBuffers, w_hh_t: &PackedB, bias_hh: &[f32], d: Dims
                 h_next[at] = (1.0 - zj) * nj + zj * h_prev[at];
             }
         }
-    }
+    });
 }
 
 /// The tanh-RNN recurrence over the batch.
 fn rnn_forward(lb: &mut LayerBuffers, w_hh_t: &PackedB, d: Dims) {
-    let Dims { batch, steps, n, g } = d;
-    let bn = batch * n;
-    for t in 0..steps {
-        let a = &mut lb.a[t * batch * g..(t + 1) * batch * g];
-        gemm_packed(batch, n, g, &lb.h[t * bn..(t + 1) * bn], w_hh_t, 1.0, a);
-        for (h, &x) in lb.h[(t + 1) * bn..(t + 2) * bn].iter_mut().zip(a.iter()) {
+    forward_through_time(d, w_hh_t, &mut lb.a, &mut lb.h, |_, a, _, h_next| {
+        for (h, &x) in h_next.iter_mut().zip(a) {
             *h = tanh(x);
         }
-    }
+    });
 }
 
 /// Decoder and softmax cross-entropy: returns the summed loss and leaves
@@ -489,10 +525,22 @@ fn backward_layer(w: &Weights, k: usize, inputs: &[u32], d: Dims, grads: &mut We
         Arch::Gru => gru_backward(lb, &w_hh, &ws.d_above, &mut ws.dh_next, d),
         Arch::Rnn => rnn_backward(lb, &w_hh, &ws.d_above, &mut ws.dh_next, d),
     }
-    // dW_hh += dGhᵀ h_{t-1}, db_hh = Σ dGh (dGh = dA but for the GRU).
-    let da = &lb.a;
+    // dGh = dA but for the GRU.
     let dgh = if w.arch == Arch::Gru { &lb.gh } else { &lb.a };
-    gemm(g, rows, n, 1.0, dgh, Trans::T, &lb.h[..rows * n], Trans::N, 1.0, lg.weight_hh.as_slice_mut().unwrap());
+    hidden_side_grads(lg, dgh, &lb.a, &lb.h[..rows * n], d);
+    match below.last() {
+        Some(lower) => {
+            input_side_grads(lg, lw, &lb.a, &lower.out, d, &mut ws.d_below);
+            std::mem::swap(&mut ws.d_above, &mut ws.d_below);
+        }
+        None => one_hot_grads(lg, &lb.a, inputs, v, g, &mut ws.d_table),
+    }
+}
+
+/// dW_hh += dGhᵀ h_{t-1} over all steps (`h_prev` is S·B × H), db_hh += Σ dGh, db_ih += Σ dA.
+fn hidden_side_grads(lg: &mut LayerWeights, dgh: &[f32], da: &[f32], h_prev: &[f32], d: Dims) {
+    let Dims { batch, steps, n, g } = d;
+    gemm(g, steps * batch, n, 1.0, dgh, Trans::T, h_prev, Trans::N, 1.0, lg.weight_hh.as_slice_mut().unwrap());
     for (bias, grad) in [(lg.bias_ih.as_slice_mut().unwrap(), da), (lg.bias_hh.as_slice_mut().unwrap(), dgh)] {
         for row in grad.chunks_exact(g) {
             for (d, x) in bias.iter_mut().zip(row) {
@@ -500,25 +548,53 @@ fn backward_layer(w: &Weights, k: usize, inputs: &[u32], d: Dims, grads: &mut We
             }
         }
     }
-    if k > 0 {
-        let x = &below[k - 1].out;
-        gemm(g, rows, n, 1.0, da, Trans::T, x, Trans::N, 1.0, lg.weight_ih.as_slice_mut().unwrap());
-        reuse(&mut ws.d_below, rows * n);
-        gemm(rows, g, n, 1.0, da, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::N, 0.0, &mut ws.d_below);
-        std::mem::swap(&mut ws.d_above, &mut ws.d_below);
-    } else {
-        resize(&mut ws.d_table, v * g);
-        for (row, &id) in da.chunks_exact(g).zip(inputs) {
-            let dst = &mut ws.d_table[id as usize * g..(id as usize + 1) * g];
-            for (d, x) in dst.iter_mut().zip(row) {
-                *d += x;
-            }
+}
+
+/// A layer above the first: dW_ih += dAᵀ X, and ∂loss/∂X = dA W_ih into `dx` (the layer
+/// below's output, S·B × H).
+fn input_side_grads(lg: &mut LayerWeights, lw: &LayerWeights, da: &[f32], x: &[f32], d: Dims, dx: &mut Vec<f32>) {
+    let Dims { batch, steps, n, g } = d;
+    let rows = steps * batch;
+    gemm(g, rows, n, 1.0, da, Trans::T, x, Trans::N, 1.0, lg.weight_ih.as_slice_mut().unwrap());
+    reuse(dx, rows * n);
+    gemm(rows, g, n, 1.0, da, Trans::N, lw.weight_ih.as_slice().unwrap(), Trans::N, 0.0, dx);
+}
+
+/// Layer 0 reads one-hot characters, so dW_ih is a scatter-add of dA's rows by character
+/// (gathered in the V × G·H `d_table`, then transposed into W_ih's G·H × V).
+fn one_hot_grads(lg: &mut LayerWeights, da: &[f32], ids: &[u32], v: usize, g: usize, d_table: &mut Vec<f32>) {
+    resize(d_table, v * g);
+    for (row, &id) in da.chunks_exact(g).zip(ids) {
+        let dst = &mut d_table[id as usize * g..(id as usize + 1) * g];
+        for (d, x) in dst.iter_mut().zip(row) {
+            *d += x;
         }
-        for r in 0..g {
-            for c in 0..v {
-                lg.weight_ih[[r, c]] += ws.d_table[c * g + r];
-            }
+    }
+    for r in 0..g {
+        for c in 0..v {
+            lg.weight_ih[[r, c]] += d_table[c * g + r];
         }
+    }
+}
+
+/// The loop over time every backward pass shares: for t = S−1 … 0, `step(t, d_hidden_side[t],
+/// dh_next)` writes step t's gradient w.r.t. the hidden side's pre-activations (dA; the
+/// GRU's dGh) from dh = (∂loss/∂h_t from above) + `dh_next`, leaving in `dh_next` what
+/// reaches h_{t-1} other than through W_hh (the GRU's dh ⊙ z; nothing for LSTM and RNN,
+/// `direct` false); then `dh_next (+)= d_hidden_side[t] W_hh`.
+fn backward_through_time(
+    d: Dims,
+    w_hh: &PackedB,
+    d_hidden_side: &mut [f32],
+    dh_next: &mut [f32],
+    direct: bool,
+    mut step: impl FnMut(usize, &mut [f32], &mut [f32]),
+) {
+    let Dims { batch, steps, n, g } = d;
+    for t in (0..steps).rev() {
+        let da = &mut d_hidden_side[t * batch * g..(t + 1) * batch * g];
+        step(t, da, dh_next);
+        gemm_packed(batch, g, n, da, w_hh, if direct { 1.0 } else { 0.0 }, dh_next);
     }
 }
 
@@ -531,30 +607,25 @@ fn lstm_backward(
     dc_next: &mut [f32],
     d: Dims,
 ) {
-    let Dims { batch, steps, n, g } = d;
-    let bn = batch * n;
-    for t in (0..steps).rev() {
+    let bn = d.batch * d.n;
+    let LayerBuffers { a, i, f, g, o, tanh_c, c, .. } = lb;
+    backward_through_time(d, w_hh, a, dh_next, false, |t, a, dh_next| {
         let r = t * bn..(t + 1) * bn;
-        let (is, fs, gs, os, tc) =
-            (&lb.i[r.clone()], &lb.f[r.clone()], &lb.g[r.clone()], &lb.o[r.clone()], &lb.tanh_c[r.clone()]);
-        let c_prev = &lb.c[t * bn..(t + 1) * bn];
-        let a = &mut lb.a[t * batch * g..(t + 1) * batch * g];
-        gates_backward(a, c_prev, &d_above[r], dh_next, dc_next, is, fs, gs, os, tc, n);
-        gemm_packed(batch, g, n, a, w_hh, 0.0, dh_next);
-    }
+        let (is, fs, gs, os, tc) = (&i[r.clone()], &f[r.clone()], &g[r.clone()], &o[r.clone()], &tanh_c[r.clone()]);
+        gates_backward(a, &c[r.clone()], &d_above[r], dh_next, dc_next, is, fs, gs, os, tc, d.n);
+    });
 }
 
 /// The GRU's backward steps (module doc): dGi into `lb.a`, dGh into `lb.gh`.
 fn gru_backward(lb: &mut LayerBuffers, w_hh: &PackedB, d_above: &[f32], dh_next: &mut [f32], d: Dims) {
-    let Dims { batch, steps, n, g } = d;
+    let Dims { batch, n, g, .. } = d;
     let bn = batch * n;
-    for t in (0..steps).rev() {
+    let LayerBuffers { a, gh, i: rs, f: zs, g: ns, h, .. } = lb;
+    backward_through_time(d, w_hh, gh, dh_next, true, |t, gh, dh_next| {
         let r = t * bn..(t + 1) * bn;
-        let (rs, zs, ns) = (&lb.i[r.clone()], &lb.f[r.clone()], &lb.g[r.clone()]);
-        let h_prev = &lb.h[t * bn..(t + 1) * bn];
-        let dh_above = &d_above[r];
-        let a = &mut lb.a[t * batch * g..(t + 1) * batch * g];
-        let gh = &mut lb.gh[t * batch * g..(t + 1) * batch * g];
+        let (rs, zs, ns) = (&rs[r.clone()], &zs[r.clone()], &ns[r.clone()]);
+        let (h_prev, dh_above) = (&h[r.clone()], &d_above[r]);
+        let a = &mut a[t * batch * g..(t + 1) * batch * g];
         for b in 0..batch {
             let (ai, hi) = (&mut a[b * g..(b + 1) * g], &mut gh[b * g..(b + 1) * g]);
             for j in 0..n {
@@ -569,21 +640,18 @@ fn gru_backward(lb: &mut LayerBuffers, w_hh: &PackedB, d_above: &[f32], dh_next:
                 dh_next[at] = dh * zj;
             }
         }
-        gemm_packed(batch, g, n, gh, w_hh, 1.0, dh_next);
-    }
+    });
 }
 
 /// The tanh-RNN's backward steps: dA = dh ⊙ (1 − h²) into `lb.a`.
 fn rnn_backward(lb: &mut LayerBuffers, w_hh: &PackedB, d_above: &[f32], dh_next: &mut [f32], d: Dims) {
-    let Dims { batch, steps, n, g } = d;
-    let bn = batch * n;
-    for t in (0..steps).rev() {
-        let r = t * bn..(t + 1) * bn;
-        let h = &lb.h[(t + 1) * bn..(t + 2) * bn];
-        let a = &mut lb.a[t * batch * g..(t + 1) * batch * g];
-        for (((da, &hv), &above), &next) in a.iter_mut().zip(h).zip(&d_above[r]).zip(dh_next.iter()) {
+    let bn = d.batch * d.n;
+    let LayerBuffers { a, h, .. } = lb;
+    backward_through_time(d, w_hh, a, dh_next, false, |t, a, dh_next| {
+        let h = &h[(t + 1) * bn..(t + 2) * bn];
+        for (((da, &hv), &above), &next) in a.iter_mut().zip(h).zip(&d_above[t * bn..(t + 1) * bn]).zip(dh_next.iter())
+        {
             *da = (above + next) * (1.0 - hv * hv);
         }
-        gemm_packed(batch, g, n, a, w_hh, 0.0, dh_next);
-    }
+    });
 }

@@ -23,7 +23,7 @@ const TILE_N: usize = 4 * PANEL;
 const TILE_M: usize = 6;
 
 /// A k × n matrix B prepared for repeated [`gemm_packed`] calls.
-pub struct PackedB {
+pub(crate) struct PackedB {
     k: usize,
     n: usize,
     layout: Layout,
@@ -73,7 +73,7 @@ fn use_kernel(n: usize) -> bool {
 /// C = β·C + A·B, with A row-major m × k, C row-major m × n and B packed by
 /// [`PackedB::new`] with the same k and n. When β = 0, C is only written, so it
 /// need not be initialised.
-pub fn gemm_packed(m: usize, k: usize, n: usize, a: &[f32], b: &PackedB, beta: f32, c: &mut [f32]) {
+pub(crate) fn gemm_packed(m: usize, k: usize, n: usize, a: &[f32], b: &PackedB, beta: f32, c: &mut [f32]) {
     assert!(b.k == k && b.n == n, "gemm_packed: B was packed as {} × {}, called with {k} × {n}", b.k, b.n);
     assert!(a.len() >= m * k && c.len() >= m * n, "gemm_packed: buffers too small");
     match &b.layout {

@@ -20,7 +20,7 @@
 //! step, and stops with [`TrainError::Diverged`] (saving nothing from the bad step)
 //! when the loss or the gradient stops being finite.
 //!
-//! [`sample`] draws text from a model one character at a time.
+//! `sample` draws text from a model one character at a time.
 
 pub mod backprop;
 mod gemm;
@@ -89,10 +89,10 @@ impl Default for TrainConfig {
 }
 
 /// The largest `--hidden` the trainer accepts (the shipped model uses 512).
-pub const MAX_HIDDEN: usize = 4096;
+pub(crate) const MAX_HIDDEN: usize = 4096;
 /// The most layers the trainer accepts: plain LSTM stacks this deep already train
 /// poorly without residual connections, which this trainer lacks.
-pub const MAX_LAYERS: usize = 16;
+pub(crate) const MAX_LAYERS: usize = 16;
 /// The memory a run may be estimated to need ([`TrainConfig::memory_estimate`])
 /// before it is refused rather than left to abort on a failed allocation.
 pub const MAX_TRAIN_BYTES: u64 = 16 << 30;
@@ -214,21 +214,14 @@ pub enum TrainError {
     Checkpoint { path: String, problem: String },
 }
 
-/// A text split ready for training: its ids under the run's vocabulary.
-pub struct Corpus {
-    pub name: String,
-    pub sha256: String,
-    pub ids: Vec<u32>,
-}
-
 /// The largest text file any command reads (a corpus far beyond what a 2-core
 /// machine trains on in a day).
-pub const MAX_TEXT_BYTES: u64 = 4 << 30;
+pub(crate) const MAX_TEXT_BYTES: u64 = 4 << 30;
 
 /// Reads a UTF-8 text file. The error names the file and says what is wrong: it
 /// is missing or unreadable, a directory, or not UTF-8. Every command that reads a
 /// text file reads it with this.
-pub fn read_text(path: &Path) -> Result<String, TrainError> {
+pub(crate) fn read_text(path: &Path) -> Result<String, TrainError> {
     let shown = || path.display().to_string();
     // Stat first: a FIFO would block and /dev/zero never ends.
     let meta = std::fs::metadata(path).map_err(|source| TrainError::Read { path: shown(), source })?;
@@ -254,7 +247,7 @@ pub fn read_text(path: &Path) -> Result<String, TrainError> {
 }
 
 /// Lowercase hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -264,7 +257,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// from the ones before it, as one continuous stream from the zero state, in chunks
 /// so memory stays bounded. Characters outside the vocabulary are not scored.
 /// Returns (nats per character, characters scored).
-pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize)) -> (f64, usize) {
+pub(crate) fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize)) -> (f64, usize) {
     const CHUNK: usize = 8192;
     let chars: Vec<char> = text.chars().collect();
     let mut state = model.zero_state();
@@ -298,7 +291,7 @@ pub fn evaluate(model: &Model, text: &str, mut progress: impl FnMut(usize, usize
 ///
 /// Needs at least 2 ids (one prediction); with fewer there is nothing to score
 /// and the result is NaN. [`train`] asks for `seq + 1` validation characters.
-pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize, threads: usize) -> f64 {
+pub(crate) fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize, threads: usize) -> f64 {
     if ids.len() < 2 {
         return f64::NAN;
     }
@@ -349,7 +342,7 @@ pub fn evaluate_batched(weights: &Weights, ids: &[u32], batch: usize, seq: usize
 
 /// Progress of a run, saved in checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub step: u64,
     /// Batch index within the current epoch (the data position).
     pub batch_in_epoch: u64,
@@ -544,7 +537,7 @@ fn fmt_duration(s: f64) -> String {
 /// The loss curve for the model card, from the JSON-lines log: one point per
 /// `every` steps, `[step, mean training loss since the last point, validation loss
 /// or null]`, plus a point at every validation.
-pub fn curve_from_log(path: &Path, every: u64) -> Vec<CurvePoint> {
+pub(crate) fn curve_from_log(path: &Path, every: u64) -> Vec<CurvePoint> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -611,11 +604,12 @@ pub struct TrainReport {
 /// Trains (or resumes) a model. `stop` is polled every step (set it from a signal
 /// handler); when set, a checkpoint is saved and the function returns.
 ///
-/// The steps: [`read_texts`] (everything that can be wrong with the request is
-/// checked before the first step), [`start_or_resume`], then per batch
-/// [`gather_batch`], [`run_shards`] (forward and backward on every shard), the
-/// optimiser step, [`Run::advance`], and every `eval_every` steps
-/// [`validate_and_save`]; at the end [`score_test`].
+/// The steps: `read_texts` (everything that can be wrong with the request is
+/// checked before the first step), `start_or_resume`, `new_shards`, then per batch
+/// `gather_batch`, `run_shards` (forward and backward on every shard),
+/// `summed_and_clipped`, the optimiser step, `Run::advance`, and every `eval_every`
+/// steps `validate_and_save`; with `--verbose`, `print_progress`; at the end
+/// `score_test`.
 pub fn train(
     config: TrainConfig,
     train_path: &Path,
@@ -631,25 +625,13 @@ pub fn train(
     let ckpt_path = sidecar(&opts.out, ".ckpt.safetensors");
     let log_path = sidecar(&opts.out, ".log.jsonl");
     let mut run = start_or_resume(&config, &texts, opts, &ckpt_path, &log_path)?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
+    let write_error = |source| TrainError::Write { path: log_path.display().to_string(), source };
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(write_error)?;
 
     let total_steps = ((config.epochs as f64) * batches_per_epoch as f64).ceil() as u64;
     let total_steps = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let chars_per_step = (config.batch * config.seq) as u64;
-    let mut shards: Vec<Shard> = shard_sizes(config.batch, config.threads)
-        .into_iter()
-        .map(|size| Shard {
-            size,
-            inputs: vec![0; size * config.seq],
-            targets: vec![0; size * config.seq],
-            grads: run.weights.zeros_like(),
-            ws: Workspace::default(),
-        })
-        .collect();
+    let mut shards = new_shards(&config, &run.weights);
     let started = Instant::now();
     let elapsed_before = run.progress.elapsed_s;
     let steps_before = run.progress.step;
@@ -668,12 +650,7 @@ pub fn train(
         gather_batch(&texts.ids, stream_len, run.progress.batch_in_epoch as usize, config.seq, &mut shards);
         let step = run.progress.step;
         let loss = run_shards(&mut run, step, 1.0 / chars_per_step as f32, &mut shards) / chars_per_step as f64;
-        let (first, rest) = shards.split_at_mut(1);
-        for s in rest {
-            first[0].grads.add_assign(&mut s.grads);
-        }
-        let grads = &mut first[0].grads;
-        let grad_norm = clip_grad_norm(grads, config.clip);
+        let (grads, grad_norm) = summed_and_clipped(&mut shards, config.clip);
         if !loss.is_finite() || !grad_norm.is_finite() {
             // Stop before the optimiser writes non-finite values into the weights.
             let what = format!("the training loss is {loss} (gradient norm {grad_norm})");
@@ -698,19 +675,11 @@ pub fn train(
             record["val_loss"] = serde_json::json!(val);
             saved_step = Some(step);
         }
-        writeln!(log, "{record}")
-            .map_err(|source| TrainError::Write { path: log_path.display().to_string(), source })?;
-        if opts.verbose && (step % 10 == 0 || record.get("val_loss").is_some()) {
+        writeln!(log, "{record}").map_err(write_error)?;
+        let validated = record.get("val_loss").is_some();
+        if opts.verbose && (step % 10 == 0 || validated) {
             let eta = (total_steps - step) as f64 * chars_per_step as f64 / cps.max(1.0);
-            let val = run.progress.best_val.map_or("-".into(), |v| format!("{v:.4}"));
-            eprint!(
-                "\rstep {step}/{total_steps} | epoch {epoch_f:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
-                cps / 1000.0,
-                fmt_duration(eta)
-            );
-            if record.get("val_loss").is_some() {
-                eprintln!();
-            }
+            print_progress(&run.progress, total_steps, epoch_f, recent_loss, cps, eta, validated);
         }
     }
     save_checkpoint(&run, &ckpt_path)?;
@@ -880,6 +849,48 @@ struct Shard {
     targets: Vec<u32>,
     grads: Weights,
     ws: Workspace,
+}
+
+/// One shard per thread (`shard_sizes`), with buffers for `config.seq` steps and a
+/// gradient shaped like `weights`.
+fn new_shards(config: &TrainConfig, weights: &Weights) -> Vec<Shard> {
+    shard_sizes(config.batch, config.threads)
+        .into_iter()
+        .map(|size| Shard {
+            size,
+            inputs: vec![0; size * config.seq],
+            targets: vec![0; size * config.seq],
+            grads: weights.zeros_like(),
+            ws: Workspace::default(),
+        })
+        .collect()
+}
+
+/// Adds every shard's gradient into the first shard's and clips the sum to global norm
+/// `clip`; returns the sum and its norm before clipping.
+fn summed_and_clipped(shards: &mut [Shard], clip: f32) -> (&mut Weights, f32) {
+    let (first, rest) = shards.split_at_mut(1);
+    for s in rest {
+        first[0].grads.add_assign(&mut s.grads);
+    }
+    let grads = &mut first[0].grads;
+    let norm = clip_grad_norm(grads, clip);
+    (grads, norm)
+}
+
+/// The `--verbose` progress line, rewritten in place; a validation step ends it, so that
+/// each validation stays on screen.
+fn print_progress(p: &Progress, total_steps: u64, epoch: f64, recent_loss: f64, cps: f64, eta: f64, validated: bool) {
+    let val = p.best_val.map_or("-".into(), |v| format!("{v:.4}"));
+    eprint!(
+        "\rstep {}/{total_steps} | epoch {epoch:.2} | loss {recent_loss:.4} | best val {val} | {:.1}k chars/s | ETA {}   ",
+        p.step,
+        cps / 1000.0,
+        fmt_duration(eta)
+    );
+    if validated {
+        eprintln!();
+    }
 }
 
 /// Batch `j` of the epoch: stream b (numbered across shards) reads characters

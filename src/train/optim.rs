@@ -38,7 +38,7 @@ impl Weights {
     }
 
     /// Calls `f` on every tensor's values, in `named_tensors` order.
-    pub fn for_each_tensor_mut(&mut self, mut f: impl FnMut(&mut [f32])) {
+    pub(crate) fn for_each_tensor_mut(&mut self, mut f: impl FnMut(&mut [f32])) {
         if let Some(e) = &mut self.embedding {
             f(e.as_slice_mut().expect("standard layout"));
         }
@@ -70,7 +70,7 @@ impl Weights {
     }
 
     /// self += other, tensor by tensor.
-    pub fn add_assign(&mut self, other: &mut Weights) {
+    pub(crate) fn add_assign(&mut self, other: &mut Weights) {
         for (a, b) in self.tensors_mut().into_iter().zip(other.tensors_mut()) {
             for (x, y) in a.iter_mut().zip(b.iter()) {
                 *x += y;
@@ -81,7 +81,7 @@ impl Weights {
 
 /// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping (like PyTorch's `clip_grad_norm_`).
-pub fn clip_grad_norm(grads: &mut Weights, max_norm: f32) -> f32 {
+pub(crate) fn clip_grad_norm(grads: &mut Weights, max_norm: f32) -> f32 {
     let mut sq = 0f64;
     grads.for_each_tensor_mut(|t| sq += t.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>());
     let norm = sq.sqrt() as f32;
@@ -95,7 +95,7 @@ pub fn clip_grad_norm(grads: &mut Weights, max_norm: f32) -> f32 {
 /// Optimiser state: first and second moments, and the step count for Adam's
 /// bias correction. Saved in checkpoints so a resumed run continues exactly.
 #[derive(Debug, Clone)]
-pub struct OptimState {
+pub(crate) struct OptimState {
     pub kind: Optimizer,
     pub m: Weights,
     pub v: Weights,
