@@ -58,8 +58,8 @@ pub use features::{c_features, CFeatures};
 pub(crate) use features::{regex_mask, span_mask};
 pub use rank::{auc, pearson, spearman, GradedMetric, Labels};
 pub(crate) use rank::{metric_name, rank_columns};
+pub(crate) use stats::top_windows;
 pub use stats::{histogram, saturation};
-pub(crate) use stats::{top_windows, Window};
 
 /// What can go wrong in analysis: all of it is bad input from the caller.
 #[derive(Debug, thiserror::Error)]

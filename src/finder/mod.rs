@@ -924,8 +924,14 @@ pub fn top_contexts(
 ) -> Result<Contexts, FinderError> {
     let values = cell_values(model, text, layer, kind, cell)?;
     let chars: Vec<char> = text.chars().collect();
+    Ok(contexts_of(&values, &chars, k, radius))
+}
+
+/// The `k` most extreme non-overlapping windows (±`radius` characters) of one
+/// cell's `values` over `chars`, highest and lowest, most extreme first.
+pub(crate) fn contexts_of(values: &[f32], chars: &[char], k: usize, radius: usize) -> Contexts {
     let windows = |highest| {
-        top_windows(&values, k, radius, highest)
+        top_windows(values, k, radius, highest)
             .into_iter()
             .map(|w| Context {
                 center: w.center,
@@ -937,7 +943,7 @@ pub fn top_contexts(
             })
             .collect()
     };
-    Ok(Contexts { highest: windows(true), lowest: windows(false) })
+    Contexts { highest: windows(true), lowest: windows(false) }
 }
 
 #[cfg(test)]

@@ -415,13 +415,15 @@ pub fn request_labels(
     if given != 1 {
         return Err(AppError::invalid(
             "bad_feature",
-            "give exactly one of feature (string, comment, if, paren-depth, column, ...), regex, or spans",
+            format!("give exactly one of feature ({}), regex, or spans", crate::analysis::concept_names(|_| true)),
         ));
     }
     if let Some(f) = feature {
         let concept: Concept = f.parse().map_err(|_| {
-            let names: Vec<&str> = crate::analysis::CONCEPTS.iter().map(|c| c.name()).collect();
-            AppError::invalid("bad_feature", format!("unknown feature {f:?}; use one of {}", names.join(", ")))
+            AppError::invalid(
+                "bad_feature",
+                format!("unknown feature {f:?}; use one of {}", crate::analysis::concept_names(|_| true)),
+            )
         })?;
         return Ok((concept.name().to_string(), concept_labels(&chars, concept)));
     }

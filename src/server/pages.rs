@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::error::AppError;
 use super::json::quantize;
 use super::AppState;
-use crate::analysis::{auc, c_features, pearson, Concept, Labels, CONCEPTS};
+use crate::analysis::{c_features, Concept, GradedMetric, Labels, CONCEPTS};
 use crate::display::{css_color, unit_value};
 use crate::model::{Arch, Kind, Trace};
 
@@ -633,14 +633,9 @@ struct CellPage {
     memory: String,
 }
 
-fn context_rows(
-    rt: &ReferenceTrace,
-    values: &[f32],
-    windows: &[crate::analysis::Window],
-    kind: Kind,
-) -> Vec<ContextRow> {
+fn context_rows(rt: &ReferenceTrace, values: &[f32], contexts: &[Context], kind: Kind) -> Vec<ContextRow> {
     let none = HashSet::new();
-    windows
+    contexts
         .iter()
         .map(|w| {
             let shown = match crate::display::scale(kind) {
@@ -651,7 +646,7 @@ fn context_rows(
             // The character the value belongs to is wrapped in `.centre` (outlined by
             // style.css), so a reader sees which one of the window's characters it is.
             let part = |a: usize, b: usize| colored_text_html(&rt.chars[a..b], |t| values[a + t], &none, a);
-            let c = w.center.clamp(w.start, w.end.saturating_sub(1).max(w.start));
+            let c = w.position.clamp(w.start, w.end.saturating_sub(1).max(w.start));
             let html = if c < w.end {
                 format!(
                     "{}<span class=\"centre\" title=\"the value listed is this character's (position {c})\">{}</span>{}",
@@ -717,7 +712,8 @@ pub struct ConceptScore {
     pub metric: &'static str,
     /// max(AUC, 1 − AUC) or |r|.
     pub score: f64,
-    /// +1 if the cell is higher inside the concept (or rises with it), else −1.
+    /// +1 if the cell is higher inside the concept (or rises with it), −1 if lower,
+    /// 0 if neither (AUC exactly ½ or r exactly 0).
     pub sign: i8,
 }
 
@@ -757,40 +753,31 @@ pub struct CellProfile {
     pub time_scale: Option<f64>,
     #[serde(skip)]
     values: Vec<f32>,
-    #[serde(skip)]
-    windows: [Vec<crate::analysis::Window>; 2],
 }
 
 /// Computes a cell's profile over the reference text.
 pub async fn cell_profile(state: &AppState, layer: usize, kind: Kind, cell: usize) -> Result<CellProfile, AppError> {
     let rt = reference_trace(state).await?;
     let values = rt.column(layer, kind, cell);
+    // The finder's own scoring, on this one column (a concept the reference text
+    // lacks, or that is constant over it, is left out).
+    let column = ndarray::ArrayView2::from_shape((values.len(), 1), &values[..])
+        .map_err(|e| AppError::internal(format!("a cell's column: {e}")))?;
     let mut concepts: Vec<ConceptScore> = rt
         .labels
         .iter()
         .filter_map(|(c, labels)| {
-            let (metric, raw) = match labels {
-                Labels::Binary(b) => ("AUC", auc(&values, b)?),
-                Labels::Graded(g) => ("r", pearson(&values, g)?),
-            };
-            let (score, sign) = match labels {
-                Labels::Binary(_) => (raw.max(1.0 - raw), if raw >= 0.5 { 1 } else { -1 }),
-                Labels::Graded(_) => (raw.abs(), if raw >= 0.0 { 1 } else { -1 }),
-            };
-            Some(ConceptScore { concept: c.name(), metric, score, sign })
+            let scored = crate::analysis::rank_columns(column, labels, GradedMetric::Pearson).ok()?;
+            let first = scored.first()?;
+            let metric = if matches!(labels, Labels::Binary(_)) { "AUC" } else { "r" };
+            Some(ConceptScore { concept: c.name(), metric, score: first.score, sign: first.sign })
         })
         .collect();
     concepts.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let windows = [true, false].map(|highest| crate::analysis::top_windows(&values, 20, 40, highest));
-    let contexts = |ws: &[crate::analysis::Window]| {
-        ws.iter()
-            .map(|w| Context {
-                position: w.center,
-                start: w.start,
-                end: w.end,
-                value: w.value,
-                text: rt.chars[w.start..w.end].iter().collect(),
-            })
+    let found = crate::finder::contexts_of(&values, &rt.chars, 20, 40);
+    let contexts = |cs: &[crate::finder::Context]| {
+        cs.iter()
+            .map(|c| Context { position: c.center, start: c.start, end: c.end, value: c.value, text: c.text.clone() })
             .collect()
     };
     let model = &state.model;
@@ -806,12 +793,11 @@ pub async fn cell_profile(state: &AppState, layer: usize, kind: Kind, cell: usiz
         reference_chars: rt.chars.len(),
         concepts,
         histogram: crate::analysis::histogram(&values, 40, -1.0, 1.0),
-        top_contexts: contexts(&windows[0]),
-        bottom_contexts: contexts(&windows[1]),
+        top_contexts: contexts(&found.highest),
+        bottom_contexts: contexts(&found.lowest),
         logit_effect: (kind == Kind::Hidden && layer + 1 == model.layers())
             .then(|| super::causal::logit_effect(model, cell)),
         values,
-        windows,
     })
 }
 
@@ -838,11 +824,6 @@ pub async fn cell(
         Ok(rt) => rt,
         Err(e) => return e.into_response(),
     };
-    let (lo, hi) = match kind {
-        k if k.is_gate() => ("0", "1"),
-        Kind::Cell => ("tanh(c) = −1", "+1"),
-        _ => ("−1", "+1"),
-    };
     let concepts = profile
         .concepts
         .iter()
@@ -850,7 +831,11 @@ pub async fn cell(
             name: c.concept,
             metric: c.metric,
             score: format!("{:.3}", c.score),
-            sign: if c.sign > 0 { "+" } else { "−" },
+            sign: match c.sign {
+                1.. => "+",
+                0 => "±",
+                _ => "−",
+            },
         })
         .collect();
     let effect = |gs: &[super::json::Guess]| {
@@ -867,9 +852,9 @@ pub async fn cell(
         next: (cell + 1) % model.hidden_size(),
         reference_name: profile.reference.clone(),
         reference_len: profile.reference_chars,
-        top: context_rows(&rt, &profile.values, &profile.windows[0], kind),
-        bottom: context_rows(&rt, &profile.values, &profile.windows[1], kind),
-        histogram_svg: super::plots::histogram_svg(&profile.histogram, lo, hi),
+        top: context_rows(&rt, &profile.values, &profile.top_contexts, kind),
+        bottom: context_rows(&rt, &profile.values, &profile.bottom_contexts, kind),
+        histogram_svg: super::plots::histogram_svg(&profile.histogram, kind),
         concepts,
         legend: legend(kind),
         promotes: profile.logit_effect.as_ref().map(|e| effect(&e.promotes)).unwrap_or_default(),

@@ -48,14 +48,16 @@ struct Histogram {
     max: u32,
     bars: Vec<Bar>,
     ticks: Vec<Tick>,
-    what: &'static str,
-    lo: String,
-    hi: String,
+    /// What the axis shows: `value`, or `tanh(c)` for a squashed kind.
+    what: String,
+    range: &'static str,
 }
 
-/// A cell's activation histogram over [lo, hi] (bars coloured by the value they
-/// hold), with value ticks under it.
-pub fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
+/// A cell's activation histogram over the range its kind is shown in
+/// (`display::scale`: a gate over 0 … 1, everything else over −1 … +1), bars
+/// coloured by the value they hold, with value ticks under it.
+pub fn histogram_svg(counts: &[u32], kind: crate::model::Kind) -> String {
+    use crate::display::{scale, shows, Scale};
     let (left, w, h) = (34.0, 480.0, 140.0);
     let max = counts.iter().copied().max().unwrap_or(1).max(1);
     let bw = w / counts.len().max(1) as f32;
@@ -68,8 +70,9 @@ pub fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
             Bar { x: left + i as f32 * bw, y: h - height, width: bw, height, fill: css_color(u), count }
         })
         .collect();
+    let gate = scale(kind) == Scale::Gate;
     let labels: [&str; 5] =
-        if lo == "0" { ["0", "0.25", "0.5", "0.75", "1"] } else { ["−1", "−0.5", "0", "+0.5", "+1"] };
+        if gate { ["0", "0.25", "0.5", "0.75", "1"] } else { ["−1", "−0.5", "0", "+0.5", "+1"] };
     let ticks = labels
         .iter()
         .enumerate()
@@ -83,8 +86,9 @@ pub fn histogram_svg(counts: &[u32], lo: &str, hi: &str) -> String {
             },
         })
         .collect();
-    let what = if lo.contains("tanh") { "tanh(c)" } else { "value" };
-    render(&Histogram { left, w, h, max, bars, ticks, what, lo: lo.into(), hi: hi.into() }, "histogram")
+    let what = if scale(kind) == Scale::Squashed { shows(kind).to_string() } else { "value".into() };
+    let range = if gate { "0 … 1" } else { "−1 … +1" };
+    render(&Histogram { left, w, h, max, bars, ticks, what, range }, "histogram")
 }
 
 #[derive(Template)]
@@ -203,9 +207,11 @@ mod tests {
 
     #[test]
     fn plots_render_their_data() {
-        let h = histogram_svg(&[1, 4, 2, 0], "0", "1");
+        let h = histogram_svg(&[1, 4, 2, 0], crate::model::Kind::Forget);
         assert_eq!(h.matches("<rect").count(), 4);
-        assert!(h.contains("<title>4</title>") && h.contains(">0.75<"), "{h}");
+        assert!(h.contains("<title>4</title>") && h.contains(">0.75<") && h.contains("value (0 … 1)"), "{h}");
+        let h = histogram_svg(&[1, 4], crate::model::Kind::Keep);
+        assert!(h.contains("tanh(keep) (−1 … +1)") && h.contains(">−0.5<"), "{h}");
         let c =
             curve_svg(&[crate::model::CurvePoint(0, 3.0, Some(2.9)), crate::model::CurvePoint(1000, 1.5, Some(1.6))]);
         assert!(c.contains("d=\"M40.0,") && c.contains(">1,000<"), "{c}");

@@ -62,8 +62,9 @@ fn binary(feature: &str, labels: Labels) -> Result<Vec<bool>, AppError> {
         Labels::Graded(_) => Err(AppError::invalid(
             "bad_feature",
             format!(
-                "{feature} is graded (a number per character); a probe separates yes/no concepts: use string, char, \
-                 comment, if, preprocessor, a regex or spans"
+                "{feature} is graded (a number per character); a probe separates yes/no concepts: use {}, a regex \
+                 or spans",
+                crate::analysis::concept_names(|c| !c.is_graded())
             ),
         )),
     }
