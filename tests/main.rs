@@ -13,5 +13,6 @@ mod memory;
 mod model_load;
 mod openapi;
 mod probe;
+mod quant;
 mod trace;
 mod train;

@@ -6,6 +6,7 @@ mod gru_rnn;
 pub mod kernel;
 mod lstm;
 mod meta;
+mod quant;
 pub mod safetensors;
 pub(crate) use lstm::read_tensor_file;
 mod memory;
@@ -20,6 +21,7 @@ pub use lstm::{
 };
 pub use memory::{explain_step, horizon_1pct, memory_horizon, time_scale, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
+pub use quant::Precision;
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};

@@ -41,6 +41,19 @@ pub fn key(text: &str) -> Key {
     sha2::Sha256::digest(text.as_bytes()).into()
 }
 
+/// The cache key of a text traced at `precision`: [`key`] for the exact trace; the
+/// int8 trace (the page view's) hashes one more byte, 0xFF, which no UTF-8 text
+/// contains, so it never answers for the exact trace of any text.
+pub fn key_at(text: &str, precision: crate::model::Precision) -> Key {
+    use sha2::Digest;
+    match precision {
+        crate::model::Precision::Exact => key(text),
+        crate::model::Precision::Int8 => {
+            sha2::Sha256::new().chain_update(text.as_bytes()).chain_update([0xFF]).finalize().into()
+        }
+    }
+}
+
 /// Bytes a trace holds (its matrices, probabilities and characters).
 pub fn trace_bytes(t: &Trace) -> usize {
     let f = std::mem::size_of::<f32>();
