@@ -196,6 +196,15 @@ fn time_trace(model: &Model, text: &str, threads: usize, min_time: f64) -> Timin
     })
 }
 
+/// chars/s of the page view's int8 trace (`Precision::Int8`) on `threads` threads.
+fn time_trace_int8(model: &Model, text: &str, threads: usize, min_time: f64) -> Timing {
+    let n = text.chars().count() as f64;
+    measure(n, min_time, || {
+        let enc = model.vocab.encode(std::hint::black_box(text));
+        std::hint::black_box(model.trace_int8_with_threads(enc, &model.zero_state(), threads));
+    })
+}
+
 /// Steps/s of layer 0's recurrence alone (`kernel::lstm_layer` into reused
 /// buffers): no input projection, decoder or page faults. Each step streams all of
 /// W_hh (16·H² bytes) through the core; the GB/s this implies, against the cache
@@ -280,8 +289,10 @@ struct Row {
 fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch: &mut Result<(), String>) -> Vec<Row> {
     let chars = text.chars().count();
     let time = |threads| time_trace(model, text, threads, args.min_time / 2.0);
+    let time8 = |threads| time_trace_int8(model, text, threads, args.min_time / 2.0);
     let shape = format!("{}×{}", model.layers(), model.hidden_size());
     let (mut one, mut two) = (time(1), time(2));
+    let (mut one8, mut two8) = (time8(1), time8(2));
     let mut torch_rows_here = Vec::new();
     if torch.is_ok() {
         let tmp = std::env::temp_dir().join(format!("cellscope-bench-{}.safetensors", std::process::id()));
@@ -301,6 +312,8 @@ fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch
         let _ = std::fs::remove_file(&tmp);
         one = one.merge(time(1));
         two = two.merge(time(2));
+        one8 = one8.merge(time8(1));
+        two8 = two8.merge(time8(2));
     }
     let mut rows = vec![
         Row {
@@ -316,6 +329,20 @@ fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch
             best: two.best(),
             torch: false,
             note: format!("pipelined, layer 1 a block behind layer 0; {}", two.note()),
+        },
+        Row {
+            name: format!("cellscope int8 {shape}, 1 thread"),
+            median: one8.median(),
+            best: one8.best(),
+            torch: false,
+            note: format!("the page view's trace (int8 W_hh, W_ih above layer 0); {}", one8.note()),
+        },
+        Row {
+            name: format!("cellscope int8 {shape}, 2 threads"),
+            median: two8.median(),
+            best: two8.best(),
+            torch: false,
+            note: format!("int8, pipelined in 16-step chunks; {}", two8.note()),
         },
     ];
     rows.extend(torch_rows_here);
@@ -359,6 +386,30 @@ fn crossover(models: &[&Model], min_time: f64) {
                 two.best() / one.best()
             );
         }
+    }
+    println!();
+}
+
+/// The int8 trace against the exact one on the model's reference text
+/// (`<model>.reference.txt`), if there is one.
+fn int8_deviation(model: &Model, path: &Path) {
+    let reference = path.with_extension("reference.txt");
+    let Ok(text) = std::fs::read_to_string(&reference) else { return };
+    let Some(layers) = cellscope::finder::precision::int8_deviation(model, &text) else { return };
+    println!("int8 trace against the exact trace on {} ({} chars):", reference.display(), text.chars().count());
+    for l in layers {
+        println!(
+            "  layer {}: |Δh| max {:.4} mean {:.5} ({:.1}% over 1/254); |Δtanh c| max {:.4} mean {:.5}; |Δc| max {:.3} mean {:.4}; top-20 contexts at the same place {:.1}%",
+            l.layer,
+            l.h_max,
+            l.h_mean,
+            100.0 * l.h_over_step,
+            l.tanh_c_max,
+            l.tanh_c_mean,
+            l.c_max,
+            l.c_mean,
+            100.0 * l.contexts_same
+        );
     }
     println!();
 }
@@ -453,6 +504,10 @@ fn main() {
         "chars/s: median over runs; best: the fastest run; /torch best: this row's median over PyTorch's best median \
 for the same model; best/best: this row's best run over PyTorch's best run."
     );
+
+    if let Some(path) = &args.model {
+        int8_deviation(&model, path);
+    }
 
     let ours = &shapes[0][0];
     let torch_fused = shapes[0].iter().find(|r| r.name.starts_with("torch_fused") && r.name.ends_with("1 thread"));

@@ -11,4 +11,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MATMUL_NUM_THREADS=1
-exec cargo bench --bench trace -- "$@"
+# The release profile, so the library built for `cargo test --release` is reused.
+exec cargo bench --profile release --bench trace -- "$@"

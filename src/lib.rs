@@ -9,7 +9,8 @@
 //!   format (DESIGN §3), the architectures and their kinds (`model/arch.rs`), and
 //!   the forward pass that records every kind of every layer at every character:
 //!   the LSTM's h, c, i, f, g, o (`model/lstm.rs`, with clamps, and its SIMD
-//!   kernels in `model/kernel.rs`), the GRU's h, r, z, n and the tanh-RNN's h
+//!   kernels in `model/kernel.rs`; the page view's int8 variant in `model/quant.rs`),
+//!   the GRU's h, r, z, n and the tanh-RNN's h
 //!   (`model/gru_rnn.rs`); one character at a time with sampling (`model/step.rs`).
 //! - [`analysis`]: C-syntax concepts (strings, comments, `if` conditions, depth,
 //!   column), cell ranking (AUC, correlation), top contexts, gate saturation. Works

@@ -252,6 +252,9 @@ async function postStream(url, body, signal) {
   }
 }
 
+/** Shown after the timing when the view came from the int8 trace (README, "Performance"). */
+const PRECISION_NOTE = ' with int8 weights (colours within a shade of the exact trace; /api/trace is exact)';
+
 /** Parses /api/view's body: u32 LE header length, JSON header, then T×H int8 per kind. */
 function parseView(buf) {
   const n = new DataView(buf).getUint32(0, true);
@@ -911,7 +914,9 @@ async function loadView(text) {
   timings.total = performance.now() - t0;
   state.runs++;
   setStatus(`traced ${view.header.length} characters in ${Math.round(fetched)} ms` +
-    (allKinds ? '' : ` (long text: kind ${kinds[0]} only)`));
+    (allKinds ? '' : ` (long text: kind ${kinds[0]} only)`) +
+    // The server traces the page's view with int8 weights unless asked otherwise.
+    (view.header.precision === 'int8' ? PRECISION_NOTE : ''));
   // The layer or kind may have changed while the request was on its way.
   if (state.layer !== layer || !view.data.has(state.kind)) refresh();
 }

@@ -496,7 +496,8 @@ async fn the_same_text_is_traced_once_and_the_cache_stays_in_its_budget() {
         oneshot(st.clone(), json_post("/api/trace", json!({"text": text, "layers": [1], "kinds": ["c"]}))).await;
     assert_eq!(st.traces.len(), 1);
     // Another view of the same text, a ranking and an intervention reuse it.
-    let (s2, _, _) = oneshot(st.clone(), json_post("/api/view", json!({"text": text, "layer": 0}))).await;
+    let (s2, _, _) =
+        oneshot(st.clone(), json_post("/api/view", json!({"text": text, "layer": 0, "exact": true}))).await;
     let (s3, _, _) =
         oneshot(st.clone(), json_post("/api/cells/rank", json!({"text": text, "feature": "string"}))).await;
     let clamp = json!([{"layer": 0, "kind": "c", "cell": 1, "value": 0}]);
@@ -506,6 +507,16 @@ async fn the_same_text_is_traced_once_and_the_cache_stays_in_its_budget() {
     assert_eq!([s1, s2, s3, s4, s5].map(|s| s.as_u16()), [200; 5]);
     assert_eq!(st.traces.len(), 1, "one text, one trace");
     assert_eq!(a, b, "a cached trace answers exactly as a fresh one");
+    // The page's default view is traced in int8: kept apart, never answering for
+    // the exact trace, and reused by the next view.
+    let (s6, h6, int8) = oneshot(st.clone(), json_post("/api/view", json!({"text": text, "layer": 0}))).await;
+    assert_eq!(st.traces.len(), 2, "the int8 trace has its own entry");
+    assert_eq!(h6.get("x-cellscope-precision").and_then(|v| v.to_str().ok()), Some("int8"));
+    let (s7, _, again) = oneshot(st.clone(), json_post("/api/view", json!({"text": text, "layer": 0}))).await;
+    let (s8, _, c) =
+        oneshot(st.clone(), json_post("/api/trace", json!({"text": text, "layers": [1], "kinds": ["c"]}))).await;
+    assert_eq!([s6, s7, s8].map(|s| s.as_u16()), [200; 3]);
+    assert_eq!((st.traces.len(), &int8, &c), (2, &again, &a), "each precision answers from its own entry");
     // With no budget nothing is kept.
     let off = state(Limits { trace_cache_bytes: 0, ..Limits::default() });
     let (s, _, c) =

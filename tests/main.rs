@@ -14,5 +14,6 @@ mod model_load;
 mod models;
 mod openapi;
 mod probe;
+mod quant;
 mod trace;
 mod train;

@@ -417,6 +417,7 @@ fn cases(apps: &Apps) -> Vec<Case> {
     let view = "/api/view";
     add(main, "post", view, post(view, &json!({"text": "a\u{1F600}b"})), 200);
     add(main, "post", view, post(view, &json!({"text": C, "layer": 1, "kinds": ["h", "c", "f"], "top_k": 0})), 200);
+    add(main, "post", view, post(view, &json!({"text": C, "exact": true})), 200);
     let rank = "/api/cells/rank";
     add(main, "post", rank, post(rank, &json!({"text": C.repeat(3), "feature": "string"})), 200);
     add(main, "post", rank, post(rank, &json!({"text": C.repeat(3), "feature": "column", "metric": "spearman"})), 200);

@@ -58,6 +58,7 @@
 //! is monotone, so ties stay ties and only same-bin pairs can err. For roughly normal values
 //! the fullest bin holds about 0.08 % of them, a bound of about 4·10⁻⁴.
 
+pub mod precision;
 pub(crate) mod probe;
 
 use std::fmt;

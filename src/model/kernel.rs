@@ -458,7 +458,7 @@ unsafe fn layer_portable<const L: usize>(w: *const f32, raw: Raw) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     //! AVX-512 and AVX2 + FMA versions of [`super::layer_portable`]. Both follow the
     //! same plan: per block of L units, eight accumulators (i, f, g, o × even/odd
     //! column) start from x_proj, take one FMA per weight vector, and the cell
@@ -564,14 +564,14 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn sigmoid8(x: __m256) -> __m256 {
+    pub(crate) fn sigmoid8(x: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
         _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn tanh8(x: __m256) -> __m256 {
+    pub(crate) fn tanh8(x: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
         let e = exp8(_mm256_mul_ps(x, _mm256_set1_ps(-2.0)));
         _mm256_sub_ps(_mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e)), one)

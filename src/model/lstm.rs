@@ -228,6 +228,9 @@ pub struct Model {
     /// LSTM only: per layer ≥ 1 (index k − 1), W_ih packed the same way, for one
     /// step at a time ([`super::Stepper`]); a whole text's projections are one GEMM.
     pub(super) packed_ih: Vec<PackedHh>,
+    /// LSTM only: the int8 weights of the page view's trace (`super::quant`), built
+    /// on first use; emptied by [`Model::refresh`].
+    pub(super) quant: OnceLock<Vec<super::quant::QuantLayer>>,
 }
 
 /// Hidden and cell state of every layer, carried between calls to trace a text in pieces.
@@ -270,7 +273,7 @@ impl LayerTrace {
 
     /// The LSTM layer's matrices from the kernel's output, with the memory terms
     /// derived from them; `c0` is the layer's cell state before the first step.
-    fn from_kernel(out: LayerOut, t: usize, n: usize, c0: &[f32]) -> Self {
+    pub(super) fn from_kernel(out: LayerOut, t: usize, n: usize, c0: &[f32]) -> Self {
         let write: Vec<f32> = out.i.iter().zip(&out.g).map(|(i, g)| i * g).collect();
         let keep: Vec<f32> = (0..t * n)
             .map(|at| {
@@ -436,6 +439,7 @@ impl Model {
             bias: Vec::new(),
             packed_hh: Vec::new(),
             packed_ih: Vec::new(),
+            quant: OnceLock::new(),
         };
         model.refresh();
         Ok(model)
@@ -443,6 +447,7 @@ impl Model {
 
     /// Recomputes the derived tables after `weights` changed.
     pub fn refresh(&mut self) {
+        self.quant = OnceLock::new();
         let w = &self.weights;
         self.bias = w.layers.iter().map(|l| (&l.bias_ih + &l.bias_hh).to_vec()).collect();
         let l0 = &w.layers[0];
@@ -779,7 +784,7 @@ impl Model {
 /// (`scripts/bench.sh --crossover`), and with a core free they gained 1.2–1.35×
 /// from about a thousand characters on. This bound keeps the short texts, which
 /// lose most under contention, on one thread.
-const PIPELINE_MIN_STEPS: usize = 4096;
+pub(super) const PIPELINE_MIN_STEPS: usize = 4096;
 
 /// A pipelined trace hands over about this many blocks (see [`Model::block_steps`]):
 /// the layer above idles for the first and the one below for the last.
@@ -792,7 +797,7 @@ const MIN_PIPELINE_BLOCK: usize = 64;
 /// Threads one trace may use: `CELLSCOPE_TRACE_THREADS` if set (1 keeps every
 /// trace on the calling thread), else 1 (see the module doc), at most the cores
 /// available. Read once.
-fn trace_threads() -> usize {
+pub(super) fn trace_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

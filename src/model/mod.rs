@@ -6,6 +6,7 @@ mod gru_rnn;
 pub mod kernel;
 mod lstm;
 mod meta;
+mod quant;
 pub mod safetensors;
 pub(crate) use lstm::read_tensor_file;
 mod memory;
@@ -19,6 +20,7 @@ pub use lstm::{Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, St
 pub(crate) use memory::{explain_step, memory_horizon, time_scale};
 pub use memory::{horizon_1pct, memory_horizon_of, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
+pub use quant::Precision;
 pub use saliency::{saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};

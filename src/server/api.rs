@@ -11,7 +11,7 @@ use super::error::{AppError, JsonBody};
 use super::json::{trace_json, trace_json_size, trace_npy, view_bytes};
 use super::AppState;
 use crate::analysis::{concept_labels, regex_mask, span_mask, Concept, GradedMetric, Labels};
-use crate::model::{Arch, Kind, Model, Trace};
+use crate::model::{Arch, Kind, Model, Precision, Trace};
 
 /// `GET /api/model`'s answer: the loaded model and this server's limits.
 #[derive(Serialize)]
@@ -280,10 +280,20 @@ pub async fn with_trace<R: Send + 'static>(
 /// The trace of `text` by the served model, from `cache`, or computed and kept
 /// there. Call it inside a model slot.
 pub fn cached_trace(cache: &super::cache::TraceCache, served: &super::Served, text: &str) -> std::sync::Arc<Trace> {
+    cached_trace_at(cache, served, text, Precision::Exact)
+}
+
+/// [`cached_trace`] at `precision`; the two precisions never share an entry.
+fn cached_trace_at(
+    cache: &super::cache::TraceCache,
+    served: &super::Served,
+    text: &str,
+    precision: Precision,
+) -> std::sync::Arc<Trace> {
     let model = &served.model;
-    let key = super::cache::key(&served.id, text);
+    let key = super::cache::key_at(&served.id, text, precision);
     cache.get(&key).unwrap_or_else(|| {
-        let t = std::sync::Arc::new(model.trace(text));
+        let t = std::sync::Arc::new(model.trace_at(text, precision));
         cache.insert(key, t.clone());
         t
     })
@@ -365,6 +375,10 @@ pub struct ViewRequest {
     pub layer: Option<usize>,
     pub kinds: Option<Vec<String>>,
     pub top_k: Option<usize>,
+    /// `true`: trace in f32 as `/api/trace` does. Default: an LSTM's view is traced
+    /// with int8 recurrent weights (`model::quant`), several times faster; the
+    /// answer says which (`precision`).
+    pub exact: Option<bool>,
 }
 
 /// `POST /api/view`: one layer in the page's compact int8 format (see
@@ -378,9 +392,20 @@ pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewReq
     let t_len = req.text.chars().count() as u128;
     let size = t_len * (kinds.len() * state.model.hidden_size()) as u128 + trace_json_size(t_len as usize, 0, top_k);
     check_answer_size(&state, size, "this view", "ask for fewer kinds or a shorter text")?;
-    let bytes =
-        with_trace(&state, req.text, move |model, trace| view_bytes(model, trace, layer, &kinds, top_k)).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let precision = if req.exact == Some(true) || !state.model.has_int8() { Precision::Exact } else { Precision::Int8 };
+    let (served, cache) = (state.served.clone(), state.traces.clone());
+    let bytes = state
+        .queue
+        .run(move || {
+            let trace = cached_trace_at(&cache, &served, &req.text, precision);
+            view_bytes(&served.model, &trace, layer, &kinds, top_k, precision)
+        })
+        .await?;
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream"),
+        (header::HeaderName::from_static("x-cellscope-precision"), precision.name()),
+    ];
+    Ok((headers, bytes).into_response())
 }
 
 #[derive(Deserialize)]

@@ -35,14 +35,24 @@ struct Entry {
     last_use: u64,
 }
 
-/// The cache key of a text traced by the model `model_id`.
+/// The cache key of a text traced exactly by the model `model_id`.
 pub fn key(model_id: &str, text: &str) -> Key {
+    key_at(model_id, text, crate::model::Precision::Exact)
+}
+
+/// The cache key of a text traced by the model `model_id` at `precision`. The
+/// id's length goes first, so no (id, text) pair collides with another; the
+/// int8 trace (the page view's) hashes one more byte, 0xFF, which no UTF-8 text
+/// contains, so it never answers for an exact trace.
+pub fn key_at(model_id: &str, text: &str, precision: crate::model::Precision) -> Key {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    // The id's length first, so no (id, text) pair collides with another.
     h.update((model_id.len() as u64).to_le_bytes());
     h.update(model_id.as_bytes());
     h.update(text.as_bytes());
+    if precision == crate::model::Precision::Int8 {
+        h.update([0xFF]);
+    }
     h.finalize().into()
 }
 
