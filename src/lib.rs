@@ -25,8 +25,10 @@
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
 //! - `display`: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
 //!   one place for the terminal, the pages and the API.
-//! - [`server`]: the axum app: `server::router` lists every route; JSON API
+//! - [`server`]: the axum app: `server::router` lists every route; one or several
+//!   models (`server/mod.rs`: `Served`, `AppState::select`); JSON API
 //!   (`server/api.rs`), the causal lab (`server/causal.rs`: clamps, sampling),
+//!   models side by side (`server/compare.rs`), the pages' plots (`server/plots.rs`),
 //!   memory views (`server/memory.rs`: saliency, one step explained, horizon),
 //!   askama pages (`server/pages.rs`), the error policy (`server/error.rs`), the
 //!   request guard (`server/guard.rs`), the model queue (`server/queue.rs`) and

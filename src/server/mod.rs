@@ -1,8 +1,11 @@
 //! The web app and JSON API: one router ([`router`]) lists every route; handlers
-//! live in `api.rs` (JSON) and `pages.rs` (askama pages); `error.rs` holds the
-//! error policy; `json.rs` the wire formats. Every request passes `guard.rs`
-//! (host allow-list, JSON only, body size and deadline, security headers); every
-//! model run waits its turn in `queue.rs`; `probe.rs` fits and scores concept directions; `net.rs` is the accept loop (timeouts,
+//! live in `api.rs` (JSON), `pages.rs` (askama pages), `causal.rs`, `memory.rs`,
+//! `probe.rs` and `compare.rs`; `error.rs` holds the error policy; `json.rs` the
+//! wire formats; `plots.rs` the pages' SVG plots. A server holds one or several
+//! models ([`Served`]); a request picks one with `model` (JSON) or `?model=`
+//! (URL) through [`AppState::select`]. Every request passes `guard.rs` (host
+//! allow-list, JSON only, body size and deadline, security headers); every model
+//! run waits its turn in `queue.rs`; `net.rs` is the accept loop (timeouts,
 //! connection cap, graceful shutdown). Handlers know nothing of gate equations:
 //! they call [`crate::model::Model::trace`] and the analysis functions.
 
