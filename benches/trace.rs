@@ -213,7 +213,7 @@ fn time_trace_int8(model: &Model, text: &str, threads: usize, min_time: f64) -> 
 fn time_recurrence(model: &Model, steps: usize, min_time: f64) -> Timing {
     use cellscope::model::kernel::{lstm_layer, LayerOut, PackedHh};
     let n = model.hidden_size();
-    let packed = PackedHh::new(model.weights.layers[0].weight_hh.as_slice().expect("standard layout"), n);
+    let packed = PackedHh::new(model.weights().layers[0].weight_hh.as_slice().expect("standard layout"), n);
     let mut rng = Rng::new(9);
     let table: Vec<Vec<f32>> = (0..97).map(|_| (0..4 * n).map(|_| rng.range(-1.0, 1.0)).collect()).collect();
     let rows: Vec<&[f32]> = (0..steps).map(|t| &table[(t * 31) % 97][..]).collect();

@@ -24,7 +24,7 @@ fn sigmoid(x: f64) -> f64 {
 /// The next-character log-probabilities of `text` by the equations of `gru_rnn.rs`,
 /// in f64 and straight from the weights (no tables, no kernels), with h clamps.
 fn reference_logp(model: &Model, text: &str, clamps: &[Clamp]) -> Vec<f64> {
-    let w = &model.weights;
+    let w = &model.weights();
     let n = model.hidden_size();
     let mut h = vec![vec![0f64; n]; model.layers()];
     let mut out = Vec::new();
@@ -195,7 +195,7 @@ fn gru_and_rnn_model_files_round_trip_and_say_their_architecture() {
         let model = tiny_model_of(arch, None, 3);
         let bytes = model.to_bytes();
         let back = Model::from_bytes(&bytes, "back".into()).unwrap();
-        assert_eq!((back.arch(), &back.weights), (arch, &model.weights));
+        assert_eq!((back.arch(), &back.weights()), (arch, &model.weights()));
         // Read as another architecture, the shapes do not fit, and the message says so.
         let parsed = cellscope::model::safetensors::parse(&bytes).unwrap();
         let other = if arch == Arch::Gru { "rnn" } else { "gru" };
@@ -377,5 +377,5 @@ fn a_file_without_cellscope_arch_is_read_as_an_lstm() {
     meta.remove("cellscope.arch");
     let tensors = parsed.tensors.iter().map(|(k, t)| (k.clone(), (t.shape.clone(), &t.data[..]))).collect();
     let back = Model::from_bytes(&cellscope::model::safetensors::serialize(&tensors, &meta), "plain".into()).unwrap();
-    assert_eq!((back.arch(), &back.weights), (Arch::Lstm, &model.weights));
+    assert_eq!((back.arch(), &back.weights()), (Arch::Lstm, &model.weights()));
 }

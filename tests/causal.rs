@@ -13,7 +13,7 @@ fn sigmoid(x: f64) -> f64 {
 /// ln p(next char) at every position, from a plain f64 LSTM (one-hot input) with
 /// the clamps applied exactly as the issue states them.
 fn reference_logp(model: &Model, text: &str, clamps: &[Clamp]) -> Vec<Option<f64>> {
-    let w = &model.weights;
+    let w = &model.weights();
     let n = model.hidden_size();
     let v = model.vocab.len();
     let chars: Vec<char> = text.chars().collect();
@@ -217,7 +217,7 @@ pub fn saliency_check(model: Model) -> cellscope::model::Saliency {
         let mut fd = 0f64;
         for e in 0..6 {
             let nudged = |d: f32| {
-                let mut w = model.weights.clone();
+                let mut w = model.weights().clone();
                 w.embedding.as_mut().unwrap()[[id, e]] += d;
                 let m = Model::new("fd".into(), model.vocab.clone(), w, Default::default()).unwrap();
                 target_logp(&m, text, p)
@@ -410,7 +410,7 @@ mod http {
         let promotes = v["logit_effect"]["promotes"].as_array().unwrap();
         let suppresses = v["logit_effect"]["suppresses"].as_array().unwrap();
         assert_eq!(promotes.len(), 10);
-        let col = model.weights.decoder_weight.column(3);
+        let col = model.weights().decoder_weight.column(3);
         let max = col.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let min = col.iter().copied().fold(f32::INFINITY, f32::min);
         assert!((promotes[0]["p"].as_f64().unwrap() as f32 - max).abs() < 1e-6);

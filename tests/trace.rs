@@ -81,7 +81,7 @@ fn unknown_characters_are_reported_and_fed_as_zero_input() {
     assert_eq!(t.ids[2], None);
     // Zero input: the first step's gates depend on the biases only.
     let u = m.trace("\u{1F600}");
-    let w = &m.weights.layers[0];
+    let w = &m.weights().layers[0];
     let bias = &w.bias_ih + &w.bias_hh;
     let n = m.hidden_size();
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());

@@ -27,7 +27,7 @@ const PROJ_BLOCK_FLOATS: usize = 1 << 20;
 /// receives one H-long row per kind, in [`Arch::kinds`] order (GRU: h, r, z, n;
 /// RNN: h).
 pub(super) fn step(model: &Model, k: usize, x_proj: &[f32], h_prev: &[f32], gh: &mut [f32], out: &mut [Vec<f32>]) {
-    let w = &model.weights.layers[k];
+    let w = &model.weights().layers[k];
     let n = h_prev.len();
     matvec(w.weight_hh.as_slice().expect("standard layout"), h_prev, gh);
     match model.arch() {
@@ -88,7 +88,7 @@ pub(super) fn trace(model: &Model, enc: Encoded, state: &State, clamps: &[Clamp]
                 }
             } else {
                 let below = layers[k - 1].h().as_slice().expect("standard layout");
-                let w_ih = model.weights.layers[k].weight_ih.as_slice().expect("standard layout");
+                let w_ih = model.weights().layers[k].weight_ih.as_slice().expect("standard layout");
                 let x = &below[steps.start * n..steps.end * n];
                 gemm(rows, n, g, 1.0, x, Trans::N, w_ih, Trans::T, 0.0, &mut proj[..rows * g]);
             }
@@ -108,5 +108,5 @@ pub(super) fn trace(model: &Model, enc: Encoded, state: &State, clamps: &[Clamp]
 
 /// The input projection W_ih x of layer `k ≥ 1` for one step (the layer below's h).
 pub(super) fn project(model: &Model, k: usize, h_below: &[f32], x_proj: &mut [f32]) {
-    matvec(model.weights.layers[k].weight_ih.as_slice().expect("standard layout"), h_below, x_proj);
+    matvec(model.weights().layers[k].weight_ih.as_slice().expect("standard layout"), h_below, x_proj);
 }

@@ -214,7 +214,7 @@ pub struct Model {
     /// Shown in the UI and API (the file stem by default).
     pub name: String,
     pub vocab: Vocab,
-    pub weights: Weights,
+    weights: Weights,
     /// The parsed `cellscope.train` metadata (empty when absent).
     pub train: super::TrainMeta,
     /// Layer 0's input projection for each character id: (V + 1, G·H), row v =
@@ -445,8 +445,14 @@ impl Model {
         Ok(model)
     }
 
-    /// Recomputes the derived tables after `weights` changed.
-    pub fn refresh(&mut self) {
+    /// The weights, by their PyTorch names (read only: the derived tables below
+    /// are built from them once, in [`Model::new`]).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Recomputes the derived tables from `weights`.
+    fn refresh(&mut self) {
         self.quant = OnceLock::new();
         let w = &self.weights;
         self.bias = w.layers.iter().map(|l| (&l.bias_ih + &l.bias_hh).to_vec()).collect();

@@ -399,7 +399,7 @@ impl Model {
             fn slice(a: &ndarray::Array2<f32>) -> &[f32] {
                 a.as_slice().expect("weights are kept in standard layout")
             }
-            self.weights
+            self.weights()
                 .layers
                 .iter()
                 .enumerate()

@@ -49,7 +49,7 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
     let target = *trace.chars.get(position + 1)?;
     let y = trace.ids[position + 1]? as usize;
     let n = model.hidden_size();
-    let w = &model.weights;
+    let w = &model.weights();
     let first = position.saturating_sub(max_back);
     // ∂ℓ/∂logits = onehot(y) − p; dh for the top layer at `position`.
     let probs = trace.probs.row(position);
@@ -71,7 +71,7 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
 fn backward_lstm(model: &Model, trace: &Trace, position: usize, first: usize, d_top: &[f32]) -> Vec<f32> {
     let n = model.hidden_size();
     let layers = model.layers();
-    let w = &model.weights;
+    let w = &model.weights();
     let mut dh_rec = vec![vec![0f32; n]; layers];
     let mut dc_rec = vec![vec![0f32; n]; layers];
     let mut da = vec![0f32; GATES * n];
@@ -128,7 +128,7 @@ fn backward_lstm(model: &Model, trace: &Trace, position: usize, first: usize, d_
 fn backward_plain(model: &Model, trace: &Trace, position: usize, first: usize, d_top: &[f32]) -> Vec<f32> {
     let n = model.hidden_size();
     let layers = model.layers();
-    let w = &model.weights;
+    let w = &model.weights();
     let gru = model.arch() == Arch::Gru;
     let g = model.arch().gates() * n;
     let mut dh_rec = vec![vec![0f32; n]; layers];

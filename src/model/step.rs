@@ -98,9 +98,9 @@ impl<'m> Stepper<'m> {
             self.state.h[k].copy_from_slice(&out.h);
             self.state.c[k].copy_from_slice(&out.c);
         }
-        let dec = m.weights.decoder_weight.as_slice().expect("standard layout");
+        let dec = m.weights().decoder_weight.as_slice().expect("standard layout");
         matvec(dec, &self.state.h[m.layers() - 1], &mut self.probs);
-        for (p, b) in self.probs.iter_mut().zip(m.weights.decoder_bias.iter()) {
+        for (p, b) in self.probs.iter_mut().zip(m.weights().decoder_bias.iter()) {
             *p += b;
         }
         kernel::softmax_rows(&mut self.probs, m.vocab.len());

@@ -105,7 +105,7 @@ pub fn model_summaries(state: &AppState) -> Vec<ModelSummary> {
                 arch: m.arch().name(),
                 layers: m.layers(),
                 hidden_size: m.hidden_size(),
-                params: m.weights.param_count(),
+                params: m.weights().param_count(),
                 test_loss: m.train.test_loss,
                 default: i == 0,
             }

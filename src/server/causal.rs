@@ -524,7 +524,7 @@ pub struct LogitEffect {
 /// The decoder column of top-layer h cell `cell`, as the ten most promoted and
 /// suppressed characters (`p` holds the weight).
 pub fn logit_effect(model: &Model, cell: usize) -> LogitEffect {
-    let w = model.weights.decoder_weight.column(cell);
+    let w = model.weights().decoder_weight.column(cell);
     let mut order: Vec<usize> = (0..w.len()).collect();
     order.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
     let guess = |&i: &usize| Guess { char: model.vocab.chars()[i].to_string(), p: w[i] };

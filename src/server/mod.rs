@@ -221,7 +221,7 @@ impl AppState {
             layers: m.layers(),
             hidden_size: m.hidden_size(),
             vocab: m.vocab.chars().iter().map(|c| c.to_string()).collect(),
-            params: m.weights.param_count(),
+            params: m.weights().param_count(),
             train: &m.train,
             limits: api::LimitsInfo {
                 max_body_bytes: l.max_body_bytes,

@@ -918,16 +918,16 @@ pub async fn model_card(State(state): State<AppState>, q: ModelQueryResult) -> R
     let num = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
     let rows = vec![
         ("Architecture".into(), format!("{} × {} {}", model.layers(), model.hidden_size(), model.arch().title())),
-        ("Parameters".into(), thousands(model.weights.param_count() as u64)),
+        ("Parameters".into(), thousands(model.weights().param_count() as u64)),
         ("Vocabulary".into(), format!("{} characters", model.vocab.len())),
-        ("Input".into(), if model.weights.embedding.is_some() { "embedding".into() } else { "one-hot".into() }),
+        ("Input".into(), if model.weights().embedding.is_some() { "embedding".into() } else { "one-hot".into() }),
         ("Best validation loss (nats/char)".into(), num(t.best_val_loss)),
         ("Test loss (nats/char)".into(), num(t.test_loss)),
         ("Training steps".into(), t.steps.map_or("—".into(), |v| v.to_string())),
         ("Training time".into(), t.train_seconds.map_or("—".into(), |s| format!("{:.1} h", s / 3600.0))),
         ("Corpus".into(), t.corpus.as_deref().unwrap_or("—").to_string()),
     ];
-    let tensors = model.weights.named_tensors().into_iter().map(|(n, s, _)| (n, format!("{s:?}"))).collect();
+    let tensors = model.weights().named_tensors().into_iter().map(|(n, s, _)| (n, format!("{s:?}"))).collect();
     // The curve is drawn; the rest is shown as it is stored.
     let train = crate::model::TrainMeta { curve: Vec::new(), ..t.clone() };
     let page = ModelPage {
