@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the README's images (docs/screenshot.png, docs/quote-cell.png,
-# docs/quote-writes.png,
-# docs/if-cell.png) from the shipped model by running the browser test with
+# docs/quote-writes.png, docs/if-cell.png, docs/compare.png) from the shipped models by running the browser test with
 # CELLSCOPE_FIGURES=docs. The test suite itself writes them to a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Writes the model card (models/README.md) and its loss-curve SVG from what the
-model file itself records (`cellscope.train` metadata: config, steps, losses,
-curve), so the card cannot drift from the weights.
+"""Writes a model card and its loss-curve SVG from what the model file itself
+records (`cellscope.train` metadata: config, steps, losses, curve), so the card
+cannot drift from the weights. The default model's card is models/README.md;
+another model's is models/<stem>.md (the comparison models of
+scripts/train-compare.sh).
 
     python3 scripts/model-card.py [models/linux-lstm.safetensors] [--concepts FILE]
+    python3 scripts/model-card.py models/linux-gru-2x297.safetensors
 
 --concepts: a markdown table (from scripts/concept-table.sh) to include.
 Standard library only.
@@ -76,8 +79,10 @@ def main():
     if curve:
         curve_svg(curve, svg)
     hours = train.get("train_seconds", 0) / 3600
+    arch = {"lstm": "LSTM", "gru": "GRU", "rnn": "tanh-RNN"}[meta.get("cellscope.arch", "lstm")]
+    default = model.name == "linux-lstm.safetensors"
     rows = [
-        ("Architecture", f"LSTM, {cfg['layers']} layers × {cfg['hidden']} cells, one-hot input"),
+        ("Architecture", f"{arch}, {cfg['layers']} layers × {cfg['hidden']} cells, one-hot input"),
         ("Parameters", f"{params:,}"),
         ("Vocabulary", f"{len(vocab)} characters (every character of the train and val splits)"),
         ("Corpus", "Linux 6.1 C source (kernel, mm, fs/ext4, net/ipv4, drivers/char), `scripts/linux-corpus.sh`"),
@@ -85,14 +90,18 @@ def main():
         ("Optimiser", f"{cfg['optimizer']}, lr {cfg['lr']:.0e}, ×{cfg['lr_decay']:.2f} per epoch after epoch {cfg['decay_after']:.0f}; gradient-norm clip {cfg['clip']:.0f}"),
         ("Batches", f"{cfg['batch']} parallel streams × {cfg['seq']} characters (truncated BPTT), state carried"),
         ("Regularisation", f"dropout {cfg['dropout']:.2f} between layers and before the decoder"),
-        ("Init", f"uniform ±{cfg['init']:.2f}, forget-gate bias 1; seed {cfg['seed']}"),
+        ("Init", f"uniform ±{cfg['init']:.2f}" + (", forget-gate bias 1" if arch == "LSTM" else "") + f"; seed {cfg['seed']}"),
         ("Trained", f"{train.get('steps', 0):,} steps = {train.get('epochs', 0):.2f} epochs, {hours:.2f} h on 2 cores ({cfg['threads']} threads), this machine, shared with development work"),
         ("Validation loss (batched estimate, at the saved step)", f"{train.get('best_val_loss', float('nan')):.4f} nats/char"),
         ("Validation loss (whole split, one stream)", f"{train['val_loss']:.4f} nats/char" if "val_loss" in train else "—"),
         ("Test loss (whole split, one stream)", f"**{train['test_loss']:.4f} nats/char** ({train['test_loss']/0.693147:.3f} bits/char)" if "test_loss" in train else "—"),
     ]
+    role = ("The default model of `cellscope serve` / `trace` / `find-cells`." if default else
+            "One of the three comparison models (LSTM, GRU and tanh-RNN of about 0.91 M parameters each, the same split "
+            "and the same budget: `scripts/train-compare.sh`), served beside the default model; the README's "
+            "\"Comparing them\" table sets them side by side.")
     out = [f"# Model card: `{model.name}`", "",
-           "The default model of `cellscope serve` / `trace` / `find-cells`. Written by `scripts/model-card.py` from the",
+           role + " Written by `scripts/model-card.py` from the",
            "model file's own `cellscope.train` metadata.", "",
            "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
@@ -102,6 +111,13 @@ def main():
                 "Validation points are the trainer's batched estimate (50 streams, each from the zero state);",
                 "the table above gives it beside the one-stream figure for the saved step. The dashed line is the",
                 "issue's bar (PyTorch 2 × 256, 35 minutes: test 1.134)."]
+    if not default:
+        out += ["", "Served as `" + model.stem + "`: `/model?model=" + model.stem + "` is its page, with the gate-saturation",
+                "plot; its cell pages draw contexts from the default model's reference text.", ""]
+        card = model.parent / (model.stem + ".md")
+        card.write_text("\n".join(out) + "\n")
+        print(f"wrote {card} and {svg}")
+        return
     out += ["", "## For comparison", "",
             "| model | test loss (nats/char) |", "|---|---:|",
             f"| this model | {train.get('test_loss', float('nan')):.4f} |",

@@ -332,7 +332,9 @@ async fn render(state: AppState, q: CompareQuery) -> Response {
             colored,
         });
     }
-    let y_ticks = (0..=LOG_FLOOR as i32).map(|k| (y_of(10f64.powi(-k)), format!("1e-{k}"))).collect();
+    let y_ticks = (0..=LOG_FLOOR as i32)
+        .map(|k| (y_of(10f64.powi(-k)), if k == 0 { "1".to_string() } else { format!("1e-{k}") }))
+        .collect();
     let x_ticks = (0..=4).map(|k| (x_of((max_back * k / 4) as f64), (max_back * k / 4).to_string())).collect();
     let page = ComparePage {
         chrome: Chrome::new(&state, "/compare"),
