@@ -802,16 +802,23 @@ const MIN_PIPELINE_BLOCK: usize = 64;
 
 /// Threads one trace may use: `CELLSCOPE_TRACE_THREADS` if set (1 keeps every
 /// trace on the calling thread), else 1 (see the module doc), at most the cores
-/// available. Read once.
+/// available.
 pub(super) fn trace_threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
+    trace_threads_set().unwrap_or(1)
+}
+
+/// `CELLSCOPE_TRACE_THREADS`, at most the cores available, if it is set. Read once.
+pub fn trace_threads_set() -> Option<usize> {
+    static THREADS: OnceLock<Option<usize>> = OnceLock::new();
     *THREADS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        match std::env::var("CELLSCOPE_TRACE_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-            Some(n) => n.clamp(1, cores),
-            None => 1,
-        }
+        let n = std::env::var("CELLSCOPE_TRACE_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok())?;
+        Some(n.clamp(1, cores()))
     })
+}
+
+/// Cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One trace's inputs, shared by the pipeline stages.

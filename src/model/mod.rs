@@ -15,8 +15,11 @@ mod step;
 mod vocab;
 
 pub use arch::{Arch, Kind, MissingKind};
+pub use lstm::{
+    cores, trace_threads_set, Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights,
+    MAX_MODEL_BYTES,
+};
 pub(crate) use lstm::{write_atomic, GATES};
-pub use lstm::{Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights, MAX_MODEL_BYTES};
 pub(crate) use memory::{explain_step, memory_horizon, time_scale};
 pub use memory::{horizon_1pct, memory_horizon_of, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};

@@ -3,14 +3,14 @@
 //!
 //! At the shipped 2 × 512 a step streams 4 MiB of f32 W_hh per layer, more than
 //! L2 holds, so the exact trace waits on L3. Here every layer reads a quarter of
-//! those bytes, and layers ≥ 1 fold their input projection into the same product
-//! (no GEMM over the text):
+//! those bytes per step:
 //! ```text
-//! x_t   = [h^{k-1}_t ; h^k_{t-1}]  (layers ≥ 1)   or   h^0_{t-1}  (layer 0)
 //! W     = [W_ih | W_hh]            (layers ≥ 1)   or   W_hh       (layer 0)    (4H × K)
 //! s_r   = max_c |W[r, c]| / 127,   Wq[r, c] = round(W[r, c] / s_r)            (int8)
 //! xq_c  = round(127 · x_c)         (|h| < 1, so one fixed scale fits every step)
-//! pre_r = (table row | 0) + b_ih + b_hh + (s_r / 127) · Σ_c Wq[r, c] · xq_c   (Σ in i32, exact)
+//! in_r  = Σ_{c < H} Wq_ih[r, c] · q(h^{k-1}_t)_c      (layers ≥ 1; i32, exact)
+//! rec_r = Σ_{c < H} Wq_hh[r, c] · q(h^k_{t-1})_c      (i32, exact)
+//! pre_r = (table row | 0) + b_ih + b_hh + (s_r / 127) · (in_r + rec_r)
 //! ```
 //! and then the gates and cell update of `kernel::lstm_layer`, unchanged. Layer 0's
 //! input projection stays the exact f32 table row. Rounding is all there is to the
@@ -19,11 +19,23 @@
 //! `tests/quant.rs` and shown in the README. `/api/trace`, the CLI and everything
 //! else stay on the exact path; `/api/view` uses this one unless asked for `exact`.
 //!
-//! Layout ([`QuantLayer`]): blocks of 8 hidden units; within a block, for each
+//! `in_r` depends only on the layer below, so it is not part of the recurrence: it
+//! is computed for [`CHUNK_STEPS`] steps at a time ([`input_sums`]), each block of
+//! W_ih read once from L3 and used for all of them from L1, and written as i32 into
+//! the layer's own gate rows, which the recurrence reads back and overwrites with
+//! the gates. So a step streams only W_hh (1 MiB at 2 × 512), and the sums need no
+//! memory of their own. Integer sums are exact in any order, so splitting Σ this
+//! way gives the same bits as one sum over [W_ih | W_hh].
+//!
+//! On two threads the layers run as a pipeline: the thread that runs layer k also
+//! computes layer k + 1's input sums for the chunk, then hands it over; at 2 × 512
+//! one thread streams W_hh of layer 0 and the other W_hh of layer 1, each 1 MiB.
+//!
+//! Layout ([`Packed`]): blocks of 8 hidden units; within a block, for each
 //! group of 4 input columns and each gate q, 32 bytes — unit l's 4 weights at
 //! bytes 4l..4l + 4:
 //! ```text
-//! packed[((b·G + g)·4 + q)·32 + 4l + j] = Wq[q·H + 8b + l, 4g + j]   (0 past H or K)
+//! packed[((b·G + g)·4 + q)·32 + 4l + j] = Wq[q·H + 8b + l, 4g + j]   (0 past H)
 //! ```
 //! so one 32-bit broadcast of x's 4 bytes meets all 8 units' weights, and AVX2's
 //! `vpmaddubsw` + `vpmaddwd` sum them into 8 i32 lanes. `vpmaddubsw` takes one
@@ -33,6 +45,7 @@
 //! hardware here) and portable Rust, chosen once at run time; both do the same
 //! integer sums, so they differ only in the last bits of σ and tanh.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::kernel::{self, sigmoid, tanh, LayerOut, Simd};
@@ -70,58 +83,85 @@ const CHUNK: usize = UNITS * COLS;
 #[repr(C, align(32))]
 struct Chunk([i8; CHUNK]);
 
-/// One layer's 4H × K matrix (W_hh, or [W_ih | W_hh] above layer 0) as int8 with
-/// a scale per row, packed as the module doc says.
+/// One 4H × H part of a layer's matrix (W_ih or W_hh) as int8, packed as the
+/// module doc says; the row scales live in [`QuantLayer`].
 #[derive(Clone)]
-pub struct QuantLayer {
-    hidden: usize,
-    /// Input columns K (H or 2H).
-    cols: usize,
-    /// Column groups G = ⌈K / 4⌉.
+struct Packed {
+    /// Column groups G = ⌈H / 4⌉.
     groups: usize,
     /// blocks · G · 4 chunks.
     data: Vec<Chunk>,
+}
+
+impl Packed {
+    /// Packs `w` (4H × H, row-major) with row r divided by `s[r]`.
+    fn new(w: &[f32], hidden: usize, s: &[f32]) -> Self {
+        let n = hidden;
+        assert_eq!(w.len(), GATES * n * n, "every part must be 4H × H");
+        let groups = n.div_ceil(COLS);
+        let mut data = vec![Chunk([0; CHUNK]); n.div_ceil(UNITS) * groups * GATES];
+        for (r, row) in w.chunks_exact(n).enumerate() {
+            let (q, unit) = (r / n, r % n);
+            let (b, l) = (unit / UNITS, unit % UNITS);
+            for (c, &v) in row.iter().enumerate() {
+                let (g, j) = (c / COLS, c % COLS);
+                data[(b * groups + g) * GATES + q].0[l * COLS + j] = (v / s[r]).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        Self { groups, data }
+    }
+
+    fn as_ptr(&self) -> *const i8 {
+        self.data.as_ptr().cast()
+    }
+
+    /// Block b's chunks, G · 4 of them.
+    fn block(&self, b: usize) -> &[Chunk] {
+        let per = self.groups * GATES;
+        &self.data[b * per..(b + 1) * per]
+    }
+}
+
+/// One layer's int8 weights: W_hh, and W_ih above layer 0, with one scale per row
+/// of [W_ih | W_hh].
+#[derive(Clone)]
+pub struct QuantLayer {
+    hidden: usize,
+    /// W_ih (layers ≥ 1; `None` for layer 0, whose input is the f32 table row).
+    input: Option<Packed>,
+    recurrent: Packed,
     /// Per block and gate, the 8 units' s_r / 127: `scale[(b·4 + q)·8 + l]` (0 past H).
     scale: Vec<f32>,
 }
 
 impl std::fmt::Debug for QuantLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QuantLayer {{ hidden: {}, cols: {} }}", self.hidden, self.cols)
+        write!(f, "QuantLayer {{ hidden: {}, input: {} }}", self.hidden, self.input.is_some())
     }
 }
 
 impl QuantLayer {
-    /// Quantises `parts` side by side (each 4H × K_p, row-major) as one 4H × ΣK_p
-    /// matrix: `[w_hh]` for layer 0, `[w_ih, w_hh]` above.
-    pub fn new(parts: &[&[f32]], hidden: usize) -> Self {
+    /// Quantises W_hh (4H × H, row-major) and, above layer 0, W_ih, with row r's
+    /// scale taken over both: max |[W_ih | W_hh][r, ·]| / 127.
+    pub fn new(w_ih: Option<&[f32]>, w_hh: &[f32], hidden: usize) -> Self {
         let n = hidden;
-        let widths: Vec<usize> = parts.iter().map(|p| p.len() / (GATES * n)).collect();
-        for (p, w) in parts.iter().zip(&widths) {
-            assert_eq!(p.len(), GATES * n * w, "every part must be 4H × K");
-        }
-        let cols: usize = widths.iter().sum();
-        let row = |r: usize| parts.iter().zip(&widths).flat_map(move |(p, &w)| &p[r * w..(r + 1) * w]);
-        let groups = cols.div_ceil(COLS);
-        let blocks = n.div_ceil(UNITS);
-        let mut data = vec![Chunk([0; CHUNK]); blocks * groups * GATES];
-        let mut scale = vec![0.0; blocks * GATES * UNITS];
-        for r in 0..GATES * n {
+        let s: Vec<f32> = (0..GATES * n)
+            .map(|r| {
+                let row = |w: &[f32]| w[r * n..(r + 1) * n].iter().fold(0f32, |m, &v| m.max(v.abs()));
+                let max = w_ih.map_or(0.0, row).max(row(w_hh));
+                if max > 0.0 && max.is_finite() {
+                    max / 127.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let mut scale = vec![0.0; n.div_ceil(UNITS) * GATES * UNITS];
+        for (r, &s) in s.iter().enumerate() {
             let (q, unit) = (r / n, r % n);
-            let (b, l) = (unit / UNITS, unit % UNITS);
-            let max = row(r).fold(0f32, |m, &v| m.max(v.abs()));
-            let s = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
-            scale[(b * GATES + q) * UNITS + l] = s / 127.0;
-            for (c, &v) in row(r).enumerate() {
-                let (g, j) = (c / COLS, c % COLS);
-                data[(b * groups + g) * GATES + q].0[l * COLS + j] = (v / s).round().clamp(-127.0, 127.0) as i8;
-            }
+            scale[((unit / UNITS) * GATES + q) * UNITS + unit % UNITS] = s / 127.0;
         }
-        Self { hidden, cols, groups, data, scale }
-    }
-
-    fn as_ptr(&self) -> *const i8 {
-        self.data.as_ptr().cast()
+        Self { hidden, input: w_ih.map(|w| Packed::new(w, n, &s)), recurrent: Packed::new(w_hh, n, &s), scale }
     }
 }
 
@@ -129,6 +169,14 @@ impl QuantLayer {
 #[inline(always)]
 fn quantize(v: f32) -> i8 {
     (v * 127.0).round().clamp(-127.0, 127.0) as i8
+}
+
+/// `q` = [`quantize`] of every `v`, the rest of `q` left as it is.
+#[inline(always)]
+fn quantize_into(v: &[f32], q: &mut [i8]) {
+    for (q, &v) in q.iter_mut().zip(v) {
+        *q = quantize(v);
+    }
 }
 
 /// Which int8 kernel this machine runs: AVX2 where `kernel::simd` picked a SIMD
@@ -143,16 +191,17 @@ fn quant_simd() -> Simd {
     Simd::Portable
 }
 
-/// Raw view of one layer over a run of steps, as `kernel::Raw` with the layer
-/// below's h in place of input projections above layer 0.
+/// Raw view of one layer over a run of steps, as `kernel::Raw` with the input
+/// part's i32 sums in place of input projections above layer 0.
 #[derive(Clone, Copy)]
 struct QRaw {
     hidden: usize,
     steps: usize,
     /// Layer 0: `steps` pointers to 4H-float table rows; null above.
     x_rows: *const *const f32,
-    /// Layers ≥ 1: the layer below's h, `steps` × H from this run's first step; null for layer 0.
-    below: *const f32,
+    /// Layers ≥ 1: the gate rows i, f, g, o hold the input sums `in_r` of gate 0,
+    /// 1, 2, 3 as i32 ([`input_sums`]) until the step overwrites them.
+    sums: bool,
     /// 4H floats, b_ih + b_hh.
     bias: *const f32,
     /// h and c before this run's first step.
@@ -186,28 +235,34 @@ impl QRaw {
         }
     }
 
-    /// Fills `xq` (4G bytes, zero past K) with step t's quantised input.
+    /// Fills `xq` (4G bytes, zero past H) with q(h_{t-1}).
     ///
     /// # Safety
-    /// As [`QRaw::prev`]; `xq` holds K bytes.
+    /// As [`QRaw::prev`]; `xq` holds H bytes.
     #[inline(always)]
     unsafe fn load_x(&self, t: usize, xq: &mut [i8]) {
-        let n = self.hidden;
-        // SAFETY: the caller's contract; `below` row t holds H floats.
-        unsafe {
-            let (h_prev, _) = self.prev(t);
-            let mut at = 0;
-            if !self.below.is_null() {
-                let row = std::slice::from_raw_parts(self.below.add(t * n), n);
-                for (q, &v) in xq[..n].iter_mut().zip(row) {
-                    *q = quantize(v);
-                }
-                at = n;
-            }
-            let row = std::slice::from_raw_parts(h_prev, n);
-            for (q, &v) in xq[at..at + n].iter_mut().zip(row) {
-                *q = quantize(v);
-            }
+        // SAFETY: the caller's contract.
+        let row = unsafe { std::slice::from_raw_parts(self.prev(t).0, self.hidden) };
+        quantize_into(row, xq);
+    }
+
+    /// Gate q's output rows: i, f, g, o.
+    #[inline(always)]
+    fn gate(&self, q: usize) -> *mut f32 {
+        [self.i, self.f, self.g, self.o][q]
+    }
+
+    /// The input sum `in_r` of unit j, gate q at step t (0 for layer 0).
+    ///
+    /// # Safety
+    /// As [`QRaw::prev`]; j < H; step t's gate rows not yet overwritten.
+    #[inline(always)]
+    unsafe fn input_sum(&self, t: usize, q: usize, j: usize) -> i32 {
+        // SAFETY: the caller's contract; the slot holds an i32 written by `input_sums`.
+        if self.sums {
+            unsafe { *self.gate(q).add(t * self.hidden + j).cast::<i32>() }
+        } else {
+            0
         }
     }
 
@@ -250,17 +305,19 @@ fn block_sums_portable(w: &[Chunk], xq: &[i8]) -> [[i32; UNITS]; GATES] {
 /// As [`run_layer`]'s `raw`.
 unsafe fn layer_portable(w: &QuantLayer, raw: QRaw, xq: &mut [i8]) {
     let n = raw.hidden;
-    let per_block = w.groups * GATES;
     for t in 0..raw.steps {
         // SAFETY: the caller's contract; all indices stay below H per row.
         unsafe {
             raw.load_x(t, xq);
             let (_, c_prev) = raw.prev(t);
             for b in 0..n.div_ceil(UNITS) {
-                let sums = block_sums_portable(&w.data[b * per_block..(b + 1) * per_block], xq);
+                let sums = block_sums_portable(w.recurrent.block(b), xq);
                 for l in 0..UNITS.min(n - b * UNITS) {
                     let j = b * UNITS + l;
-                    let pre = |q: usize| raw.start(t, q, j) + w.scale[(b * GATES + q) * UNITS + l] * sums[q][l] as f32;
+                    let pre = |q: usize| {
+                        let sum = sums[q][l] + raw.input_sum(t, q, j);
+                        raw.start(t, q, j) + w.scale[(b * GATES + q) * UNITS + l] * sum as f32
+                    };
                     let (i, f, g, o) = (sigmoid(pre(0)), sigmoid(pre(1)), tanh(pre(2)), sigmoid(pre(3)));
                     let c = f * *c_prev.add(j) + i * g;
                     let r = t * n + j;
@@ -280,14 +337,14 @@ unsafe fn layer_portable(w: &QuantLayer, raw: QRaw, xq: &mut [i8]) {
 ///
 /// # Safety
 /// Every pointer in `raw` addresses what its field promises; `w` has `raw.hidden`
-/// units and K = H columns when `raw.below` is null, else 2H; the outputs overlap
-/// no input but the previous row.
+/// units, and input sums (`raw.sums`) exactly when it has an input part; the
+/// outputs overlap no input but the previous row.
 unsafe fn run_layer(w: &QuantLayer, raw: QRaw, simd: Simd) {
-    debug_assert_eq!(w.cols, if raw.below.is_null() { raw.hidden } else { 2 * raw.hidden });
+    debug_assert_eq!(w.hidden, raw.hidden);
+    debug_assert_eq!(w.input.is_some(), raw.sums);
     // Whole 4-byte groups, so the AVX2 kernel can read x as i32 words.
-    let mut words = vec![0i32; w.groups];
-    // SAFETY: `words` is 4G initialised bytes; i8 has no invalid values.
-    let xq = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<i8>(), w.groups * COLS) };
+    let mut words = vec![0i32; w.recurrent.groups];
+    let xq = words_as_bytes(&mut words);
     // SAFETY: the caller's contract; the AVX2 kernel only where the CPU has AVX2.
     unsafe {
         match simd {
@@ -298,13 +355,82 @@ unsafe fn run_layer(w: &QuantLayer, raw: QRaw, simd: Simd) {
     }
 }
 
+/// `words` as bytes, 4 per word (the x vectors the kernels read a word at a time).
+fn words_as_bytes(words: &mut [i32]) -> &mut [i8] {
+    // SAFETY: 4·len initialised bytes, i8 has no invalid values, and the borrow
+    // of `words` is handed on.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<i8>(), words.len() * COLS) }
+}
+
+/// Layer k's input sums `in_r` (module doc) of the units in `blocks` (of 8) for
+/// `steps` steps: row t of `below` (the layer below's h, `steps` × H) times W_ih,
+/// written as i32 into the gate rows, gate q of step t at `gates[q] + t·H`.
+///
+/// # Safety
+/// `below` holds `steps` × H floats and every `gates[q]` room for `steps` × H
+/// i32s whose `blocks` overlap nothing else in use; `input` has `hidden` units
+/// and `blocks` ends by ⌈H / 8⌉.
+unsafe fn input_sums(
+    input: &Packed,
+    hidden: usize,
+    below: *const f32,
+    steps: usize,
+    gates: [*mut i32; GATES],
+    blocks: Range<usize>,
+    simd: Simd,
+) {
+    let n = hidden;
+    let g = input.groups;
+    let mut words = vec![0i32; steps * g];
+    let xq = words_as_bytes(&mut words);
+    for t in 0..steps {
+        // SAFETY: the caller's contract: row t of `below` holds H floats.
+        let row = unsafe { std::slice::from_raw_parts(below.add(t * n), n) };
+        quantize_into(row, &mut xq[t * g * COLS..]);
+    }
+    // SAFETY: the caller's contract; the AVX2 kernel only where the CPU has it.
+    unsafe {
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 | Simd::Avx512 => x86::input_sums_avx2(input, n, &words, steps, gates, blocks),
+            _ => input_sums_portable(input, n, xq, steps, gates, blocks),
+        }
+    }
+}
+
+/// The portable [`input_sums`]: [`block_sums_portable`] for each step.
+///
+/// # Safety
+/// As [`input_sums`]; `xq` holds `steps` rows of 4G bytes.
+unsafe fn input_sums_portable(
+    input: &Packed,
+    n: usize,
+    xq: &[i8],
+    steps: usize,
+    gates: [*mut i32; GATES],
+    blocks: Range<usize>,
+) {
+    let row = input.groups * COLS;
+    for t in 0..steps {
+        for b in blocks.clone() {
+            let sums = block_sums_portable(input.block(b), &xq[t * row..(t + 1) * row]);
+            for (q, s) in sums.iter().enumerate() {
+                for (l, &v) in s.iter().enumerate().take(n - b * UNITS) {
+                    // SAFETY: the caller's contract; unit 8b + l < H.
+                    unsafe { *gates[q].add(t * n + b * UNITS + l) = v };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The AVX2 kernel: per block of 8 units, eight i32 accumulators (4 gates ×
     //! even/odd column group), one `vpsignb` + `vpmaddubsw` + `vpmaddwd` + `vpaddd`
     //! per 32 weights; then the scale, the bias and the cell update in registers.
 
-    use super::{QRaw, QuantLayer, CHUNK, GATES, UNITS};
+    use super::{Packed, QRaw, QuantLayer, CHUNK, GATES, UNITS};
     use crate::model::kernel::x86::{sigmoid8, tanh8};
     use std::arch::x86_64::*;
 
@@ -313,7 +439,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn layer_avx2(w: &QuantLayer, raw: QRaw, xq: &mut [i8]) {
         let n = raw.hidden;
-        let groups = w.groups;
+        let groups = w.recurrent.groups;
         let ones = _mm256_set1_epi16(1);
         for t in 0..raw.steps {
             // SAFETY: the caller's contract; masked loads and stores touch only the
@@ -327,7 +453,7 @@ mod x86 {
                     let j0 = b * UNITS;
                     let width = (UNITS.min(n - j0)) as i32;
                     let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                    let mut p = w.as_ptr().add(b * groups * GATES * CHUNK);
+                    let mut p = w.recurrent.as_ptr().add(b * groups * GATES * CHUNK);
                     let mut even = [_mm256_setzero_si256(); GATES];
                     let mut odd = [_mm256_setzero_si256(); GATES];
                     let dot = |acc: &mut [__m256i; GATES], p: *const i8, g: usize| {
@@ -356,7 +482,12 @@ mod x86 {
                         if !raw.x_rows.is_null() {
                             start = _mm256_add_ps(_mm256_maskload_ps((*raw.x_rows.add(t)).add(at), m), start);
                         }
-                        let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(even[q], odd[q]));
+                        let mut sum = _mm256_add_epi32(even[q], odd[q]);
+                        if raw.sums {
+                            let slot = raw.gate(q).add(row + j0).cast::<i32>().cast_const();
+                            sum = _mm256_add_epi32(sum, _mm256_maskload_epi32(slot, m));
+                        }
+                        let sum = _mm256_cvtepi32_ps(sum);
                         _mm256_fmadd_ps(_mm256_loadu_ps(scale.add(q * UNITS)), sum, start)
                     };
                     let (i, f, g, o) = (sigmoid8(pre(0)), sigmoid8(pre(1)), tanh8(pre(2)), sigmoid8(pre(3)));
@@ -370,6 +501,59 @@ mod x86 {
                     _mm256_maskstore_ps(raw.o.add(at), m, o);
                     _mm256_maskstore_ps(raw.c.add(at), m, cell);
                     _mm256_maskstore_ps(raw.h.add(at), m, hidden);
+                }
+            }
+        }
+    }
+
+    /// [`super::input_sums`] on AVX2: per block of 8 units (its W_ih chunks, 16
+    /// KiB at H = 512, stay in L1), two steps at a time, each chunk loaded once
+    /// for both: 8 i32 accumulators (4 gates × 2 steps).
+    ///
+    /// # Safety
+    /// As [`super::input_sums`], on a CPU with AVX2; `words` holds `steps` rows
+    /// of G words.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn input_sums_avx2(
+        input: &Packed,
+        n: usize,
+        words: &[i32],
+        steps: usize,
+        gates: [*mut i32; GATES],
+        blocks: std::ops::Range<usize>,
+    ) {
+        let groups = input.groups;
+        let ones = _mm256_set1_epi16(1);
+        for b in blocks {
+            let j0 = b * UNITS;
+            let width = (UNITS.min(n - j0)) as i32;
+            let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            // SAFETY: the caller's contract; chunks are 32-byte aligned; masked
+            // stores touch only the valid units of the last block.
+            unsafe {
+                let block = input.as_ptr().add(b * groups * GATES * CHUNK);
+                for t in (0..steps).step_by(2) {
+                    // An odd last step pairs with itself; only its first result is kept.
+                    let (x0, x1) =
+                        (words.as_ptr().add(t * groups), words.as_ptr().add((t + 1).min(steps - 1) * groups));
+                    let mut acc = [[_mm256_setzero_si256(); GATES]; 2];
+                    for g in 0..groups {
+                        let p = block.add(g * GATES * CHUNK);
+                        let (xv0, xv1) = (_mm256_set1_epi32(*x0.add(g)), _mm256_set1_epi32(*x1.add(g)));
+                        let (xa0, xa1) = (_mm256_abs_epi8(xv0), _mm256_abs_epi8(xv1));
+                        for q in 0..GATES {
+                            let wv = _mm256_load_si256(p.add(q * CHUNK).cast());
+                            let s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(xa0, _mm256_sign_epi8(wv, xv0)), ones);
+                            let s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(xa1, _mm256_sign_epi8(wv, xv1)), ones);
+                            acc[0][q] = _mm256_add_epi32(acc[0][q], s0);
+                            acc[1][q] = _mm256_add_epi32(acc[1][q], s1);
+                        }
+                    }
+                    for (s, sums) in acc.iter().enumerate().take(steps - t) {
+                        for (q, &v) in sums.iter().enumerate() {
+                            _mm256_maskstore_epi32(gates[q].add((t + s) * n + j0), m, v);
+                        }
+                    }
                 }
             }
         }
@@ -403,13 +587,7 @@ impl Model {
                 .layers
                 .iter()
                 .enumerate()
-                .map(|(k, l)| {
-                    if k == 0 {
-                        QuantLayer::new(&[slice(&l.weight_hh)], n)
-                    } else {
-                        QuantLayer::new(&[slice(&l.weight_ih), slice(&l.weight_hh)], n)
-                    }
-                })
+                .map(|(k, l)| QuantLayer::new((k > 0).then(|| slice(&l.weight_ih)), slice(&l.weight_hh), n))
                 .collect()
         });
         Some(layers)
@@ -426,6 +604,16 @@ impl Model {
         match precision {
             Precision::Exact => self.trace(text),
             Precision::Int8 => self.trace_int8(self.vocab.encode(text), &self.zero_state()),
+        }
+    }
+
+    /// [`Model::trace_at`] on `threads` threads whatever the text's length (the
+    /// result is the same on any number): for a caller that knows a core is free.
+    pub fn trace_at_with_threads(&self, text: &str, precision: Precision, threads: usize) -> Trace {
+        let (enc, state) = (self.vocab.encode(text), self.zero_state());
+        match precision {
+            Precision::Exact => self.trace_clamped_with_threads(enc, &state, &[], threads),
+            Precision::Int8 => self.trace_int8_with_threads(enc, &state, threads),
         }
     }
 
@@ -452,8 +640,9 @@ impl Model {
     }
 
     /// Every layer over the text: stage s of `threads` runs a contiguous range of
-    /// layers chunk by chunk; layer k waits until layer k − 1 has published the
-    /// chunk's rows (`done[k − 1]`, release/acquire) before reading them.
+    /// layers chunk by chunk. After its chunk of layer k a stage computes layer
+    /// k + 1's input sums for the same steps, then publishes both (`done[k]`,
+    /// release/acquire); layer k + 1 waits for that before its chunk.
     fn run_layers(
         &self,
         quant: &[QuantLayer],
@@ -471,6 +660,9 @@ impl Model {
         let unknown = self.vocab.len();
         let done: Vec<AtomicUsize> = (0..layers).map(|_| AtomicUsize::new(0)).collect();
         let stages = threads.clamp(1, layers);
+        let first_layer = |s: usize| s * layers / stages;
+        // Where a layer's input sums are split between the stage below and its own.
+        let (blocks, split) = (n.div_ceil(UNITS), n.div_ceil(UNITS) / 2);
         let stage = |s: usize| {
             let mut rows: Vec<*const f32> = Vec::with_capacity(CHUNK_STEPS);
             for start in (0..t_len).step_by(CHUNK_STEPS) {
@@ -483,18 +675,38 @@ impl Model {
                         .iter()
                         .map(|id| self.input_table.row(id.map_or(unknown, |v| v as usize)).as_ptr()),
                 );
-                for k in s * layers / stages..(s + 1) * layers / stages {
+                let mine = first_layer(s)..first_layer(s + 1);
+                for k in mine.clone() {
+                    let at = start * n;
+                    // Layer k's input sums, as i32 in its gate rows start..end.
+                    let sums_of = |k: usize, part: Range<usize>| {
+                        if let Some(input) = quant.get(k).and_then(|q| q.input.as_ref()) {
+                            let [_, _, i, f, g, o] = ptrs[k].0;
+                            // SAFETY: layer k − 1's rows start..end are written
+                            // and published; layer k's gate rows there are read
+                            // and written by no one else until `done[k − 1]`
+                            // tells its stage, or are this stage's own.
+                            unsafe {
+                                let gates = [i, f, g, o].map(|p| p.add(at).cast::<i32>());
+                                input_sums(input, n, ptrs[k - 1].0[0].add(at), end - start, gates, part, simd);
+                            }
+                        }
+                    };
                     if k > 0 {
                         while done[k - 1].load(Ordering::Acquire) < end {
                             std::thread::yield_now();
                         }
+                        if k == mine.start {
+                            // The stage below computed the first half of the blocks.
+                            sums_of(k, split..blocks);
+                        }
                     }
                     let [h, c, i, f, g, o] = ptrs[k].0;
                     // SAFETY: every buffer has capacity T × H; this thread alone
-                    // writes layer k's rows start..end, and reads rows of layer
-                    // k − 1 below `end`, published above. Table rows are 4H long.
+                    // writes layer k's rows start..end, and reads the input sums
+                    // written above or published by the stage below.
+                    // Table rows are 4H long.
                     unsafe {
-                        let at = start * n;
                         let (h0, c0) = if start == 0 {
                             (state.h[k].as_ptr(), state.c[k].as_ptr())
                         } else {
@@ -504,7 +716,7 @@ impl Model {
                             hidden: n,
                             steps: end - start,
                             x_rows: if k == 0 { rows.as_ptr() } else { std::ptr::null() },
-                            below: if k == 0 { std::ptr::null() } else { ptrs[k - 1].0[0].add(at).cast_const() },
+                            sums: k > 0,
                             bias: self.bias[k].as_ptr(),
                             h0,
                             c0,
@@ -516,6 +728,12 @@ impl Model {
                             o: o.add(at),
                         };
                         run_layer(&quant[k], raw, simd);
+                    }
+                    if k + 1 < mine.end {
+                        sums_of(k + 1, 0..blocks);
+                    } else if k + 1 < layers {
+                        // Half for the stage above, so that neither waits on the other.
+                        sums_of(k + 1, 0..split);
                     }
                     done[k].store(end, Ordering::Release);
                 }
@@ -624,7 +842,7 @@ mod tests {
             hidden: n,
             steps,
             x_rows: if x_rows.is_some() { rows.as_ptr() } else { std::ptr::null() },
-            below: below.map_or(std::ptr::null(), |b| b.as_ptr()),
+            sums: below.is_some(),
             bias: bias.as_ptr(),
             h0: h0.as_ptr(),
             c0: c0.as_ptr(),
@@ -637,6 +855,12 @@ mod tests {
         };
         // SAFETY: buffers sized as `QRaw` requires; AVX2 only where the CPU has it.
         unsafe {
+            if let (Some(input), Some(below)) = (&w.input, below) {
+                // In two parts, as a pipeline's two stages compute them.
+                let (gates, blocks) = ([i, f, g, o].map(|p| p.cast::<i32>()), n.div_ceil(UNITS));
+                input_sums(input, n, below.as_ptr(), steps, gates, 0..blocks / 2, simd);
+                input_sums(input, n, below.as_ptr(), steps, gates, blocks / 2..blocks, simd);
+            }
             run_layer(w, raw, simd);
             for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
                 v.set_len(steps * n);
@@ -662,7 +886,7 @@ mod tests {
                 let parts: Vec<&[f32]> = if above { vec![&w_ih, &w_hh] } else { vec![&w_hh] };
                 let (xr, bl) = if above { (None, Some(&below[..])) } else { (Some(&x[..]), None) };
                 let want = reference(&parts, n, xr, bl, steps, &bias, &h0, &c0);
-                let w = QuantLayer::new(&parts, n);
+                let w = QuantLayer::new(above.then_some(&w_ih[..]), &w_hh, n);
                 for simd in kernels() {
                     let got = run(&w, n, xr, bl, steps, &bias, &h0, &c0, simd);
                     for (name, a, b) in [

@@ -280,23 +280,49 @@ pub async fn with_trace<R: Send + 'static>(
 /// The trace of `text` by the served model, from `cache`, or computed and kept
 /// there. Call it inside a model slot.
 pub fn cached_trace(cache: &super::cache::TraceCache, served: &super::Served, text: &str) -> std::sync::Arc<Trace> {
-    cached_trace_at(cache, served, text, Precision::Exact)
+    cached_trace_at(cache, served, text, Precision::Exact, None)
 }
 
-/// [`cached_trace`] at `precision`; the two precisions never share an entry.
+/// [`cached_trace`] at `precision` on `threads` threads (`None`: as
+/// [`Model::trace_at`] decides); the two precisions never share an entry.
 fn cached_trace_at(
     cache: &super::cache::TraceCache,
     served: &super::Served,
     text: &str,
     precision: Precision,
+    threads: Option<usize>,
 ) -> std::sync::Arc<Trace> {
     let model = &served.model;
     let key = super::cache::key_at(&served.id, text, precision);
     cache.get(&key).unwrap_or_else(|| {
-        let t = std::sync::Arc::new(model.trace_at(text, precision));
+        let t = match threads {
+            Some(n) => model.trace_at_with_threads(text, precision, n),
+            None => model.trace_at(text, precision),
+        };
+        let t = std::sync::Arc::new(t);
         cache.insert(key, t.clone());
         t
     })
+}
+
+/// Shortest text a page view traces on two threads: below it the pipeline's
+/// fill (one 16-step chunk) and the thread start weigh more than they save.
+const VIEW_PIPELINE_MIN_CHARS: usize = 256;
+
+/// Threads for the page view's int8 trace of `chars` characters, asked inside
+/// the run's slot: `CELLSCOPE_TRACE_THREADS` when set; else two (where there
+/// are two cores) for a text of at least [`VIEW_PIPELINE_MIN_CHARS`] when this
+/// run is the server's only one, so that a lone reader's view uses the idle core
+/// and a busy server keeps one run per core.
+fn view_threads(queue: &super::queue::WorkQueue, chars: usize) -> usize {
+    if let Some(n) = crate::model::trace_threads_set() {
+        return n;
+    }
+    if chars >= VIEW_PIPELINE_MIN_CHARS && queue.alone() {
+        crate::model::cores().min(2)
+    } else {
+        1
+    }
 }
 
 fn wants_npy(query: &FormatQuery, headers: &HeaderMap) -> Result<bool, AppError> {
@@ -393,11 +419,12 @@ pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewReq
     let size = t_len * (kinds.len() * state.model.hidden_size()) as u128 + trace_json_size(t_len as usize, 0, top_k);
     check_answer_size(&state, size, "this view", "ask for fewer kinds or a shorter text")?;
     let precision = if req.exact == Some(true) || !state.model.has_int8() { Precision::Exact } else { Precision::Int8 };
-    let (served, cache) = (state.served.clone(), state.traces.clone());
+    let (served, cache, queue) = (state.served.clone(), state.traces.clone(), state.queue.clone());
     let bytes = state
         .queue
         .run(move || {
-            let trace = cached_trace_at(&cache, &served, &req.text, precision);
+            let threads = view_threads(&queue, t_len as usize);
+            let trace = cached_trace_at(&cache, &served, &req.text, precision, Some(threads));
             view_bytes(&served.model, &trace, layer, &kinds, top_k, precision)
         })
         .await?;

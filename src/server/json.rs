@@ -30,7 +30,12 @@ pub fn predictions(model: &Model, trace: &Trace, top_k: usize) -> Vec<Prediction
     (0..trace.len())
         .map(|t| {
             let row = trace.probs.row(t);
-            order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            // The k most likely, most likely first (ties by vocabulary order).
+            let by_p = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+            if k > 0 && k < v {
+                order.select_nth_unstable_by(k - 1, by_p);
+            }
+            order[..k].sort_unstable_by(by_p);
             let top =
                 order[..k].iter().map(|&i| Guess { char: model.vocab.chars()[i].to_string(), p: row[i] }).collect();
             let next = trace.chars.get(t + 1);
@@ -261,38 +266,92 @@ pub fn view_bytes(
 }
 
 /// Appends `quantize(display::unit_value(kind, v))` of every value: 8 M of them for a
-/// 2,000-character view at H = 512, which took a third of its time with libm's
-/// `tanhf` and `roundf`. Here tanh is `kernel::tanh` (error < 3e-7, far below the
-/// 1/254 a byte resolves) and, compiled for AVX2 where the CPU has it, `round`
-/// becomes inline vector code.
+/// 2,000-character view at H = 512. Where the CPU has AVX2 this is [`x86::quantize`]
+/// (32 values per pass; tanh as the AVX2 trace computes it), else the scalar
+/// loop with `kernel::tanh` (error < 3e-7, far below the 1/254 a byte resolves).
 fn quantize_into(kind: Kind, values: &[f32], out: &mut Vec<u8>) {
-    use crate::display::{scale, Scale};
-    #[inline(always)]
-    fn generic(kind: Kind, values: &[f32], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.resize(start + values.len(), 0);
-        let dst = &mut out[start..];
-        match scale(kind) {
-            Scale::Signed => dst.iter_mut().zip(values).for_each(|(q, &v)| *q = quantize(v)),
-            Scale::Squashed => {
-                dst.iter_mut().zip(values).for_each(|(q, &v)| *q = quantize(crate::model::kernel::tanh(v)))
-            }
-            Scale::Gate => dst.iter_mut().zip(values).for_each(|(q, &v)| *q = quantize(2.0 * v - 1.0)),
-        }
-    }
+    let start = out.len();
+    out.resize(start + values.len(), 0);
+    let dst = &mut out[start..];
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(kind: Kind, values: &[f32], out: &mut Vec<u8>) {
-            generic(kind, values, out)
-        }
         let wide = crate::model::kernel::simd() != crate::model::kernel::Simd::Portable;
         if wide && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { avx2(kind, values, out) };
+            return unsafe { x86::quantize(kind, values, dst) };
         }
     }
-    generic(kind, values, out)
+    quantize_scalar(kind, values, dst)
+}
+
+/// The scalar [`quantize_into`], into `dst` (as long as `values`).
+fn quantize_scalar(kind: Kind, values: &[f32], dst: &mut [u8]) {
+    use crate::display::{scale, Scale};
+    match scale(kind) {
+        Scale::Signed => dst.iter_mut().zip(values).for_each(|(q, &v)| *q = quantize(v)),
+        Scale::Squashed => dst.iter_mut().zip(values).for_each(|(q, &v)| *q = quantize(crate::model::kernel::tanh(v))),
+        Scale::Gate => dst.iter_mut().zip(values).for_each(|(q, &v)| *q = quantize(2.0 * v - 1.0)),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{quantize_scalar, Kind};
+    use crate::display::{scale, Scale};
+    use crate::model::kernel::x86::tanh8;
+    use std::arch::x86_64::*;
+
+    /// [`super::quantize`] of 8 unit values as i32 lanes: NaN → 0, clamped to
+    /// [−1, 1], times 127, rounded half away from zero (as `f32::round`): the
+    /// truncation, plus ±1 where the dropped part is at least ½ (exact, since
+    /// x − trunc(x) is).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn round_unit(u: __m256) -> __m256i {
+        let sign = _mm256_set1_ps(-0.0);
+        let u = _mm256_and_ps(u, _mm256_cmp_ps::<_CMP_ORD_Q>(u, u));
+        let u = _mm256_min_ps(_mm256_max_ps(u, _mm256_set1_ps(-1.0)), _mm256_set1_ps(1.0));
+        let x = _mm256_mul_ps(u, _mm256_set1_ps(127.0));
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(dropped, _mm256_set1_ps(0.5));
+        let step = _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(x, sign)));
+        _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+    }
+
+    /// [`super::quantize_into`] into `dst` (as long as `values`), 32 values at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize(kind: Kind, values: &[f32], dst: &mut [u8]) {
+        let scale = scale(kind);
+        let whole = values.len() / 32 * 32;
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (v, d) in values[..whole].chunks_exact(32).zip(dst[..whole].chunks_exact_mut(32)) {
+            let q: [__m256i; 4] = std::array::from_fn(|j| {
+                // SAFETY: `v` holds 32 floats.
+                let v = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
+                // NaN in, 0 out, whatever the vector tanh makes of it.
+                let number = _mm256_cmp_ps::<_CMP_ORD_Q>(v, v);
+                round_unit(_mm256_and_ps(
+                    number,
+                    match scale {
+                        Scale::Signed => v,
+                        Scale::Squashed => tanh8(v),
+                        Scale::Gate => _mm256_fmsub_ps(v, _mm256_set1_ps(2.0), _mm256_set1_ps(1.0)),
+                    },
+                ))
+            });
+            // Saturating packs work within 128-bit lanes; the permutation puts the
+            // four 8-value runs back in order.
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            // SAFETY: `d` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), bytes) };
+        }
+        quantize_scalar(kind, &values[whole..], &mut dst[whole..]);
+    }
 }
 
 /// round(127 · u) as a byte, u clamped to [−1, 1] (NaN → 0).
@@ -315,6 +374,31 @@ mod tests {
         assert!(header.contains("'shape': (2, 3)"), "{header}");
         assert_eq!(bytes.len(), 10 + hlen + 24);
         assert!(std::str::from_utf8(&npy_f32(&[4], &[0.0; 4])[10..]).unwrap().contains("(4,)"));
+    }
+
+    #[test]
+    fn every_quantize_path_gives_the_scalar_bytes() {
+        let mut rng = crate::rng::Rng::new(5);
+        // Values around every rounding boundary (k + ½)/127, exact ties, the
+        // clamps, NaN, and a length that leaves a scalar tail.
+        let mut values: Vec<f32> = (-130..=130).map(|k| (k as f32 + 0.5) / 127.0).collect();
+        values.extend((-130..=130).map(|k| k as f32 / 127.0));
+        values.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.0, -1.0, 3.5, -7.25]);
+        values.extend((0..2000).map(|_| rng.range(-4.0, 4.0)));
+        values.extend((0..37).map(|_| rng.range(-1.5, 1.5)));
+        for kind in Kind::ALL {
+            let mut want = vec![0; values.len()];
+            quantize_scalar(kind, &values, &mut want);
+            let mut got = Vec::new();
+            quantize_into(kind, &values, &mut got);
+            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                // tanh's last bits may differ between the vector and scalar
+                // versions, so a squashed value may land one step over.
+                let off = (a as i8 as i32 - b as i8 as i32).abs();
+                let allowed = if crate::display::scale(kind) == crate::display::Scale::Squashed { 1 } else { 0 };
+                assert!(off <= allowed, "{kind:?} of {}: {} against {}", values[i], a as i8, b as i8);
+            }
+        }
     }
 
     #[test]

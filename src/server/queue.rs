@@ -51,6 +51,12 @@ impl WorkQueue {
         self.permits.available_permits()
     }
 
+    /// Whether a run that holds a slot is the only one: every other slot free and
+    /// no one waiting, so the server's other cores have none of its work.
+    pub fn alone(&self) -> bool {
+        self.free_slots() + 1 >= self.slots && self.waiting() == 0
+    }
+
     fn busy(&self) -> AppError {
         AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
