@@ -7,9 +7,10 @@
 #   MODEL defaults to the shipped models/linux-lstm.safetensors.
 #
 # Needs data/linux/test.txt (built by scripts/linux-corpus.sh); the SQLite sample is
-# committed (tests/data/other_c/sample.c). All six kinds (h, c, i, f, g, o) of every layer
-# are searched, since the paper's cells were found on c. One `find-cells --all-concepts`
-# pass per text; expect a few minutes for a 2 x 512 model on two cores.
+# committed (tests/data/other_c/sample.c). All eight kinds (h, c, i, f, g, o, write, keep)
+# of every layer are searched, since the paper's cells were found on c. One
+# `find-cells --all-concepts` pass per text; expect a few minutes for a 2 x 512 model on
+# two cores.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

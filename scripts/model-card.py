@@ -12,6 +12,7 @@ scripts/train-compare.sh).
 Standard library only.
 """
 import json
+import math
 import struct
 import sys
 from pathlib import Path
@@ -24,12 +25,13 @@ def metadata(path):
     return header.get("__metadata__", {}), header
 
 
-def curve_svg(curve, out):
+def curve_svg(curve, out, steps=None):
     pts = [(p[0], p[1], p[2]) for p in curve]
     w, h, pad = 640, 300, 44
     max_step = max(p[0] for p in pts)
     ys = [v for p in pts for v in p[1:] if v is not None]
-    lo, hi = 0.8, min(max(ys), 2.5)
+    # The axis starts at 0.8, or lower (a multiple of 0.2) when a loss goes below it.
+    lo, hi = min(0.8, math.floor(min(ys) / 0.2) * 0.2), min(max(ys), 2.5)
     x = lambda s: pad + (w - 2 * pad) * s / max_step
     y = lambda v: h - pad - (h - 2 * pad) * (min(v, hi) - lo) / (hi - lo)
     def path(i):
@@ -49,7 +51,7 @@ def curve_svg(curve, out):
     for p in pts:
         if p[2] is not None:
             lines.append(f'<circle cx="{x(p[0]):.1f}" cy="{y(p[2]):.1f}" r="3" fill="#b2182b"/>')
-    lines.append(f'<text x="{w/2}" y="{h-8}" text-anchor="middle">training step (batch of 50 × 100 characters); {max_step} steps</text>')
+    lines.append(f'<text x="{w/2}" y="{h-8}" text-anchor="middle">training step (batch of 50 × 100 characters); {steps or max_step:,} steps</text>')
     lines.append(f'<text x="{pad}" y="18" fill="#2166ac">training loss</text><text x="{pad+100}" y="18" fill="#b2182b">validation loss (nats/char)</text>')
     lines.append("</svg>")
     Path(out).write_text("\n".join(lines) + "\n")
@@ -77,7 +79,7 @@ def main():
     curve = train.get("curve", [])
     svg = model.parent / (model.stem + ".curve.svg")
     if curve:
-        curve_svg(curve, svg)
+        curve_svg(curve, svg, train.get("steps"))
     hours = train.get("train_seconds", 0) / 3600
     arch = {"lstm": "LSTM", "gru": "GRU", "rnn": "tanh-RNN"}[meta.get("cellscope.arch", "lstm")]
     default = model.name == "linux-lstm.safetensors"
@@ -131,7 +133,8 @@ def main():
             f"- `{model.stem}.reference.txt`: the first 10,000 bytes of the validation split (Linux source, GPL-2.0);",
             "  the text cell pages show contexts from.",
             f"- `{svg.name}`: the curve above.", "",
-            "Continue training: `scripts/train-linux.sh` resumes from `checkpoints/` when the checkpoint is there."]
+            "Training: `scripts/train-linux.sh` resumes from the checkpoint in `checkpoints/` (which step it holds, and what",
+            "resuming it reproduces: `checkpoints/README.md`)."]
     (model.parent / "README.md").write_text("\n".join(out) + "\n")
     print(f"wrote {model.parent / 'README.md'} and {svg}")
 
