@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The server over real HTTP (curl) beside PyTorch, on the shipped model (2 × 512):
-#   - /api/view, 2,000 characters, one layer, every kind (what the page fetches):
-#     the default int8 trace and "exact": true;
+#   - /api/view, 2,000 characters, one layer: the shown kind alone (what the page
+#     fetches first) and every kind (what it fetches next, or a script at once), the
+#     default int8 trace and "exact": true;
 #   - /api/trace on 20,000 characters (.npy, all layers, h and c; and JSON, layer
 #     1, c only): the exact trace, against PyTorch's fused nn.LSTM on the same
 #     weights and text length at 1 and 2 threads (scripts/bench_torch.py), as
@@ -9,7 +10,7 @@
 # The trace cache is off (--trace-cache-mb 0): every request traces, as a page's
 # first view of a text does. Best of RUNS (default 3) per row.
 #   scripts/bench-server.sh [MODEL]
-#   CELLSCOPE_TRACE_THREADS=2 scripts/bench-server.sh   # pipelined traces
+#   CELLSCOPE_TRACE_THREADS=1 scripts/bench-server.sh   # every trace on one thread
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/linux-lstm.safetensors}
@@ -17,7 +18,7 @@ PORT=${PORT:-3917}
 RUNS=${RUNS:-3}
 cargo build --release --quiet
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg);" \
-  "CELLSCOPE_TRACE_THREADS=${CELLSCOPE_TRACE_THREADS:-1}"
+  "CELLSCOPE_TRACE_THREADS=${CELLSCOPE_TRACE_THREADS:-unset (two threads for a lone request)}"
 target/release/cellscope serve --model "$MODEL" --addr 127.0.0.1:$PORT --max-text-chars 20000 \
   --max-body-bytes 4000000 --max-response-bytes 400000000 --trace-cache-mb 0 2>/dev/null &
 PID=$!
@@ -30,6 +31,7 @@ src = open("models/linux-lstm.reference.txt").read()
 for n in (2000, 20000):
     text = (src * (n // len(src) + 1))[:n]
     for name, body in {
+        "view_one_kind": {"text": text, "layer": 1, "kinds": ["c"]},
         "view": {"text": text, "layer": 1},
         "view_exact": {"text": text, "layer": 1, "exact": True},
         "trace_json_c_l1": {"text": text, "layers": [1], "kinds": ["c"], "top_k": 5},
@@ -49,7 +51,7 @@ if python3 -c 'import torch, safetensors' 2>/dev/null; then
 fi
 printf '%-26s %7s %9s %10s %10s %12s %s\n' endpoint chars seconds chars/s /torch bytes precision
 for n in 2000 20000; do
-  for name in view view_exact trace_npy_hc trace_json_c_l1; do
+  for name in view_one_kind view view_exact trace_npy_hc trace_json_c_l1; do
     [ "$n" = 20000 ] && [[ $name == view* ]] && continue
     [ "$n" = 2000 ] && [[ $name == trace* ]] && continue
     url=/api/view; [[ $name == trace* ]] && url=/api/trace; [ "$name" = trace_npy_hc ] && url="/api/trace?format=npy"

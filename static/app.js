@@ -4,8 +4,10 @@
 // with no dependencies and no build step.
 //
 // Data flow: POST /api/view returns one layer of the trace as int8 (q = round(127·u),
-// u ∈ [−1, 1] the colour value; row = character, column = cell). Choosing a kind or
-// a cell only re-reads those bytes; choosing a layer or running new text fetches.
+// u ∈ [−1, 1] the colour value; row = character, column = cell). A run fetches the
+// shown kind first (an eighth of the bytes), shows it, then fetches the layer's other
+// kinds behind it (the server answers those from its trace cache). Choosing a kind
+// or a cell then only re-reads those bytes; choosing a layer or new text fetches.
 //
 // Pasted text is untrusted. It reaches the DOM only through textContent or through
 // `escapeChar` below; never through innerHTML as it is.
@@ -698,7 +700,16 @@ function updateUnknownNote(count) {
   note.replaceChildren(mark, ` ${count} characters not in the vocabulary (fed as zero input)`);
 }
 
+/** What the intro says once another cell than the one it names is shown. */
+const INTRO_GENERAL = 'Each character is coloured by the chosen cell: red is high, blue low; hover a character ' +
+  "for the model's next-character guesses. Try ◀ ▶ to step through cells, or Find cells for if, comment or nesting depth.";
+
 function updateControls() {
+  // The server's intro names the first cell; it must not describe another.
+  const intro = $('#intro');
+  if (intro && initial && (state.layer !== initial.layer || state.kind !== initial.kind || state.cell !== initial.cell)) {
+    intro.textContent = INTRO_GENERAL;
+  }
   if (el.layer) el.layer.value = String(state.layer);
   if (el.kind) el.kind.value = state.kind;
   if (el.cell && document.activeElement !== el.cell) el.cell.value = String(state.cell);
@@ -869,7 +880,7 @@ async function loadView(text) {
   setTracing(true);
   const layer = state.layer;
   const allKinds = wantsAllKinds(text);
-  const kinds = allKinds ? KINDS : [state.kind];
+  const kinds = [state.kind];
   setStatus(`tracing ${n} characters…`);
   const t0 = performance.now();
   let view;
@@ -889,7 +900,9 @@ async function loadView(text) {
   const fetched = performance.now() - t0;
   timings.fetch = fetched;
   const newText = text !== state.text || !state.view || state.view.header.length !== view.header.length;
-  state.view = { layer, header: view.header, data: view.data, allKinds };
+  // Kinds already fetched for this text and layer stay.
+  const kept = !newText && state.view.layer === layer ? state.view.data : new Map();
+  state.view = { layer, header: view.header, data: new Map([...kept, ...view.data]), allKinds };
   state.hidden = view.header.hidden;
   state.text = text;
   if (newText) {
@@ -913,12 +926,32 @@ async function loadView(text) {
   if (newText) finderTextChanged();
   timings.total = performance.now() - t0;
   state.runs++;
+  const rest = KINDS.filter((k) => !state.view.data.has(k));
+  if (allKinds && rest.length) fetchOtherKinds(seq, text, layer, rest);
   setStatus(`traced ${view.header.length} characters in ${Math.round(fetched)} ms` +
     (allKinds ? '' : ` (long text: kind ${kinds[0]} only)`) +
     // The server traces the page's view with int8 weights unless asked otherwise.
     (view.header.precision === 'int8' ? PRECISION_NOTE : ''));
   // The layer or kind may have changed while the request was on its way.
   if (state.layer !== layer || !view.data.has(state.kind)) refresh();
+}
+
+/**
+ * The layer's other kinds, fetched after the shown one so that a kind switch is
+ * instant; dropped if the text or layer changed meanwhile. On failure a kind
+ * loads when it is chosen.
+ */
+async function fetchOtherKinds(seq, text, layer, kinds) {
+  let more;
+  try {
+    more = parseView(await post('/api/view', { text, layer, kinds, top_k: TOP_K }, { binary: true }));
+  } catch {
+    return;
+  }
+  const v = state.view;
+  if (seq !== state.seq || !v || v.layer !== layer || state.text !== text) return;
+  if (more.header.length !== v.header.length) return;
+  for (const [k, d] of more.data) v.data.set(k, d);
 }
 
 /** Makes sure the current layer and kind are loaded, then shows them. */

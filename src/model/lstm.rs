@@ -23,17 +23,17 @@
 //! More layers than threads: each thread takes a contiguous range of layers. Every
 //! layer makes the same kernel calls on the same inputs (clamped rows included) as
 //! on one thread, so the trace is identical to the bit.
-//! - `CELLSCOPE_TRACE_THREADS=N`: at most N threads per trace (default 1, at most
-//!   the cores there are). The pipeline is opt-in: measured on a shared 2-core AMD
-//!   EPYC (AVX2) it gained 1.4× at 2 × 256 but never gained at the shipped 2 × 512
-//!   (the two 4 MiB W_hh compete for the shared L3), and a server already runs
-//!   requests side by side on its cores. Set 2 on an idle machine and measure
-//!   (`scripts/bench.sh --crossover`).
-//! - texts under `PIPELINE_MIN_STEPS` (4096) characters always run on one thread.
-//!
-//! The pipeline pays only when the second core is free: on a machine busy with
-//! other work it costs about 10% more CPU per character and can run slower than
-//! one thread, so set `CELLSCOPE_TRACE_THREADS=1` there.
+//! - `CELLSCOPE_TRACE_THREADS=N`: at most N threads per trace (at most the cores
+//!   there are). Unset, library callers ([`Model::trace`]) get one thread, and the
+//!   server takes two for a text of 256 characters or more when the request is its
+//!   only model run (`server::api::trace_threads_now`). Measured on an idle 2-core
+//!   AMD EPYC (AVX2), 2,000 characters at 2 × 512: the exact trace gained 1.45×
+//!   (4.4k → 6.4k chars/s), the int8 view trace 1.9× (`scripts/bench.sh`). On a
+//!   machine busy with other work a second thread costs about 10% more CPU per
+//!   character and can run slower than one, so set `CELLSCOPE_TRACE_THREADS=1`
+//!   there.
+//! - library texts under `PIPELINE_MIN_STEPS` (4096) characters run on one thread
+//!   unless the caller names a thread count ([`Model::trace_clamped_with_threads`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -272,9 +272,14 @@ pub async fn with_trace<R: Send + 'static>(
     text: String,
     answer: impl FnOnce(&Model, &std::sync::Arc<Trace>) -> R + Send + 'static,
 ) -> Result<R, AppError> {
-    let served = state.served.clone();
-    let cache = state.traces.clone();
-    state.queue.run(move || answer(&served.model, &cached_trace(&cache, &served, &text))).await
+    let (served, cache, queue) = (state.served.clone(), state.traces.clone(), state.queue.clone());
+    state
+        .queue
+        .run(move || {
+            let threads = trace_threads_now(&queue, text.chars().count());
+            answer(&served.model, &cached_trace_at(&cache, &served, &text, Precision::Exact, Some(threads)))
+        })
+        .await
 }
 
 /// The trace of `text` by the served model, from `cache`, or computed and kept
@@ -305,20 +310,22 @@ fn cached_trace_at(
     })
 }
 
-/// Shortest text a page view traces on two threads: below it the pipeline's
-/// fill (one 16-step chunk) and the thread start weigh more than they save.
-const VIEW_PIPELINE_MIN_CHARS: usize = 256;
+/// Shortest text traced on two threads: below it the pipeline's fill (one
+/// block of steps) and the thread start weigh more than they save.
+const PIPELINE_MIN_CHARS: usize = 256;
 
-/// Threads for the page view's int8 trace of `chars` characters, asked inside
-/// the run's slot: `CELLSCOPE_TRACE_THREADS` when set; else two (where there
-/// are two cores) for a text of at least [`VIEW_PIPELINE_MIN_CHARS`] when this
-/// run is the server's only one, so that a lone reader's view uses the idle core
-/// and a busy server keeps one run per core.
-fn view_threads(queue: &super::queue::WorkQueue, chars: usize) -> usize {
+/// Threads for a trace of `chars` characters, asked inside the run's slot:
+/// `CELLSCOPE_TRACE_THREADS` when set; else two (where there are two cores) for
+/// a text of at least [`PIPELINE_MIN_CHARS`] when this run is the server's only
+/// one, so that a lone reader's trace uses the idle core (its layers pipelined,
+/// `model::lstm`) and a busy server keeps one run per core. The server cannot
+/// see other programs: on a machine busy with other work, set
+/// `CELLSCOPE_TRACE_THREADS=1`.
+fn trace_threads_now(queue: &super::queue::WorkQueue, chars: usize) -> usize {
     if let Some(n) = crate::model::trace_threads_set() {
         return n;
     }
-    if chars >= VIEW_PIPELINE_MIN_CHARS && queue.alone() {
+    if chars >= PIPELINE_MIN_CHARS && queue.alone() {
         crate::model::cores().min(2)
     } else {
         1
@@ -423,7 +430,7 @@ pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewReq
     let bytes = state
         .queue
         .run(move || {
-            let threads = view_threads(&queue, t_len as usize);
+            let threads = trace_threads_now(&queue, t_len as usize);
             let trace = cached_trace_at(&cache, &served, &req.text, precision, Some(threads));
             view_bytes(&served.model, &trace, layer, &kinds, top_k, precision)
         })

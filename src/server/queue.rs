@@ -114,6 +114,47 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
+    async fn a_run_is_alone_only_while_no_other_holds_or_awaits_a_slot() {
+        let q = Arc::new(WorkQueue::new(2, 4));
+        assert!(
+            q.run({
+                let q = q.clone();
+                move || q.alone()
+            })
+            .await
+            .unwrap(),
+            "one run on an idle server"
+        );
+        // A second run holding the other slot: the first is no longer alone.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let q1 = q.clone();
+        let holder = tokio::spawn(async move { q1.run(move || rx.recv().unwrap()).await });
+        while q.free_slots() > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            !q.run({
+                let q = q.clone();
+                move || q.alone()
+            })
+            .await
+            .unwrap(),
+            "another run holds a slot"
+        );
+        tx.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert!(
+            q.run({
+                let q = q.clone();
+                move || q.alone()
+            })
+            .await
+            .unwrap(),
+            "alone again"
+        );
+    }
+
+    #[tokio::test]
     async fn waits_in_line_then_refuses_beyond_the_queue() {
         let q = Arc::new(WorkQueue::new(1, 1));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
