@@ -113,18 +113,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Whether a run on `q` finds itself alone.
+    async fn run_alone(q: &Arc<WorkQueue>) -> bool {
+        let me = q.clone();
+        q.run(move || me.alone()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn a_run_is_alone_only_while_no_other_holds_or_awaits_a_slot() {
         let q = Arc::new(WorkQueue::new(2, 4));
-        assert!(
-            q.run({
-                let q = q.clone();
-                move || q.alone()
-            })
-            .await
-            .unwrap(),
-            "one run on an idle server"
-        );
+        assert!(run_alone(&q).await, "one run on an idle server");
         // A second run holding the other slot: the first is no longer alone.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let q1 = q.clone();
@@ -132,26 +130,10 @@ mod tests {
         while q.free_slots() > 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(
-            !q.run({
-                let q = q.clone();
-                move || q.alone()
-            })
-            .await
-            .unwrap(),
-            "another run holds a slot"
-        );
+        assert!(!run_alone(&q).await, "another run holds a slot");
         tx.send(()).unwrap();
         holder.await.unwrap().unwrap();
-        assert!(
-            q.run({
-                let q = q.clone();
-                move || q.alone()
-            })
-            .await
-            .unwrap(),
-            "alone again"
-        );
+        assert!(run_alone(&q).await, "alone again");
     }
 
     #[tokio::test]
