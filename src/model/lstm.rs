@@ -28,10 +28,10 @@
 //!   server takes two for a text of 256 characters or more when the request is its
 //!   only model run (`server::api::trace_threads_now`). Measured on an idle 2-core
 //!   AMD EPYC (AVX2), 2,000 characters at 2 × 512: the exact trace gained 1.45×
-//!   (4.4k → 6.4k chars/s), the int8 view trace 1.9× (`scripts/bench.sh`). On a
-//!   machine busy with other work a second thread costs about 10% more CPU per
-//!   character and can run slower than one, so set `CELLSCOPE_TRACE_THREADS=1`
-//!   there.
+//!   (4.4k → 6.4k chars/s), the int8 view trace 1.8× (9.1k → 16.2k;
+//!   `scripts/bench.sh`). On a machine busy with other work a second thread costs
+//!   about 10% more CPU per character and can run slower than one, so set
+//!   `CELLSCOPE_TRACE_THREADS=1` there.
 //! - library texts under `PIPELINE_MIN_STEPS` (4096) characters run on one thread
 //!   unless the caller names a thread count ([`Model::trace_clamped_with_threads`]).
 
