@@ -3063,7 +3063,12 @@ function modelPicker() {
   const form = select.form;
   const go = form.querySelector('button');
   if (go) go.hidden = true;
-  select.addEventListener('change', () => {
+  select.addEventListener('change', async () => {
+    // A text run a moment ago may still be compressing into the hash: wait for it.
+    if (state.text != null) {
+      if (packed.busy) await packed.busy.catch(() => {});
+      writeHash();
+    }
     const keep = location.hash.replace(/^#/, '').split('&').filter((p) => /^(z|text|sample)=/.test(p)).join('&');
     const action = form.getAttribute('action') || '/';
     location.href = `${action}?model=${encodeURIComponent(select.value)}${keep ? '#' + keep : ''}`;
