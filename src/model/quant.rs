@@ -641,8 +641,10 @@ impl Model {
 
     /// Every layer over the text: stage s of `threads` runs a contiguous range of
     /// layers chunk by chunk. After its chunk of layer k a stage computes layer
-    /// k + 1's input sums for the same steps, then publishes both (`done[k]`,
-    /// release/acquire); layer k + 1 waits for that before its chunk.
+    /// k + 1's input sums for the same steps (all of them when it runs layer k + 1
+    /// too, else the first half of the blocks), then publishes (`done[k]`,
+    /// release/acquire); the stage of layer k + 1 waits for that, computes the
+    /// other half, and runs its chunk.
     fn run_layers(
         &self,
         quant: &[QuantLayer],
@@ -676,22 +678,23 @@ impl Model {
                         .map(|id| self.input_table.row(id.map_or(unknown, |v| v as usize)).as_ptr()),
                 );
                 let mine = first_layer(s)..first_layer(s + 1);
-                for k in mine.clone() {
-                    let at = start * n;
-                    // Layer k's input sums, as i32 in its gate rows start..end.
-                    let sums_of = |k: usize, part: Range<usize>| {
-                        if let Some(input) = quant.get(k).and_then(|q| q.input.as_ref()) {
-                            let [_, _, i, f, g, o] = ptrs[k].0;
-                            // SAFETY: layer k − 1's rows start..end are written
-                            // and published; layer k's gate rows there are read
-                            // and written by no one else until `done[k − 1]`
-                            // tells its stage, or are this stage's own.
-                            unsafe {
-                                let gates = [i, f, g, o].map(|p| p.add(at).cast::<i32>());
-                                input_sums(input, n, ptrs[k - 1].0[0].add(at), end - start, gates, part, simd);
-                            }
+                let at = start * n;
+                // Layer k's input sums of the blocks in `part`, as i32 in its gate
+                // rows start..end.
+                let sums_of = |k: usize, part: Range<usize>| {
+                    if let Some(input) = quant.get(k).and_then(|q| q.input.as_ref()) {
+                        let [_, _, i, f, g, o] = ptrs[k].0;
+                        // SAFETY: layer k − 1's rows start..end are written
+                        // and published; layer k's gate rows there are read
+                        // and written by no one else until `done[k − 1]`
+                        // tells its stage, or are this stage's own.
+                        unsafe {
+                            let gates = [i, f, g, o].map(|p| p.add(at).cast::<i32>());
+                            input_sums(input, n, ptrs[k - 1].0[0].add(at), end - start, gates, part, simd);
                         }
-                    };
+                    }
+                };
+                for k in mine.clone() {
                     if k > 0 {
                         while done[k - 1].load(Ordering::Acquire) < end {
                             std::thread::yield_now();

@@ -301,15 +301,14 @@ mod x86 {
     use crate::model::kernel::x86::tanh8;
     use std::arch::x86_64::*;
 
-    /// [`super::quantize`] of 8 unit values as i32 lanes: NaN → 0, clamped to
-    /// [−1, 1], times 127, rounded half away from zero (as `f32::round`): the
-    /// truncation, plus ±1 where the dropped part is at least ½ (exact, since
-    /// x − trunc(x) is).
+    /// [`super::quantize`] of 8 unit values, none NaN ([`quantize`] zeroes those),
+    /// as i32 lanes: clamped to [−1, 1], times 127, rounded half away from zero (as
+    /// `f32::round`): the truncation, plus ±1 where the dropped part is at least ½
+    /// (exact, since x − trunc(x) is).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn round_unit(u: __m256) -> __m256i {
         let sign = _mm256_set1_ps(-0.0);
-        let u = _mm256_and_ps(u, _mm256_cmp_ps::<_CMP_ORD_Q>(u, u));
         let u = _mm256_min_ps(_mm256_max_ps(u, _mm256_set1_ps(-1.0)), _mm256_set1_ps(1.0));
         let x = _mm256_mul_ps(u, _mm256_set1_ps(127.0));
         let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
