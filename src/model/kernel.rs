@@ -169,7 +169,9 @@ impl PackedHh {
     }
 }
 
-/// What one layer recorded over a text: six T × H matrices, row-major, row = step.
+/// What one layer recorded over a text: six T × H matrices, row-major, row = step,
+/// which [`lstm_layer`] writes, and the memory terms, which
+/// [`LayerOut::extend_memory_terms`] derives from them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LayerOut {
     pub h: Vec<f32>,
@@ -178,14 +180,47 @@ pub struct LayerOut {
     pub f: Vec<f32>,
     pub g: Vec<f32>,
     pub o: Vec<f32>,
+    /// i ⊙ g: what the step writes into the cell.
+    pub write: Vec<f32>,
+    /// f ⊙ c_{t−1}: what the cell keeps.
+    pub keep: Vec<f32>,
 }
 
 impl LayerOut {
     /// Empty, with room for `steps` steps of `hidden` units, so that [`lstm_layer`]
-    /// appends without reallocating.
+    /// appends without reallocating; recycled memory where there is some
+    /// (`model::buffers`).
     pub fn with_capacity(steps: usize, hidden: usize) -> Self {
-        let v = || fresh_buffer(steps * hidden);
-        Self { h: v(), c: v(), i: v(), f: v(), g: v(), o: v() }
+        let v = || super::buffers::take(steps * hidden);
+        Self { h: v(), c: v(), i: v(), f: v(), g: v(), o: v(), write: v(), keep: v() }
+    }
+
+    /// Appends the memory terms of the steps recorded since the last call: `write`
+    /// = i ⊙ g and `keep` = f ⊙ c_{t−1}, with `c0` the cell state before the first
+    /// step. Called after each block of steps, while its rows are still in cache.
+    pub fn extend_memory_terms(&mut self, c0: &[f32]) {
+        let n = c0.len();
+        let (from, to) = (self.write.len(), self.h.len());
+        assert!(self.keep.len() == from && from <= to, "memory terms are appended in step order");
+        assert!(from.is_multiple_of(n) && to.is_multiple_of(n), "whole rows of H = {n}");
+        self.write.reserve(to - from);
+        self.keep.reserve(to - from);
+        let c_prev = if from == 0 { c0.as_ptr() } else { self.c[from - n..].as_ptr() };
+        // SAFETY: i, f, g and c hold `to` floats; c_prev points at H of them (or at
+        // c0); write and keep have room for `to − from` more floats, all of which
+        // `memory_terms` writes before the lengths are set.
+        unsafe {
+            let rows = |v: &Vec<f32>| v.as_ptr().add(from);
+            memory_terms(
+                n,
+                (to - from) / n,
+                [rows(&self.i), rows(&self.f), rows(&self.g), rows(&self.c)],
+                c_prev,
+                [self.write.as_mut_ptr().add(from), self.keep.as_mut_ptr().add(from)],
+            );
+            self.write.set_len(to);
+            self.keep.set_len(to);
+        }
     }
 
     fn all_mut(&mut self) -> [&mut Vec<f32>; 6] {
@@ -193,41 +228,35 @@ impl LayerOut {
     }
 }
 
-/// An empty vector with room for `len` floats, to be written once.
+/// The memory terms of `steps` rows: `write = i ⊙ g`, `keep = f ⊙ c_{t−1}`, where
+/// c_{t−1} is `c_prev` (H floats) for the first row and the row of `c` above for
+/// the others.
 ///
-/// A trace writes 6·H floats per layer and character (245 MB for 20k characters
-/// of a 2 × 256 model) into memory fresh from the OS. With 4 KiB pages, faulting
-/// them in took a fifth of a trace's time; so on Linux, buffers of 4 MiB or more
-/// are advised to use transparent huge pages, one fault per 2 MiB (what remains is
-/// the OS zeroing them). Where THP is off, the advice is ignored.
-fn fresh_buffer(len: usize) -> Vec<f32> {
-    let v = Vec::with_capacity(len);
-    #[cfg(target_os = "linux")]
-    advise_huge_pages(v.as_ptr() as usize, len * std::mem::size_of::<f32>());
-    v
-}
-
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(start: usize, bytes: usize) {
-    const HUGE: usize = 2 << 20;
-    const MADV_HUGEPAGE: i32 = 14;
-    extern "C" {
-        // From the C library std already links; declared here rather than adding
-        // the `libc` crate for one call.
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-    }
-    if bytes < 2 * HUGE {
-        return;
-    }
-    // Only whole huge pages inside the buffer: the advice applies to the pages it
-    // covers, and the rest of the allocation may share pages with other data.
-    let first = start.next_multiple_of(HUGE);
-    let end = (start + bytes) / HUGE * HUGE;
-    if end > first {
-        // SAFETY: the range lies inside an allocation we own; MADV_HUGEPAGE changes
-        // how future faults are served, never the contents. Failure is harmless.
-        unsafe {
-            madvise(first as *mut std::ffi::c_void, end - first, MADV_HUGEPAGE);
+/// # Safety
+/// `i, f, g, c` each point at `steps` × H readable floats, `c_prev` at H, and
+/// `write`, `keep` at room for `steps` × H floats, which this writes.
+pub(crate) unsafe fn memory_terms(
+    n: usize,
+    steps: usize,
+    [i, f, g, c]: [*const f32; 4],
+    c_prev: *const f32,
+    [write, keep]: [*mut f32; 2],
+) {
+    use std::mem::MaybeUninit;
+    for t in 0..steps {
+        // SAFETY: row t lies inside every buffer (the caller's contract); the rows
+        // written are not read here, so the slices do not alias.
+        let (i, f, g, above, write, keep) = unsafe {
+            let row = |p: *const f32| std::slice::from_raw_parts(p.add(t * n), n);
+            let out = |p: *mut f32| std::slice::from_raw_parts_mut(p.add(t * n).cast::<MaybeUninit<f32>>(), n);
+            let above = std::slice::from_raw_parts(if t == 0 { c_prev } else { c.add((t - 1) * n) }, n);
+            (row(i), row(f), row(g), above, out(write), out(keep))
+        };
+        for (w, (i, g)) in write.iter_mut().zip(i.iter().zip(g)) {
+            w.write(i * g);
+        }
+        for (k, (f, c)) in keep.iter_mut().zip(f.iter().zip(above)) {
+            k.write(f * c);
         }
     }
 }
@@ -540,6 +569,23 @@ pub(crate) mod x86 {
                 }
             }
         }
+    }
+
+    /// round(127 · u) of 8 values, none NaN, as i32 lanes: clamped to [−1, 1],
+    /// times 127, rounded half away from zero (as `f32::round`): the truncation,
+    /// plus ±1 where the dropped part is at least ½ (exact, since x − trunc(x) is).
+    /// The one rounding of the int8 trace's h and of the view's bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn round_unit(u: __m256) -> __m256i {
+        let sign = _mm256_set1_ps(-0.0);
+        let u = _mm256_min_ps(_mm256_max_ps(u, _mm256_set1_ps(-1.0)), _mm256_set1_ps(1.0));
+        let x = _mm256_mul_ps(u, _mm256_set1_ps(127.0));
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(dropped, _mm256_set1_ps(0.5));
+        let step = _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(x, sign)));
+        _mm256_cvttps_epi32(_mm256_add_ps(t, step))
     }
 
     /// e^x on 8 lanes: as [`exp16`], with 2^k built in the exponent bits.
@@ -866,7 +912,7 @@ mod tests {
         let n = h0.len();
         let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
         let (mut h, mut c) = (h0.to_vec(), c0.to_vec());
-        let mut out = LayerOut { h: vec![], c: vec![], i: vec![], f: vec![], g: vec![], o: vec![] };
+        let mut out = LayerOut::default();
         for xt in x {
             let pre: Vec<f32> =
                 (0..4 * n).map(|r| xt[r] + bias[r] + (0..n).map(|k| w[r * n + k] * h[k]).sum::<f32>()).collect();
@@ -899,6 +945,7 @@ mod tests {
             f: vec![0.0; steps * n],
             g: vec![0.0; steps * n],
             o: vec![0.0; steps * n],
+            ..LayerOut::default()
         };
         let ptrs: Vec<*const f32> = rows.iter().map(|r| r.as_ptr()).collect();
         let raw = Raw {

@@ -273,15 +273,11 @@ impl LayerTrace {
 
     /// The LSTM layer's matrices from the kernel's output, with the memory terms
     /// derived from them; `c0` is the layer's cell state before the first step.
-    pub(super) fn from_kernel(out: LayerOut, t: usize, n: usize, c0: &[f32]) -> Self {
-        let write: Vec<f32> = out.i.iter().zip(&out.g).map(|(i, g)| i * g).collect();
-        let keep: Vec<f32> = (0..t * n)
-            .map(|at| {
-                let c_prev = if at < n { c0[at] } else { out.c[at - n] };
-                out.f[at] * c_prev
-            })
-            .collect();
-        let LayerOut { h, c, i, f, g, o } = out;
+    /// (The stages derive the memory terms block by block while the rows are in
+    /// cache; whatever they left is derived here.)
+    pub(super) fn from_kernel(mut out: LayerOut, t: usize, n: usize, c0: &[f32]) -> Self {
+        out.extend_memory_terms(c0);
+        let LayerOut { h, c, i, f, g, o, write, keep } = out;
         Self::new(Arch::Lstm, vec![h, c, i, f, g, o, write, keep], t, n)
     }
 
@@ -314,6 +310,19 @@ impl LayerTrace {
         self.try_get(kind).unwrap_or_else(|| {
             panic!("this layer records {:?}, not {kind:?}; check the kind against Arch::kinds first", self.kinds)
         })
+    }
+}
+
+/// A dropped trace's matrices go back to the buffer pool for the next trace to
+/// record into (see `model::buffers`).
+impl Drop for LayerTrace {
+    fn drop(&mut self) {
+        for values in std::mem::take(&mut self.values) {
+            let (v, offset) = values.into_raw_vec_and_offset();
+            if offset == Some(0) {
+                super::buffers::give(v);
+            }
+        }
     }
 }
 
@@ -907,6 +916,7 @@ impl Job<'_> {
                     (None, None) => Input::Table,
                 };
                 self.layer_block(k, steps.clone(), input, &mut proj, &mut rest[0]);
+                rest[0].extend_memory_terms(&self.state.c[k]);
             }
             if let Some(output) = &output {
                 let h = &outs.last().expect("a stage has layers").h[steps.start * n..steps.end * n];

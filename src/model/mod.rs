@@ -2,6 +2,7 @@
 //! and the forward pass that records every cell ([`Model::trace`]).
 
 mod arch;
+mod buffers;
 mod gru_rnn;
 pub mod kernel;
 mod lstm;

@@ -179,6 +179,17 @@ fn quantize_into(v: &[f32], q: &mut [i8]) {
     }
 }
 
+/// [`quantize_into`] on the kernel `simd` picked (the same bytes on every one).
+#[inline(always)]
+fn quantize_with(v: &[f32], q: &mut [i8], simd: Simd) {
+    match simd {
+        // SAFETY: `quant_simd` picks AVX2 only where the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 | Simd::Avx512 => unsafe { x86::quantize_into_avx2(v, q) },
+        _ => quantize_into(v, q),
+    }
+}
+
 /// Which int8 kernel this machine runs: AVX2 where `kernel::simd` picked a SIMD
 /// kernel (AVX-512 machines have AVX2 too; checked), else portable.
 fn quant_simd() -> Simd {
@@ -238,12 +249,12 @@ impl QRaw {
     /// Fills `xq` (4G bytes, zero past H) with q(h_{t-1}).
     ///
     /// # Safety
-    /// As [`QRaw::prev`]; `xq` holds H bytes.
+    /// As [`QRaw::prev`]; `xq` holds H bytes; `simd` as [`quantize_with`].
     #[inline(always)]
-    unsafe fn load_x(&self, t: usize, xq: &mut [i8]) {
+    unsafe fn load_x(&self, t: usize, xq: &mut [i8], simd: Simd) {
         // SAFETY: the caller's contract.
         let row = unsafe { std::slice::from_raw_parts(self.prev(t).0, self.hidden) };
-        quantize_into(row, xq);
+        quantize_with(row, xq, simd);
     }
 
     /// Gate q's output rows: i, f, g, o.
@@ -308,7 +319,7 @@ unsafe fn layer_portable(w: &QuantLayer, raw: QRaw, xq: &mut [i8]) {
     for t in 0..raw.steps {
         // SAFETY: the caller's contract; all indices stay below H per row.
         unsafe {
-            raw.load_x(t, xq);
+            raw.load_x(t, xq, Simd::Portable);
             let (_, c_prev) = raw.prev(t);
             for b in 0..n.div_ceil(UNITS) {
                 let sums = block_sums_portable(w.recurrent.block(b), xq);
@@ -386,7 +397,7 @@ unsafe fn input_sums(
     for t in 0..steps {
         // SAFETY: the caller's contract: row t of `below` holds H floats.
         let row = unsafe { std::slice::from_raw_parts(below.add(t * n), n) };
-        quantize_into(row, &mut xq[t * g * COLS..]);
+        quantize_with(row, &mut xq[t * g * COLS..], simd);
     }
     // SAFETY: the caller's contract; the AVX2 kernel only where the CPU has it.
     unsafe {
@@ -431,8 +442,34 @@ mod x86 {
     //! per 32 weights; then the scale, the bias and the cell update in registers.
 
     use super::{Packed, QRaw, QuantLayer, CHUNK, GATES, UNITS};
-    use crate::model::kernel::x86::{sigmoid8, tanh8};
+    use crate::model::kernel::x86::{round_unit, sigmoid8, tanh8};
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_into`], 32 values at a time: the same bytes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_into_avx2(v: &[f32], q: &mut [i8]) {
+        let len = v.len().min(q.len());
+        let whole = len / 32 * 32;
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (v, q) in v[..whole].chunks_exact(32).zip(q[..whole].chunks_exact_mut(32)) {
+            let lanes: [__m256i; 4] = std::array::from_fn(|j| {
+                // SAFETY: `v` holds 32 floats.
+                let x = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
+                // NaN in, 0 out, as `as i8` makes of a NaN.
+                round_unit(_mm256_and_ps(_mm256_cmp_ps::<_CMP_ORD_Q>(x, x), x))
+            });
+            // Saturating packs work within 128-bit lanes; the permutation puts the
+            // four 8-value runs back in order. Every value is within ±127 already.
+            let bytes =
+                _mm256_packs_epi16(_mm256_packs_epi32(lanes[0], lanes[1]), _mm256_packs_epi32(lanes[2], lanes[3]));
+            // SAFETY: `q` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), _mm256_permutevar8x32_epi32(bytes, order)) };
+        }
+        super::quantize_into(&v[whole..len], &mut q[whole..len]);
+    }
 
     /// # Safety
     /// As [`super::run_layer`], on a CPU with AVX2 and FMA; `xq` is 4-byte aligned.
@@ -445,7 +482,7 @@ mod x86 {
             // SAFETY: the caller's contract; masked loads and stores touch only the
             // valid units of the last block; chunks are 32-byte aligned.
             unsafe {
-                raw.load_x(t, xq);
+                raw.load_x(t, xq, super::Simd::Avx2);
                 let x = xq.as_ptr().cast::<i32>();
                 let (_, c_prev) = raw.prev(t);
                 let row = t * n;
@@ -565,7 +602,7 @@ const CHUNK_STEPS: usize = 16;
 
 /// One layer's outputs as raw pointers, shared by the pipeline's threads.
 #[derive(Clone, Copy)]
-struct OutPtrs([*mut f32; 6]);
+struct OutPtrs([*mut f32; 8]);
 // SAFETY: see `run_layers`: each layer's rows are written by one thread and read
 // by the layer above only after that thread published them.
 unsafe impl Send for OutPtrs {}
@@ -657,7 +694,12 @@ impl Model {
         let mut outs: Vec<LayerOut> = (0..layers).map(|_| LayerOut::with_capacity(t_len, n)).collect();
         let ptrs: Vec<OutPtrs> = outs
             .iter_mut()
-            .map(|o| OutPtrs([&mut o.h, &mut o.c, &mut o.i, &mut o.f, &mut o.g, &mut o.o].map(|v| v.as_mut_ptr())))
+            .map(|o| {
+                OutPtrs(
+                    [&mut o.h, &mut o.c, &mut o.i, &mut o.f, &mut o.g, &mut o.o, &mut o.write, &mut o.keep]
+                        .map(|v| v.as_mut_ptr()),
+                )
+            })
             .collect();
         let unknown = self.vocab.len();
         let done: Vec<AtomicUsize> = (0..layers).map(|_| AtomicUsize::new(0)).collect();
@@ -683,7 +725,7 @@ impl Model {
                 // rows start..end.
                 let sums_of = |k: usize, part: Range<usize>| {
                     if let Some(input) = quant.get(k).and_then(|q| q.input.as_ref()) {
-                        let [_, _, i, f, g, o] = ptrs[k].0;
+                        let [_, _, i, f, g, o, ..] = ptrs[k].0;
                         // SAFETY: layer k − 1's rows start..end are written
                         // and published; layer k's gate rows there are read
                         // and written by no one else until `done[k − 1]`
@@ -704,7 +746,7 @@ impl Model {
                             sums_of(k, split..blocks);
                         }
                     }
-                    let [h, c, i, f, g, o] = ptrs[k].0;
+                    let [h, c, i, f, g, o, write, keep] = ptrs[k].0;
                     // SAFETY: every buffer has capacity T × H; this thread alone
                     // writes layer k's rows start..end, and reads the input sums
                     // written above or published by the stage below.
@@ -731,6 +773,14 @@ impl Model {
                             o: o.add(at),
                         };
                         run_layer(&quant[k], raw, simd);
+                        // The memory terms of the chunk while its rows are in L1.
+                        kernel::memory_terms(
+                            n,
+                            end - start,
+                            [i, f, g, c].map(|p| p.add(at).cast_const()),
+                            c0,
+                            [write.add(at), keep.add(at)],
+                        );
                     }
                     if k + 1 < mine.end {
                         sums_of(k + 1, 0..blocks);
@@ -755,7 +805,9 @@ impl Model {
             });
         }
         for out in &mut outs {
-            for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
+            for v in
+                [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o, &mut out.write, &mut out.keep]
+            {
                 // SAFETY: every stage has written all T × H floats of its layers.
                 unsafe { v.set_len(t_len * n) };
             }
@@ -823,6 +875,32 @@ mod tests {
             k.push(Simd::Avx2);
         }
         k
+    }
+
+    #[test]
+    fn every_quantiser_gives_the_scalar_bytes_at_every_rounding_boundary() {
+        let mut v = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.5, -2.0, 1.0, -1.0, 0.0, -0.0];
+        for k in -128..=128 {
+            // The floats nearest each half-way point k + ½ of 127·v.
+            let half = (k as f32 + 0.5) / 127.0;
+            for d in -3..=3 {
+                v.push(f32::from_bits(half.to_bits().wrapping_add_signed(d)));
+            }
+        }
+        let mut rng = crate::rng::Rng::new(5);
+        v.extend((0..1000).map(|_| rng.range(-1.1, 1.1)));
+        // Lengths that leave a tail past the last 32.
+        for len in [v.len(), v.len() - 7, 31] {
+            let mut expected = vec![0i8; len];
+            quantize_into(&v[..len], &mut expected);
+            for simd in kernels() {
+                let mut got = vec![1i8; len];
+                quantize_with(&v[..len], &mut got, simd);
+                let wrong: Vec<_> =
+                    (0..len).filter(|&j| got[j] != expected[j]).map(|j| (v[j], got[j], expected[j])).take(5).collect();
+                assert!(wrong.is_empty(), "{simd:?} quantises differently (value, got, scalar): {wrong:?}");
+            }
+        }
     }
 
     /// Runs one layer over `steps` steps on `simd`, whatever this machine would pick.

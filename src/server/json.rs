@@ -298,25 +298,8 @@ fn quantize_scalar(kind: Kind, values: &[f32], dst: &mut [u8]) {
 mod x86 {
     use super::{quantize_scalar, Kind};
     use crate::display::{scale, Scale};
-    use crate::model::kernel::x86::tanh8;
+    use crate::model::kernel::x86::{round_unit, tanh8};
     use std::arch::x86_64::*;
-
-    /// [`super::quantize`] of 8 unit values, none NaN ([`quantize`] zeroes those),
-    /// as i32 lanes: clamped to [−1, 1], times 127, rounded half away from zero (as
-    /// `f32::round`): the truncation, plus ±1 where the dropped part is at least ½
-    /// (exact, since x − trunc(x) is).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn round_unit(u: __m256) -> __m256i {
-        let sign = _mm256_set1_ps(-0.0);
-        let u = _mm256_min_ps(_mm256_max_ps(u, _mm256_set1_ps(-1.0)), _mm256_set1_ps(1.0));
-        let x = _mm256_mul_ps(u, _mm256_set1_ps(127.0));
-        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
-        let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
-        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(dropped, _mm256_set1_ps(0.5));
-        let step = _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(x, sign)));
-        _mm256_cvttps_epi32(_mm256_add_ps(t, step))
-    }
 
     /// [`super::quantize_into`] into `dst` (as long as `values`), 32 values at a time.
     ///
