@@ -18,7 +18,8 @@
 //! before PyTorch's and half after, so a change in the machine's load between rows
 //! favours neither. Other work on the machine (a build, a training job) slows every
 //! row: compare the ratios within one run, not numbers across runs. With
-//! `--kernel`, one layer's recurrence alone; with `--crossover`, 1 against 2
+//! `--kernel`, one layer's recurrence alone, and the ceiling the cache bandwidth
+//! puts on a trace (`bandwidth_ceiling`); with `--crossover`, 1 against 2
 //! threads over a range of text lengths (where `PIPELINE_MIN_STEPS` comes from).
 
 use std::path::{Path, PathBuf};
@@ -390,6 +391,76 @@ fn crossover(models: &[&Model], min_time: f64) {
     println!();
 }
 
+/// GB/s at which each of `threads` cores reads its own `bytes`-long buffer over
+/// and over (all at once): the bandwidth of the cache that holds a W_hh of that
+/// size, the ceiling of a recurrence that streams it every step.
+fn stream_gb_s(bytes: usize, threads: usize, min_time: f64) -> f64 {
+    // 32 independent lanes: the compiler keeps them in vector registers, as wide
+    // as the CPU has (the kernels' loads are AVX2 or AVX-512 too).
+    #[inline(always)]
+    fn pass(buf: &[u32], acc: &mut [u32; 32]) {
+        for chunk in buf.chunks_exact(32) {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a = a.wrapping_add(v);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn pass_avx2(buf: &[u32], acc: &mut [u32; 32]) {
+        pass(buf, acc)
+    }
+    let read = || {
+        let buf: Vec<u32> = (0..bytes / 4).map(|i| i as u32).collect();
+        let (start, mut passes) = (Instant::now(), 0usize);
+        let mut acc = [0u32; 32];
+        while passes < 3 || start.elapsed().as_secs_f64() < min_time {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                unsafe { pass_avx2(&buf, &mut acc) };
+                passes += 1;
+                continue;
+            }
+            pass(&buf, &mut acc);
+            passes += 1;
+        }
+        std::hint::black_box(acc);
+        (passes * bytes) as f64 / start.elapsed().as_secs_f64() / 1e9
+    };
+    let rates: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(read)).collect();
+        handles.into_iter().map(|h| h.join().expect("reader thread")).collect()
+    });
+    rates.iter().sum::<f64>() / threads as f64
+}
+
+/// What the cache bandwidth allows at 2 × `n`: each layer's step streams 16·H²
+/// bytes of f32 W_hh (4·H² of int8), one layer per core on two threads, so no
+/// trace can pass bandwidth / bytes steps per second whatever else it does.
+fn bandwidth_ceiling(n: usize, torch_best: f64, min_time: f64) {
+    let f32_bytes = 16 * n * n;
+    let one = stream_gb_s(f32_bytes, 1, min_time);
+    let two = stream_gb_s(f32_bytes, 2, min_time);
+    let two8 = stream_gb_s(f32_bytes / 4, 2, min_time);
+    let ceiling = two * 1e9 / f32_bytes as f64;
+    println!(
+        "bandwidth ceiling at 2×{n}: a layer's step reads {} MiB of f32 W_hh ({} MiB as int8):",
+        f32_bytes >> 20,
+        (f32_bytes / 4) as f64 / 1048576.0
+    );
+    println!("  one core streams {} MiB at {one:.0} GB/s; each of two cores at once {two:.0} GB/s ({two8:.0} GB/s for {} MiB)", f32_bytes >> 20, (f32_bytes / 4) as f64 / 1048576.0);
+    println!("  so the exact trace on two threads (a layer per core) cannot pass {ceiling:.0} chars/s, the weights alone, nothing else");
+    if torch_best.is_finite() {
+        println!(
+            "  against PyTorch's best here ({torch_best:.0} chars/s): the ceiling is {:.2}×; 1.8× would need {:.0} chars/s",
+            ceiling / torch_best,
+            1.8 * torch_best
+        );
+    }
+    println!();
+}
+
 /// The int8 trace against the exact one on the model's reference text
 /// (`<model>.reference.txt`), if there is one.
 fn int8_deviation(model: &Model, path: &Path) {
@@ -502,8 +573,14 @@ fn main() {
     }
     println!(
         "chars/s: median over runs; best: the fastest run; /torch best: this row's median over PyTorch's best median \
-for the same model; best/best: this row's best run over PyTorch's best run."
+for the same model; best/best: this row's best run over PyTorch's best run.\n"
     );
+    if args.kernel {
+        for (m, rows) in models.iter().zip(&shapes) {
+            let torch_best = rows.iter().filter(|r| r.torch).map(|r| r.median).fold(f64::NAN, f64::max);
+            bandwidth_ceiling(m.hidden_size(), torch_best, args.min_time / 2.0);
+        }
+    }
 
     if let Some(path) = &args.model {
         int8_deviation(&model, path);
