@@ -428,11 +428,17 @@ fn stream_gb_s(bytes: usize, threads: usize, min_time: f64) -> f64 {
         std::hint::black_box(acc);
         (passes * bytes) as f64 / start.elapsed().as_secs_f64() / 1e9
     };
-    let rates: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(read)).collect();
-        handles.into_iter().map(|h| h.join().expect("reader thread")).collect()
-    });
-    rates.iter().sum::<f64>() / threads as f64
+    // The best of three tries: a ceiling, so the try least slowed by anything
+    // else on the machine.
+    (0..3)
+        .map(|_| {
+            let rates: Vec<f64> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads).map(|_| s.spawn(read)).collect();
+                handles.into_iter().map(|h| h.join().expect("reader thread")).collect()
+            });
+            rates.iter().sum::<f64>() / threads as f64
+        })
+        .fold(0.0, f64::max)
 }
 
 /// What the cache bandwidth allows at 2 × `n`: each layer's step streams 16·H²
@@ -578,7 +584,7 @@ for the same model; best/best: this row's best run over PyTorch's best run.\n"
     if args.kernel {
         for (m, rows) in models.iter().zip(&shapes) {
             let torch_best = rows.iter().filter(|r| r.torch).map(|r| r.median).fold(f64::NAN, f64::max);
-            bandwidth_ceiling(m.hidden_size(), torch_best, args.min_time / 2.0);
+            bandwidth_ceiling(m.hidden_size(), torch_best, args.min_time / 6.0);
         }
     }
 

@@ -28,7 +28,8 @@
 //! * steps alternate the direction in which they visit the blocks, so that a W_hh
 //!   too big for L2 (H = 512) still finds part of itself there (`block_order`).
 //! * the six recorded T × H outputs are written once, straight into their final
-//!   vectors, never zero-filled first.
+//!   vectors, never zero-filled first; those vectors are recycled from earlier
+//!   traces where possible (`model::buffers`), so their pages are already mapped.
 //!
 //! One call runs one layer on one thread. A trace of a long text runs its layers
 //! as a pipeline on two threads, layer 1 a block behind layer 0, by calling this
