@@ -137,6 +137,40 @@ async fn trace_as_npy() {
     assert_eq!(&bytes[..6], b"\x93NUMPY");
 }
 
+/// The `.npy` answer holds the JSON answer's numbers, in (layer, kind, t, cell)
+/// order, for whole layers and for chosen cells.
+#[tokio::test]
+async fn npy_values_are_the_json_values() {
+    for cells in [None, Some(vec![7, 2, 15])] {
+        let mut body = json!({"text": "if (x) { y(\"z\"); }", "kinds": ["h", "c", "g"], "layers": [1, 0], "top_k": 0});
+        if let Some(cells) = &cells {
+            body["cells"] = json!(cells);
+        }
+        let req = Request::post("/api/trace?format=npy")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (s, bytes, _) = send(app(), req).await;
+        assert_eq!(s, 200);
+        let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let values: Vec<f32> =
+            bytes[10 + hlen..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let (s, v) = post_json(app(), "/api/trace", body.to_string()).await;
+        assert_eq!(s, 200);
+        let mut expected = Vec::new();
+        for layer in v["layers"].as_array().unwrap() {
+            for kind in ["h", "c", "g"] {
+                for row in layer[kind].as_array().unwrap() {
+                    expected.extend(row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32));
+                }
+            }
+        }
+        let width = cells.as_ref().map_or(16, Vec::len);
+        assert_eq!(values.len(), 2 * 3 * 18 * width, "cells {cells:?}");
+        assert_eq!(values, expected, "cells {cells:?}: .npy and JSON disagree");
+    }
+}
+
 #[tokio::test]
 async fn every_bad_request_gets_a_json_error() {
     let cases: Vec<(&str, Body, u16, &str)> = vec![

@@ -175,6 +175,14 @@ pub fn trace_json_size(t_len: usize, values_per_char: usize, top_k: usize) -> u1
 
 /// A `.npy` (format 1.0) file holding a little-endian f32 array of `shape`.
 pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let mut out = npy_header(shape, data.len());
+    extend_f32_le(&mut out, data);
+    out
+}
+
+/// The `.npy` (format 1.0) header of a little-endian f32 array of `shape`, in a
+/// vector with room for `values` floats after it.
+fn npy_header(shape: &[usize], values: usize) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
@@ -183,32 +191,53 @@ pub fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len() + values * 4);
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     out
 }
 
-/// The requested part of a trace as one (layers, kinds, T, cells) f32 array.
+/// Appends `data` as little-endian f32: one copy of the memory where the machine
+/// is little-endian.
+fn extend_f32_le(out: &mut Vec<u8>, data: &[f32]) {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: f32 has no padding and every byte of it is initialised; the
+        // slice covers exactly the 4·len bytes of `data`.
+        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
+        out.extend_from_slice(bytes);
+    }
+    #[cfg(not(target_endian = "little"))]
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// The requested part of a trace as one (layers, kinds, T, cells) f32 array,
+/// written straight into the answer: whole matrices as one copy each, chosen
+/// cells row by row.
 pub fn trace_npy(trace: &Trace, layers: &[usize], kinds: &[Kind], cells: Option<&[usize]>) -> Vec<u8> {
     let t_len = trace.len();
     let hidden = trace.layers.first().map_or(0, |l| l.h().ncols());
-    let all: Vec<usize> = (0..hidden).collect();
-    let cells = cells.unwrap_or(&all);
-    let mut data = Vec::with_capacity(layers.len() * kinds.len() * t_len * cells.len());
+    let width = cells.map_or(hidden, <[usize]>::len);
+    let mut out = npy_header(&[layers.len(), kinds.len(), t_len, width], layers.len() * kinds.len() * t_len * width);
     for &k in layers {
         for &kind in kinds {
             let m = trace.layers[k].get(kind);
-            for row in m.rows() {
-                data.extend(cells.iter().map(|&c| row[c]));
+            match cells {
+                None => extend_f32_le(&mut out, m.as_slice().expect("traces are kept in standard layout")),
+                Some(cells) => {
+                    for row in m.rows() {
+                        for &c in cells {
+                            out.extend_from_slice(&row[c].to_le_bytes());
+                        }
+                    }
+                }
             }
         }
     }
-    npy_f32(&[layers.len(), kinds.len(), t_len, cells.len()], &data)
+    out
 }
 
 /// How the page turns a stored byte back into the displayed value u ∈ [−1, 1]
