@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Megabytes of recent traces kept so the same text is not traced twice (0 = off).
     #[arg(long, default_value_t = crate::server::Limits::default().trace_cache_bytes >> 20)]
     pub trace_cache_mb: usize,
+    /// Megabytes of free trace buffers kept for the next traces to record into, so
+    /// that their memory is not zeroed again (0 = off). They stay resident.
+    #[arg(long, default_value_t = crate::server::Limits::default().buffer_pool_bytes >> 20)]
+    pub buffer_pool_mb: usize,
     /// Open connections at most; more are closed at once.
     #[arg(long, default_value_t = crate::server::NetLimits::default().max_connections)]
     pub max_connections: usize,
@@ -120,6 +124,7 @@ impl ServeArgs {
             max_response_bytes: self.max_response_bytes,
             body_timeout_secs: self.body_timeout,
             trace_cache_bytes: self.trace_cache_mb.min(1 << 20) << 20,
+            buffer_pool_bytes: self.buffer_pool_mb.min(1 << 20) << 20,
         };
         limits.validate()?;
         for (flag, v) in [("--header-timeout", self.header_timeout), ("--shutdown-grace", self.shutdown_grace)] {

@@ -8,17 +8,19 @@
 //! a similar length writes into them ([`take`]): the pages are already mapped,
 //! nothing is zeroed.
 //!
-//! The pool holds at most [`POOL_BYTES`]; buffers under [`MIN_POOLED_BYTES`] are
-//! cheap to get fresh and are not kept. A buffer is reused only for a length
-//! between 4/5 of its capacity and its capacity, so a kept trace (the server's
-//! cache) never holds much more memory than it counts. What the pool holds stays
-//! resident: a server's memory stays at its high-water mark plus at most
-//! `POOL_BYTES`, never more.
+//! The pool holds at most [`DEFAULT_POOL_BYTES`] (256 MiB; [`set_pool_limit`]
+//! changes it); buffers under [`MIN_POOLED_BYTES`] are cheap to get fresh and are
+//! not kept. A buffer is reused only for a length between 4/5 of its capacity and
+//! its capacity, so a kept trace (the server's cache) never holds much more memory
+//! than it counts. What the pool holds stays
+//! resident: after a burst of work a server holds its baseline, its trace cache and
+//! at most the pool's limit.
 
 use std::sync::Mutex;
 
-/// Most bytes the pool keeps.
-pub(crate) const POOL_BYTES: usize = 1 << 30;
+/// Most bytes the pool keeps unless [`set_pool_limit`] says otherwise: as much as
+/// the server's trace cache by default, four 2,000-character views at 2 × 512.
+pub const DEFAULT_POOL_BYTES: usize = 256 << 20;
 
 /// Buffers smaller than this are neither kept nor looked for.
 const MIN_POOLED_BYTES: usize = 1 << 20;
@@ -45,6 +47,15 @@ impl Pool {
         Some(v)
     }
 
+    /// A new limit; the buffers beyond it are freed.
+    fn set_limit(&mut self, bytes: usize) {
+        self.limit = bytes;
+        while self.bytes > bytes {
+            let v = self.free.pop().expect("a pool over its limit holds buffers");
+            self.bytes -= bytes_of(v.capacity());
+        }
+    }
+
     /// Keeps `v`, emptied, unless it is small or would take the pool past its limit.
     fn give(&mut self, mut v: Vec<f32>) {
         let bytes = bytes_of(v.capacity());
@@ -56,7 +67,7 @@ impl Pool {
     }
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool::new(POOL_BYTES));
+static POOL: Mutex<Pool> = Mutex::new(Pool::new(DEFAULT_POOL_BYTES));
 
 fn bytes_of(capacity: usize) -> usize {
     capacity * std::mem::size_of::<f32>()
@@ -75,11 +86,19 @@ pub(crate) fn take(len: usize) -> Vec<f32> {
 }
 
 /// Hands `v` back for a later [`take`]; small buffers, and those that would take
-/// the pool past [`POOL_BYTES`], are freed.
+/// the pool past its limit, are freed.
 pub(crate) fn give(v: Vec<f32>) {
     if bytes_of(v.capacity()) >= MIN_POOLED_BYTES {
         pool().give(v);
     }
+}
+
+/// Keeps at most `bytes` of free trace buffers from now on (0: none, every trace
+/// writes into fresh memory), freeing what the pool holds beyond that. What the
+/// pool holds stays resident, so a server's memory after a burst is its baseline,
+/// its trace cache and at most this (`serve --buffer-pool-mb`).
+pub fn set_pool_limit(bytes: usize) {
+    pool().set_limit(bytes);
 }
 
 /// An empty vector with room for `len` floats, fresh from the allocator.
@@ -147,5 +166,11 @@ mod tests {
         }
         assert_eq!(pool.free.len(), 2, "the pool stops at its limit");
         assert!(pool.bytes <= pool.limit);
+        pool.set_limit(4 * MIN_POOLED_BYTES + 1);
+        assert_eq!((pool.free.len(), pool.bytes), (1, MIN_POOLED_BYTES * 4), "a lower limit frees what is over it");
+        pool.set_limit(0);
+        assert!(pool.free.is_empty() && pool.bytes == 0, "0 keeps nothing");
+        pool.give(fresh(MIN_POOLED_BYTES));
+        assert!(pool.free.is_empty(), "nor takes anything");
     }
 }

@@ -16,6 +16,7 @@ mod step;
 mod vocab;
 
 pub use arch::{Arch, Kind, MissingKind};
+pub use buffers::{set_pool_limit, DEFAULT_POOL_BYTES};
 pub use lstm::{
     cores, trace_threads_set, Clamp, ClampError, LayerTrace, LayerWeights, LoadError, Model, State, Trace, Weights,
     MAX_MODEL_BYTES,

@@ -58,6 +58,9 @@ pub struct Limits {
     pub body_timeout_secs: u64,
     /// Bytes of recent traces kept for reuse.
     pub trace_cache_bytes: usize,
+    /// Bytes of free trace buffers kept for the next traces to record into
+    /// (`model::set_pool_limit`); set when the server starts.
+    pub buffer_pool_bytes: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_response_bytes: 64 << 20,
             body_timeout_secs: 10,
             trace_cache_bytes: 256 << 20,
+            buffer_pool_bytes: crate::model::DEFAULT_POOL_BYTES,
         }
     }
 }
@@ -407,6 +411,7 @@ pub fn serve_blocking(config: ServeConfig) -> anyhow::Result<()> {
         .init();
     let ServeConfig { models, limits, net, addr, allow_hosts, cors_origins } = config;
     limits.validate()?;
+    crate::model::set_pool_limit(limits.buffer_pool_bytes);
     let mut state = AppState::with_models(models, limits);
     let (bind_host, _) = addr
         .rsplit_once(':')
