@@ -590,6 +590,16 @@ pub(crate) mod x86 {
         _mm256_cvttps_epi32(_mm256_add_ps(t, step))
     }
 
+    /// The 32 values of four [`round_unit`] results (each within ±127) as 32
+    /// bytes in order. Saturating packs work within 128-bit lanes; the
+    /// permutation puts the four 8-value runs back in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn pack_bytes(lanes: [__m256i; 4]) -> __m256i {
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(lanes[0], lanes[1]), _mm256_packs_epi32(lanes[2], lanes[3]));
+        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
     /// e^x on 8 lanes: as [`exp16`], with 2^k built in the exponent bits.
     #[inline]
     #[target_feature(enable = "avx2,fma")]

@@ -442,7 +442,7 @@ mod x86 {
     //! per 32 weights; then the scale, the bias and the cell update in registers.
 
     use super::{Packed, QRaw, QuantLayer, CHUNK, GATES, UNITS};
-    use crate::model::kernel::x86::{round_unit, sigmoid8, tanh8};
+    use crate::model::kernel::x86::{pack_bytes, round_unit, sigmoid8, tanh8};
     use std::arch::x86_64::*;
 
     /// [`super::quantize_into`], 32 values at a time: the same bytes.
@@ -453,7 +453,6 @@ mod x86 {
     pub(super) unsafe fn quantize_into_avx2(v: &[f32], q: &mut [i8]) {
         let len = v.len().min(q.len());
         let whole = len / 32 * 32;
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (v, q) in v[..whole].chunks_exact(32).zip(q[..whole].chunks_exact_mut(32)) {
             let lanes: [__m256i; 4] = std::array::from_fn(|j| {
                 // SAFETY: `v` holds 32 floats.
@@ -461,12 +460,8 @@ mod x86 {
                 // NaN in, 0 out, as `as i8` makes of a NaN.
                 round_unit(_mm256_and_ps(_mm256_cmp_ps::<_CMP_ORD_Q>(x, x), x))
             });
-            // Saturating packs work within 128-bit lanes; the permutation puts the
-            // four 8-value runs back in order. Every value is within ±127 already.
-            let bytes =
-                _mm256_packs_epi16(_mm256_packs_epi32(lanes[0], lanes[1]), _mm256_packs_epi32(lanes[2], lanes[3]));
             // SAFETY: `q` holds 32 bytes.
-            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), _mm256_permutevar8x32_epi32(bytes, order)) };
+            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), pack_bytes(lanes)) };
         }
         super::quantize_into(&v[whole..len], &mut q[whole..len]);
     }

@@ -344,7 +344,7 @@ fn quantize_scalar(kind: Kind, values: &[f32], dst: &mut [u8]) {
 mod x86 {
     use super::{quantize_scalar, Kind};
     use crate::display::{scale, Scale};
-    use crate::model::kernel::x86::{round_unit, tanh8};
+    use crate::model::kernel::x86::{pack_bytes, round_unit, tanh8};
     use std::arch::x86_64::*;
 
     /// [`super::quantize_into`] into `dst` (as long as `values`), 32 values at a time.
@@ -355,7 +355,6 @@ mod x86 {
     pub(super) unsafe fn quantize(kind: Kind, values: &[f32], dst: &mut [u8]) {
         let scale = scale(kind);
         let whole = values.len() / 32 * 32;
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (v, d) in values[..whole].chunks_exact(32).zip(dst[..whole].chunks_exact_mut(32)) {
             let q: [__m256i; 4] = std::array::from_fn(|j| {
                 // SAFETY: `v` holds 32 floats.
@@ -371,12 +370,8 @@ mod x86 {
                     },
                 ))
             });
-            // Saturating packs work within 128-bit lanes; the permutation puts the
-            // four 8-value runs back in order.
-            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
             // SAFETY: `d` holds 32 bytes.
-            unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), bytes) };
+            unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), pack_bytes(q)) };
         }
         quantize_scalar(kind, &values[whole..], &mut dst[whole..]);
     }
