@@ -2,7 +2,7 @@
 //! step-by-step LSTM in f64 written here from the equations, and the one-step
 //! API against the whole-text trace.
 
-use cellscope::model::{Clamp, Kind, Model, Sampling, Stepper};
+use cellscope::model::{Arch, Clamp, Kind, Model, Sampling, Stepper};
 
 use crate::common::tiny_model;
 
@@ -200,6 +200,29 @@ fn saliency_matches_finite_differences() {
     let s = saliency_check(tiny_model(Some(6), 13));
     // The lesson: the gradient is largest near the prediction and smaller far back.
     assert!(s.grad_norm[24] > s.grad_norm[3], "{:?}", s.grad_norm);
+}
+
+#[test]
+fn gradients_taken_together_are_each_the_gradient_taken_alone() {
+    for arch in [Arch::Lstm, Arch::Gru, Arch::Rnn] {
+        let model = crate::common::tiny_model_of(arch, None, 21);
+        // '~' is outside the vocabulary: the prediction of it has no gradient.
+        let text = "int main() { if (x) { y = \"a\"; } return 0; } ~ while (1) {}";
+        let trace = model.trace(text);
+        let last = text.chars().count() - 2;
+        // Near the start (shorter walks), repeated, out of order, one before '~'.
+        let tilde = text.chars().position(|c| c == '~').unwrap();
+        let positions = [last, 3, 0, 30, 30, tilde - 1, 17, last - 1];
+        for threads in [1, 2, 3] {
+            let together = cellscope::model::saliencies(&model, &trace, &positions, 25, threads);
+            assert_eq!(together.len(), positions.len());
+            for (&p, got) in positions.iter().zip(&together) {
+                let alone = cellscope::model::saliency(&model, &trace, p, 25);
+                assert_eq!(got, &alone, "{arch}: position {p} on {threads} threads");
+            }
+        }
+        assert!(cellscope::model::saliency(&model, &trace, tilde - 1, 25).is_none());
+    }
 }
 
 /// Saliency of a model with a 6-wide embedding against finite differences.

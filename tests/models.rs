@@ -184,7 +184,7 @@ async fn the_comparison_ranks_each_model_on_its_own_trace() {
         assert_eq!(best["cell"].as_u64().unwrap() as usize, ranked[0].cell);
         assert!((best["score"].as_f64().unwrap() - ranked[0].score).abs() < 1e-9);
         assert_eq!(m["best"].as_array().unwrap().len(), 2);
-        let expected = cellscope::model::memory_horizon_of(&model, &trace, 4, 40).unwrap();
+        let expected = cellscope::model::memory_horizon_of(&model, &trace, 4, 40, 1).unwrap();
         let h = &m["horizon"];
         assert_eq!(h["median"].as_f64().unwrap(), expected.median);
         let profile: Vec<f32> = h["profile"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();

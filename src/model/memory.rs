@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::arch::Kind;
 use super::lstm::{Model, Trace};
-use super::saliency::{saliency, Saliency};
+use super::saliency::{saliencies, Saliency};
 
 /// One step of one LSTM cell with every value it is made of.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -192,12 +192,28 @@ pub struct Horizon {
 /// spread evenly from `max_back` on (so each can look back that far), of the
 /// distance at which the gradient falls below 1% of its peak. `None` when the
 /// text has no such position.
-pub(crate) fn memory_horizon(model: &Model, text: &str, count: usize, max_back: usize) -> Option<Horizon> {
-    memory_horizon_of(model, &model.trace(text), count, max_back)
+pub(crate) fn memory_horizon(
+    model: &Model,
+    text: &str,
+    count: usize,
+    max_back: usize,
+    threads: usize,
+) -> Option<Horizon> {
+    let trace = model.trace_clamped_with_threads(model.vocab.encode(text), &model.zero_state(), &[], threads);
+    memory_horizon_of(model, &trace, count, max_back, threads)
 }
 
 /// [`memory_horizon`] over a trace of `model` already made.
-pub fn memory_horizon_of(model: &Model, trace: &Trace, count: usize, max_back: usize) -> Option<Horizon> {
+///
+/// The gradients go back together on up to `threads` threads ([`saliencies`]):
+/// the answer is the same on any number.
+pub fn memory_horizon_of(
+    model: &Model,
+    trace: &Trace,
+    count: usize,
+    max_back: usize,
+    threads: usize,
+) -> Option<Horizon> {
     let t_len = trace.len();
     if t_len < 2 || count == 0 {
         return None;
@@ -208,12 +224,11 @@ pub fn memory_horizon_of(model: &Model, trace: &Trace, count: usize, max_back: u
     let mut horizons = Vec::new();
     // by_distance[d]: each position's gradient at distance d over its peak.
     let mut by_distance: Vec<Vec<f32>> = Vec::new();
-    for k in 0..count {
-        let p = lo + span * (2 * k + 1) / (2 * count);
-        if positions.last() == Some(&p) {
-            continue;
-        }
-        if let Some(s) = saliency(model, trace, p, max_back) {
+    let mut wanted: Vec<usize> = (0..count).map(|k| lo + span * (2 * k + 1) / (2 * count)).collect();
+    wanted.dedup();
+    for s in saliencies(model, trace, &wanted, max_back, threads).into_iter().flatten() {
+        {
+            let p = s.position;
             positions.push(p);
             horizons.push(horizon_1pct(&s));
             let peak = s.grad_norm.iter().copied().fold(0.0, f32::max);

@@ -26,7 +26,7 @@ pub(crate) use memory::{explain_step, memory_horizon, time_scale};
 pub use memory::{horizon_1pct, memory_horizon_of, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
 pub use quant::Precision;
-pub use saliency::{saliency, Saliency};
+pub use saliency::{saliencies, saliency, Saliency};
 pub use step::{sample, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};
 

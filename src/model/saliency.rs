@@ -25,7 +25,8 @@
 //! dx_t = W_ihᵀ dGi
 //! ```
 
-use super::lstm::{Arch, Kind, Model, Trace, GATES};
+use super::kernel;
+use super::lstm::{Arch, Kind, LayerTrace, Model, Trace};
 
 /// The gradient of `ln p(text[position+1] | text[..=position])` with respect to
 /// the input at every step `s` in `first..=position`.
@@ -46,149 +47,241 @@ pub struct Saliency {
 /// steps of `trace` (a trace of this model from the zero state). Returns `None`
 /// when the character after `position` is unknown or does not exist.
 pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) -> Option<Saliency> {
-    let target = *trace.chars.get(position + 1)?;
-    let y = trace.ids[position + 1]? as usize;
-    let n = model.hidden_size();
-    let w = &model.weights();
-    let first = position.saturating_sub(max_back);
-    // ∂ℓ/∂logits = onehot(y) − p; dh for the top layer at `position`.
-    let probs = trace.probs.row(position);
-    let mut d_top = vec![0f32; n];
-    for (v, &p) in probs.iter().enumerate() {
-        let g = if v == y { 1.0 - p } else { -p };
-        if g != 0.0 {
-            axpy(g, w.decoder_weight.row(v).as_slice().expect("standard layout"), &mut d_top);
-        }
-    }
-    let grad_norm = match model.arch() {
-        Arch::Lstm => backward_lstm(model, trace, position, first, &d_top),
-        Arch::Gru | Arch::Rnn => backward_plain(model, trace, position, first, &d_top),
-    };
-    Some(Saliency { position, target: Some(target), logp: probs[y].ln(), first, grad_norm })
+    saliencies(model, trace, &[position], max_back, 1).pop().flatten()
 }
 
-/// The LSTM's loop of the module doc: ‖dx_t‖ for t in `first..=position`.
-fn backward_lstm(model: &Model, trace: &Trace, position: usize, first: usize, d_top: &[f32]) -> Vec<f32> {
-    let n = model.hidden_size();
-    let layers = model.layers();
-    let w = &model.weights();
-    let mut dh_rec = vec![vec![0f32; n]; layers];
-    let mut dc_rec = vec![vec![0f32; n]; layers];
-    let mut da = vec![0f32; GATES * n];
-    let mut dh = vec![0f32; n];
-    let mut dx_below = vec![0f32; n];
-    let input = w.layers[0].weight_ih.ncols();
-    let mut dx0 = vec![0f32; input];
-    let mut grad_norm = vec![0f32; position - first + 1];
-    for t in (first..=position).rev() {
-        for k in (0..layers).rev() {
-            let lt = &trace.layers[k];
-            // dh = from above (or the decoder) + from step t+1.
-            for j in 0..n {
-                let above = if k + 1 == layers {
-                    if t == position {
-                        d_top[j]
-                    } else {
-                        0.0
-                    }
-                } else {
-                    dx_below[j]
-                };
-                dh[j] = above + dh_rec[k][j];
+/// [`saliency`] of every entry of `positions`, in order, on up to `threads`
+/// threads: the same numbers, to the bit, as one call per position. They go back
+/// together, step by step (distance d = 0, 1, … from each position), so that every
+/// weight matrix is read once per step for all of them: a step back reads 12 MiB of
+/// weights at 2 × 512, whether for one gradient or sixteen.
+pub fn saliencies(
+    model: &Model,
+    trace: &Trace,
+    positions: &[usize],
+    max_back: usize,
+    threads: usize,
+) -> Vec<Option<Saliency>> {
+    let mut walks: Vec<Option<Walk>> = positions.iter().map(|&p| Walk::start(model, trace, p, max_back)).collect();
+    let mut started: Vec<&mut Walk> = walks.iter_mut().flatten().collect();
+    // Threads share out the walks; each walk's numbers do not depend on which
+    // others it goes with, so any split gives the same bits.
+    let threads = threads.clamp(1, started.len().max(1));
+    if threads == 1 {
+        backward(model, trace, &mut started);
+    } else {
+        let per = started.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut parts = started.chunks_mut(per);
+            let mine = parts.next();
+            let others: Vec<_> = parts.map(|part| scope.spawn(|| backward(model, trace, part))).collect();
+            if let Some(part) = mine {
+                backward(model, trace, part);
             }
-            let row = |kind| lt.get(kind).row(t);
-            let (i, f, g, o) = (row(Kind::Input), row(Kind::Forget), row(Kind::Candidate), row(Kind::Output));
-            let cs = lt.get(Kind::Cell);
-            let c = cs.row(t);
-            for j in 0..n {
-                let tc = c[j].tanh();
-                let dc = dc_rec[k][j] + dh[j] * o[j] * (1.0 - tc * tc);
-                let c_prev = if t == 0 { 0.0 } else { cs[[t - 1, j]] };
-                da[j] = dc * g[j] * i[j] * (1.0 - i[j]);
-                da[n + j] = dc * c_prev * f[j] * (1.0 - f[j]);
-                da[2 * n + j] = dc * i[j] * (1.0 - g[j] * g[j]);
-                da[3 * n + j] = dh[j] * tc * o[j] * (1.0 - o[j]);
-                dc_rec[k][j] = dc * f[j];
+            for w in others {
+                w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             }
-            // dh_{t−1} = W_hhᵀ dA,  dx_t = W_ihᵀ dA.
-            let lw = &w.layers[k];
-            mat_t_vec(lw.weight_hh.as_slice().expect("standard layout"), &da, &mut dh_rec[k]);
-            if k > 0 {
-                mat_t_vec(lw.weight_ih.as_slice().expect("standard layout"), &da, &mut dx_below);
+        });
+    }
+    walks
+        .into_iter()
+        .map(|w| {
+            w.map(|w| Saliency {
+                position: w.position,
+                target: Some(w.target),
+                logp: w.logp,
+                first: w.first,
+                grad_norm: w.grad_norm,
+            })
+        })
+        .collect()
+}
+
+/// One gradient on its way back: what it carries from step t + 1 to step t.
+struct Walk {
+    position: usize,
+    target: char,
+    logp: f32,
+    first: usize,
+    /// dh of the top layer at `position`: W_decᵀ (onehot(y) − softmax).
+    d_top: Vec<f32>,
+    /// Per layer: dh and (LSTM) dc from step t + 1.
+    dh_rec: Vec<Vec<f32>>,
+    dc_rec: Vec<Vec<f32>>,
+    /// This layer-step's dh (from above plus from t + 1).
+    dh: Vec<f32>,
+    /// This layer-step's pre-activation gradients: `da` on the input side (the
+    /// LSTM's dA, the GRU's dGi), `dgh` on the hidden side (GRU only; the LSTM and
+    /// the RNN use `da` for both).
+    da: Vec<f32>,
+    dgh: Vec<f32>,
+    /// W_ihᵀ da: the dh the layer below receives at t, and layer 0's input gradient.
+    dx_below: Vec<f32>,
+    dx0: Vec<f32>,
+    /// ‖dx0‖ at `first..=position`.
+    grad_norm: Vec<f32>,
+}
+
+impl Walk {
+    fn start(model: &Model, trace: &Trace, position: usize, max_back: usize) -> Option<Walk> {
+        let target = *trace.chars.get(position + 1)?;
+        let y = trace.ids[position + 1]? as usize;
+        let (n, layers, g) = (model.hidden_size(), model.layers(), model.arch().gates() * model.hidden_size());
+        let w = model.weights();
+        let first = position.saturating_sub(max_back);
+        // ∂ℓ/∂logits = onehot(y) − p; dh for the top layer at `position`.
+        let probs = trace.probs.row(position);
+        let mut d_top = vec![0f32; n];
+        for (v, &p) in probs.iter().enumerate() {
+            let grad = if v == y { 1.0 - p } else { -p };
+            if grad != 0.0 {
+                axpy(grad, w.decoder_weight.row(v).as_slice().expect("standard layout"), &mut d_top);
+            }
+        }
+        Some(Walk {
+            position,
+            target,
+            logp: probs[y].ln(),
+            first,
+            d_top,
+            dh_rec: vec![vec![0f32; n]; layers],
+            dc_rec: vec![vec![0f32; n]; layers],
+            dh: vec![0f32; n],
+            da: vec![0f32; g],
+            dgh: if model.arch() == Arch::Gru { vec![0f32; g] } else { Vec::new() },
+            dx_below: vec![0f32; n],
+            dx0: vec![0f32; w.layers[0].weight_ih.ncols()],
+            grad_norm: vec![0f32; position - first + 1],
+        })
+    }
+
+    /// Steps this walk goes back past `position`.
+    fn span(&self) -> usize {
+        self.position - self.first
+    }
+
+    /// dh of layer k at step t = from above (the layer above's W_ihᵀ da, or the
+    /// decoder at `position`) + from step t + 1.
+    fn gather_dh(&mut self, k: usize, layers: usize, t: usize) {
+        for j in 0..self.dh.len() {
+            let above = if k + 1 < layers {
+                self.dx_below[j]
+            } else if t == self.position {
+                self.d_top[j]
             } else {
-                mat_t_vec(lw.weight_ih.as_slice().expect("standard layout"), &da, &mut dx0);
-                grad_norm[t - first] = dx0.iter().map(|v| v * v).sum::<f32>().sqrt();
-            }
+                0.0
+            };
+            self.dh[j] = above + self.dh_rec[k][j];
         }
     }
-    grad_norm
 }
 
-/// The GRU's and RNN's loop of the module doc: ‖dx_t‖ for t in `first..=position`.
-fn backward_plain(model: &Model, trace: &Trace, position: usize, first: usize, d_top: &[f32]) -> Vec<f32> {
-    let n = model.hidden_size();
+/// Takes `walks` back, together, from their positions to their first steps.
+fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk]) {
     let layers = model.layers();
-    let w = &model.weights();
-    let gru = model.arch() == Arch::Gru;
-    let g = model.arch().gates() * n;
-    let mut dh_rec = vec![vec![0f32; n]; layers];
-    let (mut dgi, mut dgh) = (vec![0f32; g], vec![0f32; g]);
-    let mut dh = vec![0f32; n];
-    let mut gh_n = vec![0f32; n];
+    let arch = model.arch();
+    let w = model.weights();
+    let n = model.hidden_size();
     let zeros = vec![0f32; n];
-    let mut dx_below = vec![0f32; n];
-    let mut dx0 = vec![0f32; w.layers[0].weight_ih.ncols()];
-    let mut grad_norm = vec![0f32; position - first + 1];
-    for t in (first..=position).rev() {
+    let mut gh_n = vec![0f32; n];
+    let longest = walks.iter().map(|w| w.span()).max().unwrap_or(0);
+    for d in 0..=longest {
+        let mut active: Vec<&mut Walk> = walks.iter_mut().filter(|w| w.span() >= d).map(|w| &mut **w).collect();
         for k in (0..layers).rev() {
             let lt = &trace.layers[k];
             let lw = &w.layers[k];
-            for j in 0..n {
-                let above = if k + 1 < layers {
-                    dx_below[j]
-                } else if t == position {
-                    d_top[j]
-                } else {
-                    0.0
-                };
-                dh[j] = above + dh_rec[k][j];
-            }
-            let h = lt.h().row(t);
-            let h_prev = if t == 0 { &zeros[..] } else { lt.h().row(t - 1).to_slice().expect("standard layout") };
-            if gru {
-                let (r, z, cand) = (lt.get(Kind::Reset).row(t), lt.get(Kind::Update).row(t), lt.get(Kind::New).row(t));
-                let w_hn = &lw.weight_hh.as_slice().expect("standard layout")[2 * n * n..];
-                super::step::matvec(w_hn, h_prev, &mut gh_n);
-                for j in 0..n {
-                    let gh = gh_n[j] + lw.bias_hh[2 * n + j];
-                    let da_n = dh[j] * (1.0 - z[j]) * (1.0 - cand[j] * cand[j]);
-                    let da_r = da_n * gh * r[j] * (1.0 - r[j]);
-                    let da_z = dh[j] * (h_prev[j] - cand[j]) * z[j] * (1.0 - z[j]);
-                    (dgi[j], dgi[n + j], dgi[2 * n + j]) = (da_r, da_z, da_n);
-                    (dgh[j], dgh[n + j], dgh[2 * n + j]) = (da_r, da_z, da_n * r[j]);
-                }
-            } else {
-                for j in 0..n {
-                    dgi[j] = dh[j] * (1.0 - h[j] * h[j]);
-                }
-                dgh.copy_from_slice(&dgi);
-            }
-            mat_t_vec(lw.weight_hh.as_slice().expect("standard layout"), &dgh, &mut dh_rec[k]);
-            if gru {
-                let z = lt.get(Kind::Update).row(t);
-                for j in 0..n {
-                    dh_rec[k][j] += dh[j] * z[j];
+            for walk in active.iter_mut() {
+                let t = walk.position - d;
+                walk.gather_dh(k, layers, t);
+                match arch {
+                    Arch::Lstm => lstm_gates(lt, t, walk, k),
+                    Arch::Gru => {
+                        let h_prev =
+                            if t == 0 { &zeros[..] } else { lt.h().row(t - 1).to_slice().expect("standard layout") };
+                        let w_hn = &lw.weight_hh.as_slice().expect("standard layout")[2 * n * n..];
+                        super::step::matvec(w_hn, h_prev, &mut gh_n);
+                        gru_gates(lt, t, h_prev, &gh_n, lw.bias_hh.as_slice().expect("standard layout"), walk);
+                    }
+                    Arch::Rnn => {
+                        let h = lt.h().row(t);
+                        for j in 0..n {
+                            walk.da[j] = walk.dh[j] * (1.0 - h[j] * h[j]);
+                        }
+                    }
                 }
             }
-            if k > 0 {
-                mat_t_vec(lw.weight_ih.as_slice().expect("standard layout"), &dgi, &mut dx_below);
-            } else {
-                mat_t_vec(lw.weight_ih.as_slice().expect("standard layout"), &dgi, &mut dx0);
-                grad_norm[t - first] = dx0.iter().map(|v| v * v).sum::<f32>().sqrt();
+            // dh_{t−1} = W_hhᵀ (hidden-side gradient), for every walk at once.
+            let (v, mut y): (Vec<&[f32]>, Vec<&mut [f32]>) = active
+                .iter_mut()
+                .map(|walk| {
+                    let Walk { da, dgh, dh_rec, .. } = &mut **walk;
+                    let hidden_side = if arch == Arch::Gru { &dgh[..] } else { &da[..] };
+                    (hidden_side, &mut dh_rec[k][..])
+                })
+                .unzip();
+            mat_t_vecs(lw.weight_hh.as_slice().expect("standard layout"), &v, &mut y);
+            if arch == Arch::Gru {
+                for walk in active.iter_mut() {
+                    let z = lt.get(Kind::Update).row(walk.position - d);
+                    for j in 0..n {
+                        walk.dh_rec[k][j] += walk.dh[j] * z[j];
+                    }
+                }
+            }
+            // dx_t = W_ihᵀ (input-side gradient): the layer below's dh, or the input's.
+            let (v, mut y): (Vec<&[f32]>, Vec<&mut [f32]>) = active
+                .iter_mut()
+                .map(|walk| {
+                    let Walk { da, dx_below, dx0, .. } = &mut **walk;
+                    (&da[..], if k > 0 { &mut dx_below[..] } else { &mut dx0[..] })
+                })
+                .unzip();
+            mat_t_vecs(lw.weight_ih.as_slice().expect("standard layout"), &v, &mut y);
+            if k == 0 {
+                for walk in active.iter_mut() {
+                    let t = walk.position - d;
+                    walk.grad_norm[t - walk.first] = walk.dx0.iter().map(|v| v * v).sum::<f32>().sqrt();
+                }
             }
         }
     }
-    grad_norm
+}
+
+/// The LSTM's gate gradients at step t of layer k (the module doc's dc and dA),
+/// and the dc it carries to step t − 1.
+fn lstm_gates(lt: &LayerTrace, t: usize, walk: &mut Walk, k: usize) {
+    let n = walk.dh.len();
+    let row = |kind| lt.get(kind).row(t);
+    let (i, f, g, o) = (row(Kind::Input), row(Kind::Forget), row(Kind::Candidate), row(Kind::Output));
+    let cs = lt.get(Kind::Cell);
+    let c = cs.row(t);
+    let (dh, da, dc_rec) = (&walk.dh, &mut walk.da, &mut walk.dc_rec[k]);
+    for j in 0..n {
+        let tc = c[j].tanh();
+        let dc = dc_rec[j] + dh[j] * o[j] * (1.0 - tc * tc);
+        let c_prev = if t == 0 { 0.0 } else { cs[[t - 1, j]] };
+        da[j] = dc * g[j] * i[j] * (1.0 - i[j]);
+        da[n + j] = dc * c_prev * f[j] * (1.0 - f[j]);
+        da[2 * n + j] = dc * i[j] * (1.0 - g[j] * g[j]);
+        da[3 * n + j] = dh[j] * tc * o[j] * (1.0 - o[j]);
+        dc_rec[j] = dc * f[j];
+    }
+}
+
+/// The GRU's gate gradients at step t (the module doc's dGi and dGh), given
+/// h_{t−1} and W_hn h_{t−1}.
+fn gru_gates(lt: &LayerTrace, t: usize, h_prev: &[f32], gh_n: &[f32], bias_hh: &[f32], walk: &mut Walk) {
+    let n = walk.dh.len();
+    let (r, z, cand) = (lt.get(Kind::Reset).row(t), lt.get(Kind::Update).row(t), lt.get(Kind::New).row(t));
+    let (dh, dgi, dgh) = (&walk.dh, &mut walk.da, &mut walk.dgh);
+    for j in 0..n {
+        let gh = gh_n[j] + bias_hh[2 * n + j];
+        let da_n = dh[j] * (1.0 - z[j]) * (1.0 - cand[j] * cand[j]);
+        let da_r = da_n * gh * r[j] * (1.0 - r[j]);
+        let da_z = dh[j] * (h_prev[j] - cand[j]) * z[j] * (1.0 - z[j]);
+        (dgi[j], dgi[n + j], dgi[2 * n + j]) = (da_r, da_z, da_n);
+        (dgh[j], dgh[n + j], dgh[2 * n + j]) = (da_r, da_z, da_n * r[j]);
+    }
 }
 
 /// y += a·x
@@ -198,13 +291,141 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// y = Wᵀ v for a row-major W of `v.len()` rows: a sum of rows scaled by v.
-fn mat_t_vec(w: &[f32], v: &[f32], y: &mut [f32]) {
-    y.fill(0.0);
-    let cols = y.len();
-    for (row, &a) in w.chunks_exact(cols).zip(v) {
-        if a != 0.0 {
-            axpy(a, row, y);
+/// `y[b] = Wᵀ v[b]` for every b, W row-major with `v[b].len()` rows of
+/// `y[b].len()` columns: each y the sum of W's rows scaled by its v. Every element
+/// is one chain of multiply-adds (fused where the CPU has FMA) over the rows in
+/// order, from 0, so a vector's result does not depend on which others come with
+/// it, nor on how the columns are cut into tiles.
+fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]]) {
+    assert!(v.len() == y.len() && v.iter().zip(y.iter()).all(|(v, y)| w.len() == v.len() * y.len()));
+    #[cfg(target_arch = "x86_64")]
+    if kernel::simd() != kernel::Simd::Portable {
+        // SAFETY: `simd()` reports AVX2 or AVX-512 only where the CPU has AVX2 and
+        // FMA; the lengths are checked above.
+        return unsafe { x86::mat_t_vecs(w, v, y) };
+    }
+    portable(w, v, y);
+}
+
+/// [`mat_t_vecs`] without SIMD or FMA, for any CPU (a multiply, then an add).
+fn portable(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]]) {
+    let Some(cols) = y.first().map(|y| y.len()) else { return };
+    for (vb, yb) in v.iter().zip(y.iter_mut()) {
+        yb.fill(0.0);
+        for (&a, wr) in vb.iter().zip(w.chunks_exact(cols)) {
+            for (yc, &x) in yb.iter_mut().zip(wr) {
+                *yc += a * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Rows per group.
+    const ROWS: usize = 8;
+
+    /// `mat_t_vecs` with AVX2 and FMA. W's rows go [`ROWS`] at a time (16 KiB at
+    /// H = 512: read from memory once, then from L1 for every other vector); for
+    /// each vector, 8 columns at a time, y loaded, one fused multiply-add per row in
+    /// order, y stored. The columns past the last 8 go one at a time with scalar
+    /// FMAs. Each element is y = fma(v_r, W[r][c], y) for r in order from y = 0, so
+    /// one vector and many give the same bits.
+    ///
+    /// (A GEMM-style kernel, strips of W copied into L1 and four vectors' 4 × 16
+    /// accumulators held in registers, was no faster for 16 vectors at 2 × 512 on
+    /// a Zen 3, and neither was `matrixmultiply::sgemm`: 3–4 ms for the three
+    /// products of a step back. One vector is bound by reading W, 0.3–0.5 ms.)
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA, `v.len() == y.len()`, and
+    /// `w.len() == v[b].len() · y[b].len()` for every b.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]]) {
+        let Some(cols) = y.first().map(|y| y.len()) else { return };
+        let rows = v[0].len();
+        let (whole, wide) = (rows - rows % ROWS, cols - cols % 8);
+        for yb in y.iter_mut() {
+            yb.fill(0.0);
+        }
+        // SAFETY: every pointer stays inside W (rows × cols), a v (rows) or a y (cols).
+        unsafe {
+            for r0 in (0..whole).step_by(ROWS) {
+                let block = w.as_ptr().add(r0 * cols);
+                for (vb, yb) in v.iter().zip(y.iter_mut()) {
+                    let a: [__m256; ROWS] = std::array::from_fn(|q| _mm256_set1_ps(vb[r0 + q]));
+                    let yp = yb.as_mut_ptr();
+                    for c in (0..wide).step_by(8) {
+                        let mut acc = _mm256_loadu_ps(yp.add(c));
+                        for (q, &a) in a.iter().enumerate() {
+                            acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(block.add(q * cols + c)), acc);
+                        }
+                        _mm256_storeu_ps(yp.add(c), acc);
+                    }
+                    for c in wide..cols {
+                        let mut acc = *yp.add(c);
+                        for q in 0..ROWS {
+                            acc = vb[r0 + q].mul_add(*block.add(q * cols + c), acc);
+                        }
+                        *yp.add(c) = acc;
+                    }
+                }
+            }
+        }
+        for r in whole..rows {
+            let wr = &w[r * cols..(r + 1) * cols];
+            for (vb, yb) in v.iter().zip(y.iter_mut()) {
+                for (yc, &x) in yb.iter_mut().zip(wr) {
+                    *yc = vb[r].mul_add(x, *yc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each element as one chain over the rows in order, fused or not.
+    fn reference(w: &[f32], v: &[f32], cols: usize, fused: bool) -> Vec<f32> {
+        let mut y = vec![0f32; cols];
+        for (r, &a) in v.iter().enumerate() {
+            for (c, yc) in y.iter_mut().enumerate() {
+                let x = w[r * cols + c];
+                *yc = if fused { a.mul_add(x, *yc) } else { a * x + *yc };
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_sums_each_element_in_row_order_whatever_vectors_come_with_it() {
+        let mut rng = crate::rng::Rng::new(11);
+        type Kernel = unsafe fn(&[f32], &[&[f32]], &mut [&mut [f32]]);
+        let mut kernels: Vec<(Kernel, bool)> = vec![(portable as Kernel, false)];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            kernels.push((x86::mat_t_vecs as Kernel, true));
+        }
+        for (rows, cols) in [(1, 1), (7, 5), (8, 8), (13, 97), (40, 16), (64, 23)] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.range(-1.0, 1.0)).collect();
+            let vs: Vec<Vec<f32>> = (0..6).map(|_| (0..rows).map(|_| rng.range(-3.0, 3.0)).collect()).collect();
+            for &(kernel, fused) in &kernels {
+                for count in [1, 2, 5, 6] {
+                    let v: Vec<&[f32]> = vs[..count].iter().map(|v| &v[..]).collect();
+                    let mut out = vec![vec![f32::NAN; cols]; count];
+                    let mut y: Vec<&mut [f32]> = out.iter_mut().map(|y| &mut y[..]).collect();
+                    // SAFETY: the AVX2 kernel is only listed where the CPU has it; the shapes agree.
+                    unsafe { kernel(&w, &v, &mut y) };
+                    for (b, got) in out.iter().enumerate() {
+                        let want = reference(&w, &vs[b], cols, fused);
+                        assert_eq!(got, &want, "{rows} × {cols}, vector {b} of {count}, fused {fused}");
+                    }
+                }
+            }
         }
     }
 }

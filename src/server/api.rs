@@ -322,10 +322,21 @@ const PIPELINE_MIN_CHARS: usize = 256;
 /// see other programs: on a machine busy with other work, set
 /// `CELLSCOPE_TRACE_THREADS=1`.
 fn trace_threads_now(queue: &super::queue::WorkQueue, chars: usize) -> usize {
+    if chars >= PIPELINE_MIN_CHARS {
+        threads_now(queue)
+    } else {
+        1
+    }
+}
+
+/// Threads one long model run may use now: `CELLSCOPE_TRACE_THREADS` if set, else
+/// two (where there are two cores) when no other run holds or awaits a slot, one
+/// otherwise (see [`trace_threads_now`]).
+pub(super) fn threads_now(queue: &super::queue::WorkQueue) -> usize {
     if let Some(n) = crate::model::trace_threads_set() {
         return n;
     }
-    if chars >= PIPELINE_MIN_CHARS && queue.alone() {
+    if queue.alone() {
         crate::model::cores().min(2)
     } else {
         1

@@ -137,6 +137,8 @@ async fn run(state: &AppState, plan: Plan) -> Result<CompareAnswer, AppError> {
     let summaries = model_summaries(state);
     let metric = crate::analysis::metric_name(&plan.labels, GradedMetric::default());
     let mut jobs = tokio::task::JoinSet::new();
+    // Several models take a slot each and run side by side; one alone may use both cores.
+    let threads = if plan.models.len() == 1 { super::api::threads_now(&state.queue) } else { 1 };
     for (i, served) in plan.models.iter().enumerate() {
         let (queue, cache, served) = (state.queue.clone(), state.traces.clone(), served.clone());
         let (text, labels) = (plan.text.clone(), plan.labels.clone());
@@ -154,7 +156,7 @@ async fn run(state: &AppState, plan: Plan) -> Result<CompareAnswer, AppError> {
                         model.arch().kinds(),
                         GradedMetric::default(),
                     );
-                    let horizon = crate::model::memory_horizon_of(model, &trace, positions, max_back);
+                    let horizon = crate::model::memory_horizon_of(model, &trace, positions, max_back, threads);
                     ranked.map(|mut best| {
                         best.truncate(top_k);
                         let best_column = best.first().map(|b| {

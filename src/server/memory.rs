@@ -66,20 +66,17 @@ pub async fn saliency(
             ),
         ));
     }
-    let model = state.model.clone();
-    // Only the text up to the target matters.
-    let text: String = req.text.chars().take(req.position + 2).collect();
     let position = req.position;
-    let s = state
-        .queue
-        .run(move || crate::model::saliency(&model, &model.trace(&text), position, MAX_SALIENCY_STEPS))
-        .await?
-        .ok_or_else(|| {
-            AppError::invalid(
-                "bad_position",
-                format!("the character after position {position} is outside the vocabulary"),
-            )
-        })?;
+    // The whole text's trace, shared through the cache with the other exact views
+    // of it (clicking one character after another traces it once); the steps after
+    // `position` do not enter the gradient.
+    let s = with_trace(&state, req.text, move |model, trace| {
+        crate::model::saliency(model, trace, position, MAX_SALIENCY_STEPS)
+    })
+    .await?
+    .ok_or_else(|| {
+        AppError::invalid("bad_position", format!("the character after position {position} is outside the vocabulary"))
+    })?;
     let horizon_1pct = crate::model::horizon_1pct(&s);
     Ok(Json(SaliencyAnswer {
         position: s.position,
@@ -164,8 +161,9 @@ pub async fn reference_horizon(state: &AppState) -> Result<Horizon, AppError> {
         .get_or_try_init(|| async move {
             let model = st.model.clone();
             let text = st.reference.clone();
+            let threads = super::api::threads_now(&st.queue);
             st.queue
-                .run(move || crate::model::memory_horizon(&model, &text, HORIZON_POSITIONS, HORIZON_MAX_BACK))
+                .run(move || crate::model::memory_horizon(&model, &text, HORIZON_POSITIONS, HORIZON_MAX_BACK, threads))
                 .await?
                 .ok_or_else(|| AppError::internal("the reference text is too short for a memory horizon"))
         })
