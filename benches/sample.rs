@@ -9,27 +9,17 @@
 //! Rows alternate (trace, sample, trace, sample, …) so a change in the machine's
 //! load favours neither; each is run at least 5 times; best and median printed.
 
+mod common;
+
 use std::time::Instant;
 
 use cellscope::model::{default_model_path, sample, Clamp, Kind, Model, Sampling};
-
-fn cpu() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let name = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?");
-    let avx512 = info.contains("avx512f");
-    format!(
-        "{} ({} cores, AVX-512: {})",
-        name.trim(),
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        avx512
-    )
-}
 
 fn main() {
     let n: usize = std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(2000);
     let model = Model::load(&default_model_path()).expect("the shipped model loads");
     let text: String = include_str!("../tests/data/other_c/sample.c").chars().cycle().take(n).collect();
-    println!("cpu: {}", cpu());
+    println!("cpu: {}", common::cpu_description());
     println!("model: {} ({} × {}), {n} characters", model.name, model.layers(), model.hidden_size());
     let how = Sampling { temperature: 0.8, top_k: 0, seed: 1 };
     let clamp = [Clamp { layer: 1, kind: Kind::Cell, cell: 5, value: 0.0, from: 0, to: usize::MAX }];

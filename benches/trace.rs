@@ -22,6 +22,8 @@
 //! puts on a trace (`bandwidth_ceiling`); with `--crossover`, 1 against 2
 //! threads over a range of text lengths (where `PIPELINE_MIN_STEPS` comes from).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -350,21 +352,6 @@ fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch
     rows
 }
 
-/// The CPU's name and caches, for the table's heading.
-fn cpu_description() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let name = info
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cache = |index: u32| {
-        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{index}/size"))
-            .map_or("?".into(), |s| s.trim().to_string())
-    };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{name}, {cores} cores, L2 {} per core, L3 {}", cache(2), cache(3))
-}
-
 /// 1 against 2 threads over text lengths around one pipeline block.
 fn crossover(models: &[&Model], min_time: f64) {
     println!("crossover: chars/s on 1 and 2 threads by text length, median (best); ratio = 2 threads / 1 thread");
@@ -507,7 +494,7 @@ fn main() {
     println!("cellscope trace benchmark: {} chars of C-like text", args.chars);
     println!(
         "CPU: {}; kernel {:?}; MATMUL_NUM_THREADS={}; load average {}",
-        cpu_description(),
+        common::cpu_description(),
         cellscope::model::kernel::simd(),
         std::env::var("MATMUL_NUM_THREADS").unwrap_or_default(),
         std::fs::read_to_string("/proc/loadavg").map_or("?".into(), |s| s

@@ -222,6 +222,17 @@ fn gradients_taken_together_are_each_the_gradient_taken_alone() {
             }
         }
         assert!(cellscope::model::saliency(&model, &trace, tilde - 1, 25).is_none());
+        // Wide enough (H ≥ 128) that one gradient's products are cut between two threads.
+        let vocab = model.vocab.clone();
+        let w = cellscope::model::Weights::random_arch(arch, vocab.len(), None, 160, 2, 22, 0.5);
+        let wide = Model::new("wide".into(), vocab, w, Default::default()).unwrap();
+        let trace = wide.trace(text);
+        for p in [last, 9] {
+            let alone = cellscope::model::saliency(&wide, &trace, p, 40);
+            let shared = cellscope::model::saliencies(&wide, &trace, &[p], 40, 2).pop().flatten();
+            assert!(alone.is_some());
+            assert_eq!(shared, alone, "{arch}: H = 160, position {p}, one gradient on two threads");
+        }
     }
 }
 

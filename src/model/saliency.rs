@@ -25,6 +25,8 @@
 //! dx_t = W_ihᵀ dGi
 //! ```
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use super::kernel;
 use super::lstm::{Arch, Kind, LayerTrace, Model, Trace};
 
@@ -54,7 +56,9 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
 /// threads: the same numbers, to the bit, as one call per position. They go back
 /// together, step by step (distance d = 0, 1, … from each position), so that every
 /// weight matrix is read once per step for all of them: a step back reads 12 MiB of
-/// weights at 2 × 512, whether for one gradient or sixteen.
+/// weights at 2 × 512, whether for one gradient or sixteen. Several positions are
+/// shared out between the threads; a single one has each of its products cut by
+/// columns between two ([`Team`]).
 pub fn saliencies(
     model: &Model,
     trace: &Trace,
@@ -66,17 +70,19 @@ pub fn saliencies(
     let mut started: Vec<&mut Walk> = walks.iter_mut().flatten().collect();
     // Threads share out the walks; each walk's numbers do not depend on which
     // others it goes with, so any split gives the same bits.
-    let threads = threads.clamp(1, started.len().max(1));
-    if threads == 1 {
-        backward(model, trace, &mut started);
+    if started.len() == 1 && threads > 1 {
+        // One gradient: the two threads share each product instead.
+        Team::with(|team| backward(model, trace, &mut started, Some(team)));
+    } else if threads <= 1 || started.len() <= 1 {
+        backward(model, trace, &mut started, None);
     } else {
         let per = started.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let mut parts = started.chunks_mut(per);
             let mine = parts.next();
-            let others: Vec<_> = parts.map(|part| scope.spawn(|| backward(model, trace, part))).collect();
+            let others: Vec<_> = parts.map(|part| scope.spawn(|| backward(model, trace, part, None))).collect();
             if let Some(part) = mine {
-                backward(model, trace, part);
+                backward(model, trace, part, None);
             }
             for w in others {
                 w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -177,7 +183,7 @@ impl Walk {
 }
 
 /// Takes `walks` back, together, from their positions to their first steps.
-fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk]) {
+fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk], team: Option<&Team>) {
     let layers = model.layers();
     let arch = model.arch();
     let w = model.weights();
@@ -219,7 +225,7 @@ fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk]) {
                     (hidden_side, &mut dh_rec[k][..])
                 })
                 .unzip();
-            mat_t_vecs(lw.weight_hh.as_slice().expect("standard layout"), &v, &mut y);
+            mat_t_vecs(lw.weight_hh.as_slice().expect("standard layout"), &v, &mut y, team);
             if arch == Arch::Gru {
                 for walk in active.iter_mut() {
                     let z = lt.get(Kind::Update).row(walk.position - d);
@@ -236,7 +242,7 @@ fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk]) {
                     (&da[..], if k > 0 { &mut dx_below[..] } else { &mut dx0[..] })
                 })
                 .unzip();
-            mat_t_vecs(lw.weight_ih.as_slice().expect("standard layout"), &v, &mut y);
+            mat_t_vecs(lw.weight_ih.as_slice().expect("standard layout"), &v, &mut y, team);
             if k == 0 {
                 for walk in active.iter_mut() {
                     let t = walk.position - d;
@@ -291,48 +297,183 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Columns `c0..c0 + y[b].len()` of a row-major W whose rows are `stride` long:
+/// what each thread computes of a product it shares (see [`Team`]).
+#[derive(Clone, Copy)]
+struct Window<'a> {
+    w: &'a [f32],
+    stride: usize,
+    c0: usize,
+}
+
 /// `y[b] = Wᵀ v[b]` for every b, W row-major with `v[b].len()` rows of
 /// `y[b].len()` columns: each y the sum of W's rows scaled by its v. Every element
 /// is one chain of multiply-adds (fused where the CPU has FMA) over the rows in
 /// order, from 0, so a vector's result does not depend on which others come with
-/// it, nor on how the columns are cut into tiles.
-fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]]) {
+/// it, nor on which thread computes its column. With a `team` (one vector), the
+/// helper thread computes the right half of the columns.
+fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]], team: Option<&Team>) {
+    let Some(cols) = y.first().map(|y| y.len()) else { return };
     assert!(v.len() == y.len() && v.iter().zip(y.iter()).all(|(v, y)| w.len() == v.len() * y.len()));
+    let whole = Window { w, stride: cols, c0: 0 };
+    match team {
+        Some(team) if v.len() == 1 && cols >= Team::MIN_COLS => {
+            let half = cols / 2;
+            let (left, right) = y[0].split_at_mut(half);
+            team.share(Window { c0: half, ..whole }, v[0], right, || window_t_vecs(whole, v, &mut [left]));
+        }
+        _ => window_t_vecs(whole, v, y),
+    }
+}
+
+/// [`mat_t_vecs`] over one window of W's columns, on this thread.
+fn window_t_vecs(win: Window, v: &[&[f32]], y: &mut [&mut [f32]]) {
+    let rows = v.first().map_or(0, |v| v.len());
+    let width = y.first().map_or(0, |y| y.len());
+    assert!(win.w.len() == rows * win.stride && win.c0 + width <= win.stride);
+    assert!(v.iter().all(|v| v.len() == rows) && y.iter().all(|y| y.len() == width));
     #[cfg(target_arch = "x86_64")]
     if kernel::simd() != kernel::Simd::Portable {
         // SAFETY: `simd()` reports AVX2 or AVX-512 only where the CPU has AVX2 and
-        // FMA; the lengths are checked above.
-        return unsafe { x86::mat_t_vecs(w, v, y) };
+        // FMA; the shapes are checked above.
+        return unsafe { x86::window_t_vecs(win, v, y) };
     }
-    portable(w, v, y);
+    portable(win, v, y);
 }
 
-/// [`mat_t_vecs`] without SIMD or FMA, for any CPU (a multiply, then an add).
-fn portable(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]]) {
-    let Some(cols) = y.first().map(|y| y.len()) else { return };
+/// [`window_t_vecs`] without SIMD or FMA, for any CPU (a multiply, then an add).
+fn portable(win: Window, v: &[&[f32]], y: &mut [&mut [f32]]) {
     for (vb, yb) in v.iter().zip(y.iter_mut()) {
         yb.fill(0.0);
-        for (&a, wr) in vb.iter().zip(w.chunks_exact(cols)) {
-            for (yc, &x) in yb.iter_mut().zip(wr) {
+        let width = yb.len();
+        for (&a, wr) in vb.iter().zip(win.w.chunks_exact(win.stride)) {
+            for (yc, &x) in yb.iter_mut().zip(&wr[win.c0..win.c0 + width]) {
                 *yc += a * x;
             }
         }
     }
 }
 
+/// A second thread for one gradient's products, which are bound by how fast W
+/// streams: each product is cut in two by columns, the helper reads the right
+/// half of every row while this thread reads the left, and they meet when both
+/// are done (three times per step back). The helper spins between products, so a
+/// team is made only when the second core is free.
+struct Team {
+    /// Bumped by the caller for each job; the helper answers in `done`.
+    posted: AtomicUsize,
+    done: AtomicUsize,
+    stop: AtomicBool,
+    job: std::sync::Mutex<Option<Job>>,
+}
+
+/// A helper's share of one product: raw parts of a [`Window`], the vector and
+/// its y, valid until the caller sees `done` reach the job's number.
+#[derive(Clone, Copy)]
+struct Job {
+    w: *const f32,
+    len: usize,
+    stride: usize,
+    c0: usize,
+    v: *const f32,
+    rows: usize,
+    y: *mut f32,
+    width: usize,
+}
+
+// SAFETY: a job's pointers are only read while the thread that posted it waits
+// for the helper to finish with them (`Team::share`).
+unsafe impl Send for Job {}
+
+impl Team {
+    /// Narrower products are not worth a meeting.
+    const MIN_COLS: usize = 128;
+
+    fn new() -> Self {
+        Team {
+            posted: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            job: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs `mine` here and `Wᵀv` over `theirs` on the helper, and returns when both are done.
+    fn share(&self, theirs: Window, v: &[f32], y: &mut [f32], mine: impl FnOnce()) {
+        let job = Job {
+            w: theirs.w.as_ptr(),
+            len: theirs.w.len(),
+            stride: theirs.stride,
+            c0: theirs.c0,
+            v: v.as_ptr(),
+            rows: v.len(),
+            y: y.as_mut_ptr(),
+            width: y.len(),
+        };
+        *self.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        let number = self.posted.fetch_add(1, Ordering::Release) + 1;
+        mine();
+        while self.done.load(Ordering::Acquire) != number {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The helper's loop: each posted job, until [`Team::stop`].
+    fn serve(&self) {
+        let mut seen = 0;
+        while !self.stop.load(Ordering::Acquire) {
+            let posted = self.posted.load(Ordering::Acquire);
+            if posted == seen {
+                std::hint::spin_loop();
+                continue;
+            }
+            seen = posted;
+            let job = self.job.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a posted job");
+            // SAFETY: the poster keeps these alive and untouched until `done` says so.
+            let (w, v, y) = unsafe {
+                (
+                    std::slice::from_raw_parts(job.w, job.len),
+                    std::slice::from_raw_parts(job.v, job.rows),
+                    std::slice::from_raw_parts_mut(job.y, job.width),
+                )
+            };
+            window_t_vecs(Window { w, stride: job.stride, c0: job.c0 }, &[v], &mut [y]);
+            self.done.store(seen, Ordering::Release);
+        }
+    }
+
+    /// Runs `work` with a team of this thread and a helper.
+    fn with<R>(work: impl FnOnce(&Team) -> R) -> R {
+        let team = Team::new();
+        /// Stops the helper however `work` ends, a panic included.
+        struct Stop<'a>(&'a Team);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.stop.store(true, Ordering::Release);
+            }
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| team.serve());
+            let _stop = Stop(&team);
+            work(&team)
+        })
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::Window;
     use std::arch::x86_64::*;
 
     /// Rows per group.
     const ROWS: usize = 8;
 
-    /// `mat_t_vecs` with AVX2 and FMA. W's rows go [`ROWS`] at a time (16 KiB at
+    /// `window_t_vecs` with AVX2 and FMA. W's rows go [`ROWS`] at a time (16 KiB at
     /// H = 512: read from memory once, then from L1 for every other vector); for
     /// each vector, 8 columns at a time, y loaded, one fused multiply-add per row in
     /// order, y stored. The columns past the last 8 go one at a time with scalar
     /// FMAs. Each element is y = fma(v_r, W[r][c], y) for r in order from y = 0, so
-    /// one vector and many give the same bits.
+    /// one vector and many, and any cut of the columns, give the same bits.
     ///
     /// (A GEMM-style kernel, strips of W copied into L1 and four vectors' 4 × 16
     /// accumulators held in registers, was no faster for 16 vectors at 2 × 512 on
@@ -340,34 +481,35 @@ mod x86 {
     /// products of a step back. One vector is bound by reading W, 0.3–0.5 ms.)
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA, `v.len() == y.len()`, and
-    /// `w.len() == v[b].len() · y[b].len()` for every b.
+    /// The CPU must have AVX2 and FMA; every v holds W's rows, and every y fits
+    /// in W's rows from column `c0`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]]) {
-        let Some(cols) = y.first().map(|y| y.len()) else { return };
+    pub(super) unsafe fn window_t_vecs(win: Window, v: &[&[f32]], y: &mut [&mut [f32]]) {
+        let Some(width) = y.first().map(|y| y.len()) else { return };
         let rows = v[0].len();
-        let (whole, wide) = (rows - rows % ROWS, cols - cols % 8);
+        let (whole, wide) = (rows - rows % ROWS, width - width % 8);
+        let stride = win.stride;
         for yb in y.iter_mut() {
             yb.fill(0.0);
         }
-        // SAFETY: every pointer stays inside W (rows × cols), a v (rows) or a y (cols).
+        // SAFETY: every pointer stays inside W (rows × stride), a v (rows) or a y (width).
         unsafe {
             for r0 in (0..whole).step_by(ROWS) {
-                let block = w.as_ptr().add(r0 * cols);
+                let block = win.w.as_ptr().add(r0 * stride + win.c0);
                 for (vb, yb) in v.iter().zip(y.iter_mut()) {
                     let a: [__m256; ROWS] = std::array::from_fn(|q| _mm256_set1_ps(vb[r0 + q]));
                     let yp = yb.as_mut_ptr();
                     for c in (0..wide).step_by(8) {
                         let mut acc = _mm256_loadu_ps(yp.add(c));
                         for (q, &a) in a.iter().enumerate() {
-                            acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(block.add(q * cols + c)), acc);
+                            acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(block.add(q * stride + c)), acc);
                         }
                         _mm256_storeu_ps(yp.add(c), acc);
                     }
-                    for c in wide..cols {
+                    for c in wide..width {
                         let mut acc = *yp.add(c);
                         for q in 0..ROWS {
-                            acc = vb[r0 + q].mul_add(*block.add(q * cols + c), acc);
+                            acc = vb[r0 + q].mul_add(*block.add(q * stride + c), acc);
                         }
                         *yp.add(c) = acc;
                     }
@@ -375,7 +517,7 @@ mod x86 {
             }
         }
         for r in whole..rows {
-            let wr = &w[r * cols..(r + 1) * cols];
+            let wr = &win.w[r * stride + win.c0..r * stride + win.c0 + width];
             for (vb, yb) in v.iter().zip(y.iter_mut()) {
                 for (yc, &x) in yb.iter_mut().zip(wr) {
                     *yc = vb[r].mul_add(x, *yc);
@@ -404,11 +546,11 @@ mod tests {
     #[test]
     fn every_kernel_sums_each_element_in_row_order_whatever_vectors_come_with_it() {
         let mut rng = crate::rng::Rng::new(11);
-        type Kernel = unsafe fn(&[f32], &[&[f32]], &mut [&mut [f32]]);
+        type Kernel = unsafe fn(Window, &[&[f32]], &mut [&mut [f32]]);
         let mut kernels: Vec<(Kernel, bool)> = vec![(portable as Kernel, false)];
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            kernels.push((x86::mat_t_vecs as Kernel, true));
+            kernels.push((x86::window_t_vecs as Kernel, true));
         }
         for (rows, cols) in [(1, 1), (7, 5), (8, 8), (13, 97), (40, 16), (64, 23)] {
             let w: Vec<f32> = (0..rows * cols).map(|_| rng.range(-1.0, 1.0)).collect();
@@ -419,10 +561,20 @@ mod tests {
                     let mut out = vec![vec![f32::NAN; cols]; count];
                     let mut y: Vec<&mut [f32]> = out.iter_mut().map(|y| &mut y[..]).collect();
                     // SAFETY: the AVX2 kernel is only listed where the CPU has it; the shapes agree.
-                    unsafe { kernel(&w, &v, &mut y) };
+                    unsafe { kernel(Window { w: &w, stride: cols, c0: 0 }, &v, &mut y) };
                     for (b, got) in out.iter().enumerate() {
                         let want = reference(&w, &vs[b], cols, fused);
                         assert_eq!(got, &want, "{rows} × {cols}, vector {b} of {count}, fused {fused}");
+                    }
+                    // Any window of the columns gives those columns' bits.
+                    for (c0, c1) in [(0, cols / 2), (cols / 2, cols), (cols / 3, cols - cols / 4)] {
+                        let mut part = vec![vec![f32::NAN; c1 - c0]; count];
+                        let mut y: Vec<&mut [f32]> = part.iter_mut().map(|y| &mut y[..]).collect();
+                        // SAFETY: as above.
+                        unsafe { kernel(Window { w: &w, stride: cols, c0 }, &v, &mut y) };
+                        for (b, got) in part.iter().enumerate() {
+                            assert_eq!(&got[..], &out[b][c0..c1], "{rows} × {cols}, columns {c0}..{c1}");
+                        }
                     }
                 }
             }

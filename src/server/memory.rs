@@ -70,8 +70,10 @@ pub async fn saliency(
     // The whole text's trace, shared through the cache with the other exact views
     // of it (clicking one character after another traces it once); the steps after
     // `position` do not enter the gradient.
+    let queue = state.queue.clone();
     let s = with_trace(&state, req.text, move |model, trace| {
-        crate::model::saliency(model, trace, position, MAX_SALIENCY_STEPS)
+        let threads = super::api::threads_now(&queue);
+        crate::model::saliencies(model, trace, &[position], MAX_SALIENCY_STEPS, threads).pop().flatten()
     })
     .await?
     .ok_or_else(|| {
