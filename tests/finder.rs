@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cellscope::analysis::{concept_labels, Concept, GradedMetric, Labels};
-use cellscope::finder::{rank_text, rank_trace, top_contexts, CellScore, Feature, LabelKind, StreamingRanker};
+use cellscope::finder::{
+    rank_text, rank_trace, rank_trace_on, top_contexts, CellScore, Feature, LabelKind, StreamingRanker,
+};
 use cellscope::model::{Arch, Kind, Model};
 
 use crate::common::{fixture, tiny_model};
@@ -62,6 +64,26 @@ fn planted_cell_ranks_first_with_auc_one() {
     assert_eq!((key(&c_only[0]), c_only[0].raw), ((1, Kind::Cell, cell), 1.0));
     let json = serde_json::to_value(c_only[0]).expect("serialisable");
     assert_eq!(json["kind"], "c");
+}
+
+#[test]
+fn ranking_on_several_threads_is_the_ranking_on_one() {
+    let m = tiny_model(None, 21);
+    let trace = m.trace(&corpus(4));
+    for concept in [Concept::String, Concept::BraceDepth] {
+        let labels = concept_labels(&trace.chars, concept);
+        let kinds = m.arch().kinds();
+        let one = rank_trace(&trace, &labels, &[0, 1], kinds, GradedMetric::Pearson).expect("valid");
+        assert_eq!(one.len(), 2 * kinds.len() * m.hidden_size());
+        for threads in [2, 3, 16, 40] {
+            let many =
+                rank_trace_on(&trace, &labels, &[1, 0, 1], kinds, GradedMetric::Pearson, threads).expect("valid");
+            assert_eq!(many, one, "{concept:?} on {threads} threads");
+        }
+    }
+    // An error in any thread's share is the answer.
+    let bad = Labels::Binary(vec![true; trace.len()]);
+    assert!(rank_trace_on(&trace, &bad, &[0, 1], m.arch().kinds(), GradedMetric::Pearson, 2).is_err());
 }
 
 #[test]

@@ -178,13 +178,29 @@ pub fn rank_trace(
     kinds: &[Kind],
     metric: GradedMetric,
 ) -> Result<Vec<CellScore>, AnalysisError> {
-    let mut out = Vec::new();
-    for layer in sorted_unique(layers) {
-        let lt = trace
-            .layers
-            .get(layer)
-            .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
-        for &kind in &sorted_unique(kinds) {
+    rank_trace_on(trace, labels, layers, kinds, metric, 1)
+}
+
+/// [`rank_trace`] with its layer × kind matrices shared out between up to
+/// `threads` threads; the answer is the same on any number.
+pub fn rank_trace_on(
+    trace: &Trace,
+    labels: &Labels,
+    layers: &[usize],
+    kinds: &[Kind],
+    metric: GradedMetric,
+    threads: usize,
+) -> Result<Vec<CellScore>, AnalysisError> {
+    let kinds = sorted_unique(kinds);
+    let jobs: Vec<(usize, Kind)> =
+        sorted_unique(layers).into_iter().flat_map(|layer| kinds.iter().map(move |&kind| (layer, kind))).collect();
+    let rank = |jobs: &[(usize, Kind)]| -> Result<Vec<CellScore>, AnalysisError> {
+        let mut out = Vec::new();
+        for &(layer, kind) in jobs {
+            let lt = trace
+                .layers
+                .get(layer)
+                .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
             let ranked = rank_columns(lt.get(kind).view(), labels, metric)?;
             out.extend(ranked.into_iter().map(|c| CellScore {
                 layer,
@@ -194,6 +210,24 @@ pub fn rank_trace(
                 sign: c.sign,
                 raw: c.raw,
             }));
+        }
+        Ok(out)
+    };
+    let per = jobs.len().div_ceil(threads.max(1)).max(1);
+    let mut out = Vec::new();
+    if per >= jobs.len() {
+        out = rank(&jobs)?;
+    } else {
+        let parts: Vec<Result<Vec<CellScore>, AnalysisError>> = std::thread::scope(|scope| {
+            let mut chunks = jobs.chunks(per);
+            let first = chunks.next().unwrap_or(&[]);
+            let others: Vec<_> = chunks.map(|chunk| scope.spawn(move || rank(chunk))).collect();
+            let mut parts = vec![rank(first)];
+            parts.extend(others.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+            parts
+        });
+        for part in parts {
+            out.extend(part?);
         }
     }
     sort_best_first(&mut out);

@@ -531,8 +531,9 @@ pub async fn rank_cells(
     let (feature, labels) =
         request_labels(&req.text, req.feature.as_deref(), req.regex.as_deref(), req.spans.as_deref())?;
     let metric_name = crate::analysis::metric_name(&labels, metric);
+    let queue = state.queue.clone();
     let ranked = with_trace(&state, req.text, move |_, trace| {
-        crate::finder::rank_trace(trace, &labels, &layers, &kinds, metric)
+        crate::finder::rank_trace_on(trace, &labels, &layers, &kinds, metric, threads_now(&queue))
     })
     .await?
     .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;

@@ -149,12 +149,13 @@ async fn run(state: &AppState, plan: Plan) -> Result<CompareAnswer, AppError> {
                     let model = &served.model;
                     let trace = cached_trace(&cache, &served, &text);
                     let layers: Vec<usize> = (0..model.layers()).collect();
-                    let ranked = crate::finder::rank_trace(
+                    let ranked = crate::finder::rank_trace_on(
                         &trace,
                         &labels,
                         &layers,
                         model.arch().kinds(),
                         GradedMetric::default(),
+                        threads,
                     );
                     let horizon = crate::model::memory_horizon_of(model, &trace, positions, max_back, threads);
                     ranked.map(|mut best| {
