@@ -277,34 +277,34 @@ pub async fn with_trace<R: Send + 'static>(
         .queue
         .run(move || {
             let threads = trace_threads_now(&queue, text.chars().count());
-            answer(&served.model, &cached_trace_at(&cache, &served, &text, Precision::Exact, Some(threads)))
+            answer(&served.model, &cached_trace_at(&cache, &served, &text, Precision::Exact, threads))
         })
         .await
 }
 
-/// The trace of `text` by the served model, from `cache`, or computed and kept
-/// there. Call it inside a model slot.
-pub fn cached_trace(cache: &super::cache::TraceCache, served: &super::Served, text: &str) -> std::sync::Arc<Trace> {
-    cached_trace_at(cache, served, text, Precision::Exact, None)
+/// The trace of `text` by the served model, from `cache`, or computed on
+/// `threads` threads and kept there. Call it inside a model slot.
+pub fn cached_trace(
+    cache: &super::cache::TraceCache,
+    served: &super::Served,
+    text: &str,
+    threads: usize,
+) -> std::sync::Arc<Trace> {
+    cached_trace_at(cache, served, text, Precision::Exact, threads)
 }
 
-/// [`cached_trace`] at `precision` on `threads` threads (`None`: as
-/// [`Model::trace_at`] decides); the two precisions never share an entry.
+/// [`cached_trace`] at `precision`; the two precisions never share an entry.
 fn cached_trace_at(
     cache: &super::cache::TraceCache,
     served: &super::Served,
     text: &str,
     precision: Precision,
-    threads: Option<usize>,
+    threads: usize,
 ) -> std::sync::Arc<Trace> {
     let model = &served.model;
     let key = super::cache::key_at(&served.id, text, precision);
     cache.get(&key).unwrap_or_else(|| {
-        let t = match threads {
-            Some(n) => model.trace_at_with_threads(text, precision, n),
-            None => model.trace_at(text, precision),
-        };
-        let t = std::sync::Arc::new(t);
+        let t = std::sync::Arc::new(model.trace_at_with_threads(text, precision, threads));
         cache.insert(key, t.clone());
         t
     })
@@ -321,7 +321,7 @@ const PIPELINE_MIN_CHARS: usize = 256;
 /// `model::lstm`) and a busy server keeps one run per core. The server cannot
 /// see other programs: on a machine busy with other work, set
 /// `CELLSCOPE_TRACE_THREADS=1`.
-fn trace_threads_now(queue: &super::queue::WorkQueue, chars: usize) -> usize {
+pub(super) fn trace_threads_now(queue: &super::queue::WorkQueue, chars: usize) -> usize {
     if chars >= PIPELINE_MIN_CHARS {
         threads_now(queue)
     } else {
@@ -442,7 +442,7 @@ pub async fn view(State(state): State<AppState>, JsonBody(req): JsonBody<ViewReq
         .queue
         .run(move || {
             let threads = trace_threads_now(&queue, t_len as usize);
-            let trace = cached_trace_at(&cache, &served, &req.text, precision, Some(threads));
+            let trace = cached_trace_at(&cache, &served, &req.text, precision, threads);
             view_bytes(&served.model, &trace, layer, &kinds, top_k, precision)
         })
         .await?;

@@ -216,10 +216,12 @@ fn mean(xs: impl Iterator<Item = f32>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
-fn intervene_answer(model: &Model, base: &Trace, clamps: &[Clamp], top_k: usize) -> InterveneAnswer {
+/// The answer to an intervention on `base`'s text, the clamped trace run on `threads` threads.
+fn intervene_answer(model: &Model, base: &Trace, clamps: &[Clamp], top_k: usize, threads: usize) -> InterveneAnswer {
     let text: String = base.chars.iter().collect();
     let base = side(model, base, top_k);
-    let clamped_trace = model.trace_clamped(model.vocab.encode(&text), &model.zero_state(), clamps);
+    let enc = model.vocab.encode(&text);
+    let clamped_trace = model.trace_clamped_with_threads(enc, &model.zero_state(), clamps, threads);
     let chars = clamped_trace.chars.clone();
     let clamped = side(model, &clamped_trace, top_k);
     drop(clamped_trace);
@@ -294,8 +296,10 @@ pub async fn intervene(
     let size = trace_json_size(len, 3, 0) + 2 * len as u128 * top_k as u128 * 32;
     super::api::check_answer_size(&state, size, "this answer", "ask for a smaller top_k or a shorter text")?;
     // The unclamped run is usually the trace the page just made: take it from the cache.
+    let queue = state.queue.clone();
     let body = super::api::with_trace(&state, req.text, move |model, base| {
-        serde_json::to_vec(&intervene_answer(model, base, &clamps, top_k))
+        let threads = super::api::trace_threads_now(&queue, base.len());
+        serde_json::to_vec(&intervene_answer(model, base, &clamps, top_k, threads))
     })
     .await?
     .map_err(|e| AppError::internal(format!("serialising: {e}")))?;

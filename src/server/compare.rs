@@ -147,7 +147,7 @@ async fn run(state: &AppState, plan: Plan) -> Result<CompareAnswer, AppError> {
             let answer = queue
                 .run(move || {
                     let model = &served.model;
-                    let trace = cached_trace(&cache, &served, &text);
+                    let trace = cached_trace(&cache, &served, &text, threads);
                     let layers: Vec<usize> = (0..model.layers()).collect();
                     let ranked = crate::finder::rank_trace_on(
                         &trace,
