@@ -68,14 +68,14 @@ pub fn saliencies(
 ) -> Vec<Option<Saliency>> {
     let mut walks: Vec<Option<Walk>> = positions.iter().map(|&p| Walk::start(model, trace, p, max_back)).collect();
     let mut started: Vec<&mut Walk> = walks.iter_mut().flatten().collect();
-    // Threads share out the walks; each walk's numbers do not depend on which
-    // others it goes with, so any split gives the same bits.
     if started.len() == 1 && threads > 1 {
         // One gradient: the two threads share each product instead.
         Team::with(|team| backward(model, trace, &mut started, Some(team)));
     } else if threads <= 1 || started.len() <= 1 {
         backward(model, trace, &mut started, None);
     } else {
+        // The threads share out the walks: a walk's numbers do not depend on which
+        // others it goes with, so any split gives the same bits.
         let per = started.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let mut parts = started.chunks_mut(per);
