@@ -363,7 +363,10 @@ struct Team {
     /// Bumped by the caller for each job; the helper answers in `done`.
     posted: AtomicUsize,
     done: AtomicUsize,
+    /// Set by the caller when its work ends; set by the helper if it panics, so
+    /// that the caller stops waiting (and panics too) instead of spinning forever.
     stop: AtomicBool,
+    failed: AtomicBool,
     job: std::sync::Mutex<Option<Job>>,
 }
 
@@ -394,6 +397,7 @@ impl Team {
             posted: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             job: std::sync::Mutex::new(None),
         }
     }
@@ -414,12 +418,23 @@ impl Team {
         let number = self.posted.fetch_add(1, Ordering::Release) + 1;
         mine();
         while self.done.load(Ordering::Acquire) != number {
+            assert!(!self.failed.load(Ordering::Acquire), "the helper thread of a shared product panicked");
             std::hint::spin_loop();
         }
     }
 
     /// The helper's loop: each posted job, until [`Team::stop`].
     fn serve(&self) {
+        /// Tells the caller if this thread unwinds.
+        struct Failed<'a>(&'a AtomicBool);
+        impl Drop for Failed<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+        }
+        let _failed = Failed(&self.failed);
         let mut seen = 0;
         while !self.stop.load(Ordering::Acquire) {
             let posted = self.posted.load(Ordering::Acquire);
@@ -541,6 +556,30 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn a_team_whose_helper_fails_fails_instead_of_hanging() {
+        let w = [1.0f32; 6];
+        let v = [1.0f32, 2.0];
+        let mut y = [0f32; 2];
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Team::with(|team| {
+                // Two rows of stride 4 need 8 weights: the helper's shape check fails.
+                team.share(Window { w: &w, stride: 4, c0: 0 }, &v, &mut y, || ());
+            })
+        }));
+        assert!(result.is_err());
+        // And a sound job comes back with the helper's half.
+        let w: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let mut left = [0f32; 2];
+        let mut right = [0f32; 2];
+        Team::with(|team| {
+            team.share(Window { w: &w, stride: 4, c0: 2 }, &v, &mut right, || {
+                window_t_vecs(Window { w: &w, stride: 4, c0: 0 }, &[&v], &mut [&mut left]);
+            })
+        });
+        assert_eq!((left, right), ([8.0, 11.0], [14.0, 17.0]));
     }
 
     #[test]
