@@ -22,6 +22,7 @@
 //! - [`train`]: the trainer for all three architectures: batches of parallel
 //!   streams, backward pass (BPTT), Adam/RMSProp, clipping, checkpoints and resume
 //!   (`train/backprop.rs` holds the gradient formulas).
+//! - `parallel`: independent parts of a model run shared out between threads.
 //! - [`rng`]: the seeded generator used by initialisation, training and sampling.
 //! - `display`: how a kind is shown (tanh(c), gates as 2v − 1) and coloured —
 //!   one place for the terminal, the pages and the API.
@@ -45,6 +46,7 @@ pub mod cli;
 pub(crate) mod display;
 pub mod finder;
 pub mod model;
+pub(crate) mod parallel;
 pub mod probe_cli;
 pub mod rng;
 pub mod server;

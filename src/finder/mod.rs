@@ -192,11 +192,11 @@ pub fn rank_trace_on(
     threads: usize,
 ) -> Result<Vec<CellScore>, AnalysisError> {
     let kinds = sorted_unique(kinds);
-    let jobs: Vec<(usize, Kind)> =
+    let mut jobs: Vec<(usize, Kind)> =
         sorted_unique(layers).into_iter().flat_map(|layer| kinds.iter().map(move |&kind| (layer, kind))).collect();
-    let rank = |jobs: &[(usize, Kind)]| -> Result<Vec<CellScore>, AnalysisError> {
+    let rank = |jobs: &mut [(usize, Kind)]| -> Result<Vec<CellScore>, AnalysisError> {
         let mut out = Vec::new();
-        for &(layer, kind) in jobs {
+        for &mut (layer, kind) in jobs {
             let lt = trace
                 .layers
                 .get(layer)
@@ -213,22 +213,9 @@ pub fn rank_trace_on(
         }
         Ok(out)
     };
-    let per = jobs.len().div_ceil(threads.max(1)).max(1);
     let mut out = Vec::new();
-    if per >= jobs.len() {
-        out = rank(&jobs)?;
-    } else {
-        let parts: Vec<Result<Vec<CellScore>, AnalysisError>> = std::thread::scope(|scope| {
-            let mut chunks = jobs.chunks(per);
-            let first = chunks.next().unwrap_or(&[]);
-            let others: Vec<_> = chunks.map(|chunk| scope.spawn(move || rank(chunk))).collect();
-            let mut parts = vec![rank(first)];
-            parts.extend(others.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
-            parts
-        });
-        for part in parts {
-            out.extend(part?);
-        }
+    for part in crate::parallel::in_parts(&mut jobs, threads, rank) {
+        out.extend(part?);
     }
     sort_best_first(&mut out);
     Ok(out)

@@ -227,17 +227,14 @@ pub fn memory_horizon_of(
     let mut wanted: Vec<usize> = (0..count).map(|k| lo + span * (2 * k + 1) / (2 * count)).collect();
     wanted.dedup();
     for s in saliencies(model, trace, &wanted, max_back, threads).into_iter().flatten() {
-        {
-            let p = s.position;
-            positions.push(p);
-            horizons.push(horizon_1pct(&s));
-            let peak = s.grad_norm.iter().copied().fold(0.0, f32::max);
-            for (d, &g) in s.grad_norm.iter().rev().enumerate() {
-                if by_distance.len() <= d {
-                    by_distance.push(Vec::new());
-                }
-                by_distance[d].push(if peak > 0.0 { g / peak } else { 0.0 });
+        positions.push(s.position);
+        horizons.push(horizon_1pct(&s));
+        let peak = s.grad_norm.iter().copied().fold(0.0, f32::max);
+        for (d, &g) in s.grad_norm.iter().rev().enumerate() {
+            if by_distance.len() <= d {
+                by_distance.push(Vec::new());
             }
+            by_distance[d].push(if peak > 0.0 { g / peak } else { 0.0 });
         }
     }
     let profile = by_distance

@@ -71,23 +71,10 @@ pub fn saliencies(
     if started.len() == 1 && threads > 1 {
         // One gradient: the two threads share each product instead.
         Team::with(|team| backward(model, trace, &mut started, Some(team)));
-    } else if threads <= 1 || started.len() <= 1 {
-        backward(model, trace, &mut started, None);
     } else {
         // The threads share out the walks: a walk's numbers do not depend on which
         // others it goes with, so any split gives the same bits.
-        let per = started.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut parts = started.chunks_mut(per);
-            let mine = parts.next();
-            let others: Vec<_> = parts.map(|part| scope.spawn(|| backward(model, trace, part, None))).collect();
-            if let Some(part) = mine {
-                backward(model, trace, part, None);
-            }
-            for w in others {
-                w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            }
-        });
+        crate::parallel::in_parts(&mut started, threads, |part| backward(model, trace, part, None));
     }
     walks
         .into_iter()
