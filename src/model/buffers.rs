@@ -29,6 +29,7 @@ const MIN_POOLED_BYTES: usize = 1 << 20;
 struct Pool {
     limit: usize,
     bytes: usize,
+    /// Oldest given first.
     free: Vec<Vec<f32>>,
 }
 
@@ -42,7 +43,8 @@ impl Pool {
     fn take(&mut self, len: usize) -> Option<Vec<f32>> {
         let fits = |v: &Vec<f32>| v.capacity() >= len && v.capacity() / 5 * 4 <= len;
         let (at, _) = self.free.iter().enumerate().filter(|(_, v)| fits(v)).min_by_key(|(_, v)| v.capacity())?;
-        let v = self.free.swap_remove(at);
+        // `remove`, not `swap_remove`: `free` stays oldest first.
+        let v = self.free.remove(at);
         self.bytes -= bytes_of(v.capacity());
         Some(v)
     }
@@ -51,19 +53,28 @@ impl Pool {
     fn set_limit(&mut self, bytes: usize) {
         self.limit = bytes;
         while self.bytes > bytes {
-            let v = self.free.pop().expect("a pool over its limit holds buffers");
+            let v = self.free.remove(0);
             self.bytes -= bytes_of(v.capacity());
         }
     }
 
-    /// Keeps `v`, emptied, unless it is small or would take the pool past its limit.
+    /// Keeps `v`, emptied, unless it is small or larger than the whole limit. A
+    /// full pool makes room by freeing its oldest buffers: the lengths traced
+    /// last are the likeliest next, and a pool filled once by one long trace
+    /// (the server's reference trace at start) must not turn every later,
+    /// shorter trace away to fresh memory.
     fn give(&mut self, mut v: Vec<f32>) {
         let bytes = bytes_of(v.capacity());
-        if bytes >= MIN_POOLED_BYTES && self.bytes + bytes <= self.limit {
-            v.clear();
-            self.bytes += bytes;
-            self.free.push(v);
+        if bytes < MIN_POOLED_BYTES || bytes > self.limit {
+            return;
         }
+        while self.bytes + bytes > self.limit {
+            let oldest = self.free.remove(0);
+            self.bytes -= bytes_of(oldest.capacity());
+        }
+        v.clear();
+        self.bytes += bytes;
+        self.free.push(v);
     }
 }
 
@@ -161,16 +172,41 @@ mod tests {
 
         pool.give(Vec::with_capacity(16));
         assert!(pool.free.is_empty(), "small buffers are freed, not pooled");
-        for _ in 0..3 {
-            pool.give(fresh(MIN_POOLED_BYTES));
-        }
+        let given: Vec<*const f32> = (0..3)
+            .map(|_| {
+                let v = fresh(MIN_POOLED_BYTES);
+                let p = v.as_ptr();
+                pool.give(v);
+                p
+            })
+            .collect();
         assert_eq!(pool.free.len(), 2, "the pool stops at its limit");
         assert!(pool.bytes <= pool.limit);
+        let kept: Vec<*const f32> = pool.free.iter().map(|v| v.as_ptr()).collect();
+        assert_eq!(kept, given[1..], "a full pool frees its oldest buffer for the newest");
         pool.set_limit(4 * MIN_POOLED_BYTES + 1);
         assert_eq!((pool.free.len(), pool.bytes), (1, MIN_POOLED_BYTES * 4), "a lower limit frees what is over it");
         pool.set_limit(0);
         assert!(pool.free.is_empty() && pool.bytes == 0, "0 keeps nothing");
         pool.give(fresh(MIN_POOLED_BYTES));
         assert!(pool.free.is_empty(), "nor takes anything");
+    }
+
+    #[test]
+    fn one_long_trace_does_not_keep_shorter_ones_out_of_a_full_pool() {
+        // The server's start: a long reference trace fills the pool with buffers
+        // no 2,000-character view can use; the views' own buffers must still be
+        // kept, so that the next view reuses them.
+        let mut pool = Pool::new(6 * MIN_POOLED_BYTES);
+        let (long, short) = (MIN_POOLED_BYTES / 4 * 3, MIN_POOLED_BYTES / 4);
+        for _ in 0..2 {
+            pool.give(fresh(long));
+        }
+        assert!(pool.take(short).is_none(), "the long buffers do not fit a short trace");
+        let v = fresh(short);
+        let p = v.as_ptr();
+        pool.give(v);
+        assert_eq!(pool.take(short).map(|v| v.as_ptr()), Some(p), "the short trace's buffer is kept and reused");
+        assert!(pool.bytes <= pool.limit);
     }
 }
