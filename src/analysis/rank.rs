@@ -503,13 +503,31 @@ mod tests {
 
     #[test]
     fn radix_sort_matches_comparison_sort() {
-        let keys: Vec<u32> =
-            noise(5000, 17).iter().zip(noise(5000, 18)).map(|(a, b)| sort_key(a - b) ^ u32::from(a > &0.5)).collect();
-        let mut pairs: Vec<(u32, usize)> = keys.iter().copied().zip(0..).collect();
-        let mut expected = pairs.clone();
-        expected.sort_by_key(|p| p.0);
-        radix_sort_by_key(&mut pairs, 32, |p| u64::from(p.0));
-        assert_eq!(pairs, expected);
+        let spread: Vec<u64> = noise(5000, 17)
+            .iter()
+            .zip(noise(5000, 18))
+            .map(|(a, b)| u64::from(sort_key(a - b) ^ u32::from(a > &0.5)))
+            .collect();
+        // One sign and exponent: the top byte is the same for all, so its pass is skipped.
+        let narrow: Vec<u64> = noise(3000, 19).iter().map(|v| u64::from(sort_key(0.5 + v / 4.0))).collect();
+        let ties: Vec<u64> = spread.iter().map(|k| k % 7).collect();
+        let wide: Vec<u64> = spread.iter().map(|k| k << 8 | k % 251).collect();
+        let cases = [
+            (spread.clone(), 32),
+            (narrow, 32),
+            (ties, 32),
+            (wide, 40),
+            (spread[..3].to_vec(), 32),
+            (spread[..1].to_vec(), 32),
+            (vec![], 32),
+        ];
+        for (keys, bits) in cases {
+            let mut pairs: Vec<(u64, usize)> = keys.iter().copied().zip(0..).collect();
+            let mut expected = pairs.clone();
+            expected.sort_by_key(|p| p.0);
+            radix_sort_by_key(&mut pairs, bits, |p| p.0);
+            assert_eq!(pairs, expected, "{} keys of {bits} bits: sorted, equal keys in their first order", keys.len());
+        }
     }
 
     #[test]

@@ -625,6 +625,13 @@ impl Model {
         Some(layers)
     }
 
+    /// Builds the int8 weights now rather than in the first int8 trace (see
+    /// `quant_layers`): a server does it at start, so that its first page view
+    /// does not wait for them. Nothing for a GRU or RNN.
+    pub fn prepare_int8(&self) {
+        self.quant_layers();
+    }
+
     /// Whether [`Precision::Int8`] is available (an LSTM).
     pub fn has_int8(&self) -> bool {
         self.arch().has_cell()

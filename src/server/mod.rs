@@ -400,12 +400,16 @@ pub fn load_models(paths: &[PathBuf], reference: Option<&std::path::Path>) -> an
     Ok(served)
 }
 
-/// Computes the default model's reference trace (what every cell page reads: 3–4 s
+/// Builds every served model's int8 weights (what the first page view would
+/// otherwise wait for), then computes the default model's reference trace (what every cell page reads: 3–4 s
 /// at 2 × 512, 82 MB kept) in the background once the server listens, so that the
 /// first cell page answers at once. A request that comes first waits for the same
 /// computation instead of starting a second one. The other models' are made on
 /// first use, so that a server of several models does not hold them all from the start.
 async fn warm_reference_trace(state: AppState) {
+    // The page view's int8 weights first, for every model: milliseconds each.
+    let models = state.models.clone();
+    let _ = tokio::task::spawn_blocking(move || models.iter().for_each(|s| s.model.prepare_int8())).await;
     let Ok(picked) = state.select(None) else { return };
     let started = std::time::Instant::now();
     match pages::reference_trace(&picked).await {
