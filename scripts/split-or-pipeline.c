@@ -4,7 +4,9 @@
  *             per block of steps (cellscope's way, src/model/lstm.rs);
  *   split     both cores run every layer, each on half of its units (half of
  *             W_hh each), meeting at a barrier after every layer-step, since the
- *             next step needs all of h.
+ *             next step needs all of h;
+ *   split in layer-major blocks: as split, but layer 0 runs a block of steps,
+ *             then layer 1 the same block, one barrier per step.
  * Only the weight streaming and the meetings are timed: per step and core, a
  * matrix-vector product in the kernel's layout (8 units x 4 gates per block, one
  * broadcast of h per column, FMAs) over the core's share of W_hh.
@@ -94,6 +96,22 @@ static void *split(void *arg) {
   return NULL;
 }
 
+/* Split, layer-major: both cores run layer 0 over a block of steps (each on its
+ * half of the units, one barrier per step: h is double-buffered), then layer 1
+ * over the same block. A core then touches only half of one layer's W_hh for
+ * BLOCK steps in a row, which stays in its L2 where that half fits. */
+static void *split_blocks(void *arg) {
+  int core = (int)(long)arg, half = H / 2;
+  static float hb[2][2][4096] __attribute__((aligned(64)));
+  for (int t0 = 0; t0 < STEPS; t0 += BLOCK)
+    for (int k = 0; k < 2; k++)
+      for (int t = t0; t < t0 + BLOCK && t < STEPS; t++) {
+        layer_step(W[k], hb[k][t % 2], hb[k][(t + 1) % 2], core * half, (core + 1) * half);
+        barrier(2);
+      }
+  return NULL;
+}
+
 static double run(void *(*f)(void *)) {
   pthread_t th[2];
   atomic_store(&done0, 0);
@@ -113,6 +131,7 @@ int main(int argc, char **argv) {
   }
   printf("2 x %d, %d steps, weights only (%.0f MiB of f32 W_hh per layer)\n", H, STEPS, 16.0 * H * H / 1048576);
   for (int r = 0; r < 3; r++)
-    printf("  pipeline %7.0f steps/s   split (barrier per layer-step) %7.0f steps/s\n", run(pipeline), run(split));
+    printf("  pipeline %7.0f steps/s   split (barrier per layer-step) %7.0f   split in layer-major blocks %7.0f\n",
+           run(pipeline), run(split), run(split_blocks));
   return 0;
 }

@@ -511,7 +511,7 @@ mod tests {
         // One sign and exponent: the top byte is the same for all, so its pass is skipped.
         let narrow: Vec<u64> = noise(3000, 19).iter().map(|v| u64::from(sort_key(0.5 + v / 4.0))).collect();
         let ties: Vec<u64> = spread.iter().map(|k| k % 7).collect();
-        let wide: Vec<u64> = spread.iter().map(|k| k << 8 | k % 251).collect();
+        let wide: Vec<u64> = spread.iter().map(|k| (k << 8) | (k % 251)).collect();
         let cases = [
             (spread.clone(), 32),
             (narrow, 32),
