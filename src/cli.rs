@@ -651,7 +651,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     let mut failed = None;
     let mut buf = [0u8; 4];
     let how = crate::model::Sampling { temperature: a.temperature, top_k: a.top_k, seed: a.seed };
-    crate::model::sample(&model, &a.prime, a.length, how, &clamps, |c, _| {
+    // Two cores where there are two, unless CELLSCOPE_TRACE_THREADS says otherwise.
+    let threads = crate::model::trace_threads_set().unwrap_or(crate::model::cores().min(2));
+    crate::model::sample_on(&model, &a.prime, a.length, how, &clamps, threads, |c, _| {
         match out.write_all(c.encode_utf8(&mut buf).as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => true,
             Err(e) => {

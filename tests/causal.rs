@@ -188,6 +188,46 @@ fn sampling_is_repeatable_and_clamps_steer_it() {
     assert_eq!(draw(Sampling { temperature: 2.0, top_k: 1, seed: 5 }, &[]), greedy);
 }
 
+#[test]
+fn sampling_on_two_threads_is_sampling_on_one() {
+    // H = 140: past the sharing threshold, and not a multiple of 8 or 16, so one
+    // side's last block is partial. Three layers: two input projections shared.
+    let vocab = tiny_model(None, 3).vocab.clone();
+    for layers in [2, 3] {
+        let w = cellscope::model::Weights::random_arch(Arch::Lstm, vocab.len(), None, 140, layers, 31, 0.6);
+        let model = Model::new("wide".into(), vocab.clone(), w, Default::default()).unwrap();
+        let kinds = Arch::Lstm.kinds();
+        let draw = |threads: usize, clamps: &[Clamp]| {
+            let (mut text, mut values) = (String::new(), Vec::new());
+            let how = Sampling { temperature: 1.0, top_k: 0, seed: 7 };
+            cellscope::model::sample_on(&model, "if (x", 120, how, clamps, threads, |c, stepper| {
+                text.push(c);
+                for (j, &kind) in kinds.iter().enumerate() {
+                    for layer in 0..layers {
+                        // Cells on both sides of the split, the last one too.
+                        for cell in [3, 69, 70, 71, 139] {
+                            values.push((layer, j, cell, stepper.value(layer, kind, cell).to_bits()));
+                        }
+                    }
+                }
+                values.push((9, 9, 9, stepper.probs().iter().fold(0u32, |a, p| a.rotate_left(5) ^ p.to_bits())));
+                true
+            });
+            (text, values)
+        };
+        for clamps in [
+            vec![],
+            // On both sides of the split, c and h, for part of the run only.
+            vec![clamp(0, Kind::Cell, 2, 0.9, 3, 60), clamp(layers - 1, Kind::Hidden, 100, -0.7, 10, 90)],
+            vec![clamp(1, Kind::Hidden, 139, 0.5, 0, usize::MAX), clamp(1, Kind::Cell, 139, -2.0, 20, 40)],
+        ] {
+            let one = draw(1, &clamps);
+            assert_eq!(one.0.chars().count(), 120);
+            assert!(one == draw(2, &clamps), "{layers} layers, clamps {clamps:?}: two threads differ from one");
+        }
+    }
+}
+
 /// ln p(text[p+1] | text[..=p]) of a model.
 fn target_logp(model: &Model, text: &str, p: usize) -> f64 {
     let trace = model.trace(text);

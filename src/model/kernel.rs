@@ -36,6 +36,8 @@
 //! kernel block by block (see `model::lstm` and `CELLSCOPE_TRACE_THREADS`): the
 //! two W_hh then stream from L3 into two cores at once.
 
+use std::ops::Range;
+
 /// `exp(x)` for f32 without branches: 2^k · p(r) with x = k·ln2 + r, |r| ≤ ln2/2,
 /// p the degree-6 Taylor polynomial (relative error ≈ 1.2e-7 on the reduced range).
 #[inline(always)]
@@ -168,6 +170,19 @@ impl PackedHh {
     fn as_ptr(&self) -> *const f32 {
         self.data.as_ptr().cast()
     }
+
+    /// Unit blocks: ⌈H / lanes⌉.
+    pub(crate) fn blocks(&self) -> usize {
+        self.hidden.div_ceil(self.lanes)
+    }
+
+    /// Side `side` of `sides`' share of the unit blocks, and the units it covers:
+    /// contiguous, in order, together all of them.
+    pub(crate) fn share(&self, side: usize, sides: usize) -> (Range<usize>, Range<usize>) {
+        let blocks = self.blocks();
+        let (first, end) = (side * blocks / sides, (side + 1) * blocks / sides);
+        ((first..end), (first * self.lanes).min(self.hidden)..(end * self.lanes).min(self.hidden))
+    }
 }
 
 /// What one layer recorded over a text: six T × H matrices, row-major, row = step,
@@ -268,6 +283,9 @@ pub(crate) unsafe fn memory_terms(
 struct Raw {
     hidden: usize,
     steps: usize,
+    /// The unit blocks (of the kernel's L units) this call computes: all of them,
+    /// or one thread's share when a layer's units are split between two.
+    blocks: (usize, usize),
     /// `steps` pointers, each to 4H floats.
     x_rows: *const *const f32,
     /// 4H floats.
@@ -336,32 +354,72 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f
     }
     let [h, c, i, f, g, o] = out.all_mut().map(|v| v.as_mut_ptr());
     // SAFETY (of the `add`s): `done` ≤ len and, when `done > 0`, done − n ≥ 0.
-    let raw = unsafe {
+    // Then: every pointer addresses the length `lstm_layer_part` asks (checked or
+    // reserved above), all blocks are this call's, and the new rows are written
+    // before their lengths are set.
+    unsafe {
         let (h0, c0) = if done == 0 {
             (h0.as_ptr(), c0.as_ptr())
         } else {
             (h.add(done - n).cast_const(), c.add(done - n).cast_const())
         };
-        Raw {
-            hidden: n,
-            steps,
-            x_rows: rows.as_ptr(),
-            bias: bias.as_ptr(),
-            h0,
-            c0,
-            h: h.add(done),
-            c: c.add(done),
-            i: i.add(done),
-            f: f.add(done),
-            g: g.add(done),
-            o: o.add(done),
+        let out_rows = [h, c, i, f, g, o].map(|p| p.add(done));
+        lstm_layer_part(weight_hh, rows, bias.as_ptr(), LayerRows { h0, c0, out: out_rows }, 0..weight_hh.blocks());
+        for v in out.all_mut() {
+            v.set_len(done + steps * n);
         }
+    }
+}
+
+/// Where [`lstm_layer_part`] reads the state before its first step and writes
+/// its steps: h0 and c0 (H floats each, possibly the row above the first one
+/// written), and h, c, i, f, g, o, each at the first row to write.
+#[derive(Clone, Copy)]
+pub(crate) struct LayerRows {
+    pub h0: *const f32,
+    pub c0: *const f32,
+    pub out: [*mut f32; 6],
+}
+
+/// [`lstm_layer`] on raw rows, for the units of `blocks` only (see
+/// [`PackedHh::share`]), so that two threads can each run their share of a
+/// layer's step; with more than one step, `blocks` must be all of them (step t
+/// reads all of row t − 1).
+///
+/// # Safety
+/// Each `x_rows` pointer and `bias` address 4H floats; `rows.h0`, `rows.c0` H
+/// floats, all written; every `rows.out` room for `x_rows.len()` × H floats.
+/// No one else writes these rows' elements of these units, or reads them before
+/// this returns; outputs overlap no input but the row above the first.
+pub(crate) unsafe fn lstm_layer_part(
+    weight_hh: &PackedHh,
+    x_rows: &[*const f32],
+    bias: *const f32,
+    rows: LayerRows,
+    blocks: Range<usize>,
+) {
+    let steps = x_rows.len();
+    assert!(blocks.end <= weight_hh.blocks(), "blocks {blocks:?} past the {}", weight_hh.blocks());
+    assert!(steps <= 1 || blocks == (0..weight_hh.blocks()), "a share of the units runs one step per call");
+    let [h, c, i, f, g, o] = rows.out;
+    let raw = Raw {
+        hidden: weight_hh.hidden,
+        steps,
+        blocks: (blocks.start, blocks.end),
+        x_rows: x_rows.as_ptr(),
+        bias,
+        h0: rows.h0,
+        c0: rows.c0,
+        h,
+        c,
+        i,
+        f,
+        g,
+        o,
     };
-    // SAFETY: every pointer in `raw` addresses the length it promises (checked or
-    // reserved above); outputs overlap no input except the previous row, which is
-    // only read. The kernels write each of the steps·H new floats of every output
-    // exactly once before anything reads it, and `weight_hh` is packed for the
-    // kernel it is given (lanes checked in the match).
+    // SAFETY: the caller's contract; the kernels write each new float of the
+    // blocks' units once before anything reads it, and `weight_hh` is packed
+    // for the kernel it is given (lanes checked in the match).
     unsafe {
         match (simd(), weight_hh.lanes) {
             #[cfg(target_arch = "x86_64")]
@@ -371,9 +429,6 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f
             (_, 16) => layer_portable::<16>(weight_hh.as_ptr(), raw),
             (_, 8) => layer_portable::<8>(weight_hh.as_ptr(), raw),
             (_, lanes) => unreachable!("PackedHh with {lanes} lanes"),
-        }
-        for v in out.all_mut() {
-            v.set_len(done + steps * n);
         }
     }
 }
@@ -385,16 +440,30 @@ pub fn lstm_layer(weight_hh: &PackedHh, x_rows: &[&[f32]], bias: &[f32], h0: &[f
 pub(crate) fn packed_matvec(w: &PackedHh, x: &[f32], y: &mut [f32]) {
     let n = w.hidden;
     assert!(x.len() == n && y.len() == 4 * n, "packed_matvec: x must be H = {n} long and y 4H");
-    // SAFETY: `w` holds blocks·H·4·lanes floats packed for `lanes`, x holds H and y
-    // 4H floats (checked above); each kernel reads only those and writes y once.
+    // SAFETY: lengths checked above; `y` is this call's alone.
+    unsafe { packed_matvec_part(w, x.as_ptr(), y.as_mut_ptr(), 0..w.blocks()) }
+}
+
+/// [`packed_matvec`] for the units of `blocks` only (see [`PackedHh::share`]):
+/// writes y's 4 gate rows of those units and nothing else, so two threads can
+/// each compute their share of one product.
+///
+/// # Safety
+/// `x` points at H floats and `y` at 4H; no one else reads or writes y's
+/// elements of these units meanwhile.
+pub(crate) unsafe fn packed_matvec_part(w: &PackedHh, x: *const f32, y: *mut f32, blocks: Range<usize>) {
+    let n = w.hidden;
+    assert!(blocks.end <= w.blocks(), "blocks {blocks:?} past the {} of H = {n}", w.blocks());
+    // SAFETY: `w` holds blocks·H·4·lanes floats packed for `lanes`; the caller's
+    // contract covers x and y; each kernel writes y's elements of `blocks` once.
     unsafe {
         match (simd(), w.lanes) {
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, 16) => x86::matvec_avx512(w.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+            (Simd::Avx512, 16) => x86::matvec_avx512(w.as_ptr(), n, x, y, blocks),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512 | Simd::Avx2, 8) => x86::matvec_avx2(w.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
-            (_, 16) => matvec_portable::<16>(w.as_ptr(), n, x, y),
-            (_, 8) => matvec_portable::<8>(w.as_ptr(), n, x, y),
+            (Simd::Avx512 | Simd::Avx2, 8) => x86::matvec_avx2(w.as_ptr(), n, x, y, blocks),
+            (_, 16) => matvec_portable::<16>(w.as_ptr(), n, x, y, blocks),
+            (_, 8) => matvec_portable::<8>(w.as_ptr(), n, x, y, blocks),
             (_, lanes) => unreachable!("PackedHh with {lanes} lanes"),
         }
     }
@@ -404,8 +473,10 @@ pub(crate) fn packed_matvec(w: &PackedHh, x: &[f32], y: &mut [f32]) {
 ///
 /// # Safety
 /// `w` is a [`PackedHh`] with `L` lanes and `n` units; x is H and y 4H long.
-unsafe fn matvec_portable<const L: usize>(w: *const f32, n: usize, x: &[f32], y: &mut [f32]) {
-    for b in 0..n.div_ceil(L) {
+unsafe fn matvec_portable<const L: usize>(w: *const f32, n: usize, x: *const f32, y: *mut f32, blocks: Range<usize>) {
+    // SAFETY: the caller's contract: x holds H floats.
+    let x = unsafe { std::slice::from_raw_parts(x, n) };
+    for b in blocks {
         let j0 = b * L;
         let mut acc = [[0f32; L]; 4];
         let flat = acc.as_flattened_mut();
@@ -418,7 +489,8 @@ unsafe fn matvec_portable<const L: usize>(w: *const f32, n: usize, x: &[f32], y:
         }
         for (q, a) in acc.iter().enumerate() {
             let width = L.min(n - j0);
-            y[q * n + j0..q * n + j0 + width].copy_from_slice(&a[..width]);
+            // SAFETY: y holds 4H floats; these are the block's units of gate q.
+            unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), y.add(q * n + j0), width) };
         }
     }
 }
@@ -431,9 +503,9 @@ unsafe fn matvec_portable<const L: usize>(w: *const f32, n: usize, x: &[f32], y:
 /// changes no result. (The int8 kernels keep to one order: their 1 MiB W_hh at
 /// H = 512 ran 5–10% slower alternating, on Zen 3, measured side by side.)
 #[inline(always)]
-fn block_order(t: usize, blocks: usize) -> impl Iterator<Item = usize> {
+fn block_order(t: usize, (first, end): (usize, usize)) -> impl Iterator<Item = usize> {
     let backward = t % 2 == 1;
-    (0..blocks).map(move |k| if backward { blocks - 1 - k } else { k })
+    (first..end).map(move |k| if backward { end - 1 - (k - first) } else { k })
 }
 
 /// The kernels' shared shape, in plain Rust over `[f32; L]` so LLVM can use
@@ -449,7 +521,7 @@ unsafe fn layer_portable<const L: usize>(w: *const f32, raw: Raw) {
         unsafe {
             let (h_prev, c_prev) = raw.prev(t);
             let x = *raw.x_rows.add(t);
-            for b in block_order(t, n.div_ceil(L)) {
+            for b in block_order(t, raw.blocks) {
                 let j0 = b * L;
                 let width = L.min(n - j0);
                 let mut acc = [[0f32; L]; 4];
@@ -498,6 +570,7 @@ pub(crate) mod x86 {
 
     use super::{block_order, Raw, C3, C4, C5, C6, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     /// e^x on 16 lanes: k = round(x·log2 e), r = x − k·ln2, 2^k · p(r) (`vscalefps`).
     #[inline]
@@ -547,7 +620,7 @@ pub(crate) mod x86 {
                 let (h_prev, c_prev) = raw.prev(t);
                 let x = *raw.x_rows.add(t);
                 let row = t * n;
-                for b in block_order(t, n.div_ceil(L)) {
+                for b in block_order(t, raw.blocks) {
                     let j0 = b * L;
                     let width = L.min(n - j0);
                     let m: __mmask16 = if width == L { !0 } else { (1u16 << width) - 1 };
@@ -713,12 +786,12 @@ pub(crate) mod x86 {
     /// # Safety
     /// As [`super::matvec_portable`], on a CPU with AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn matvec_avx512(w: *const f32, n: usize, x: *const f32, y: *mut f32) {
+    pub(super) unsafe fn matvec_avx512(w: *const f32, n: usize, x: *const f32, y: *mut f32, blocks: Range<usize>) {
         const L: usize = 16;
         // SAFETY: the caller's contract; the masked stores write only the valid
         // units of the last block.
         unsafe {
-            for b in 0..n.div_ceil(L) {
+            for b in blocks {
                 let j0 = b * L;
                 let width = L.min(n - j0);
                 let m: __mmask16 = if width == L { !0 } else { (1u16 << width) - 1 };
@@ -735,11 +808,11 @@ pub(crate) mod x86 {
     /// # Safety
     /// As [`super::matvec_portable`], on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn matvec_avx2(w: *const f32, n: usize, x: *const f32, y: *mut f32) {
+    pub(super) unsafe fn matvec_avx2(w: *const f32, n: usize, x: *const f32, y: *mut f32, blocks: Range<usize>) {
         const L: usize = 8;
         // SAFETY: as in `matvec_avx512`.
         unsafe {
-            for b in 0..n.div_ceil(L) {
+            for b in blocks {
                 let j0 = b * L;
                 let width = (L.min(n - j0)) as i32;
                 let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -764,7 +837,7 @@ pub(crate) mod x86 {
                 let (h_prev, c_prev) = raw.prev(t);
                 let x = *raw.x_rows.add(t);
                 let row = t * n;
-                for b in block_order(t, n.div_ceil(L)) {
+                for b in block_order(t, raw.blocks) {
                     let j0 = b * L;
                     let width = (L.min(n - j0)) as i32;
                     let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(width), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -945,48 +1018,111 @@ mod tests {
 
     /// Runs one kernel directly, whatever `simd()` says.
     fn run(kernel: &str, w: &[f32], x: &[Vec<f32>], bias: &[f32], h0: &[f32], c0: &[f32]) -> LayerOut {
+        run_shared(kernel, w, x, bias, h0, c0, 1, None)
+    }
+
+    /// [`run`] with the units shared out in `sides` parts ([`PackedHh::share`]),
+    /// each part a call of its own, one step at a time when `sides` > 1 (as two
+    /// threads run them); `only`: just that part's calls. Outputs start as NaN.
+    #[allow(clippy::too_many_arguments)]
+    fn run_shared(
+        kernel: &str,
+        w: &[f32],
+        x: &[Vec<f32>],
+        bias: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+        sides: usize,
+        only: Option<usize>,
+    ) -> LayerOut {
         let n = h0.len();
         let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
         let packed = PackedHh::with_lanes(w, n, lanes);
         let rows: Vec<&[f32]> = x.iter().map(|r| &r[..]).collect();
         let steps = x.len();
         let mut out = LayerOut {
-            h: vec![0.0; steps * n],
-            c: vec![0.0; steps * n],
-            i: vec![0.0; steps * n],
-            f: vec![0.0; steps * n],
-            g: vec![0.0; steps * n],
-            o: vec![0.0; steps * n],
+            h: vec![f32::NAN; steps * n],
+            c: vec![f32::NAN; steps * n],
+            i: vec![f32::NAN; steps * n],
+            f: vec![f32::NAN; steps * n],
+            g: vec![f32::NAN; steps * n],
+            o: vec![f32::NAN; steps * n],
             ..LayerOut::default()
         };
         let ptrs: Vec<*const f32> = rows.iter().map(|r| r.as_ptr()).collect();
-        let raw = Raw {
-            hidden: n,
-            steps,
-            x_rows: ptrs.as_ptr(),
-            bias: bias.as_ptr(),
-            h0: h0.as_ptr(),
-            c0: c0.as_ptr(),
-            h: out.h.as_mut_ptr(),
-            c: out.c.as_mut_ptr(),
-            i: out.i.as_mut_ptr(),
-            f: out.f.as_mut_ptr(),
-            g: out.g.as_mut_ptr(),
-            o: out.o.as_mut_ptr(),
+        let calls: Vec<(Range<usize>, Range<usize>)> = if sides == 1 {
+            vec![(0..steps, 0..packed.blocks())]
+        } else {
+            (0..steps)
+                .flat_map(|t| (0..sides).map(move |side| (t..t + 1, side)))
+                .filter(|&(_, side)| only.is_none_or(|o| o == side))
+                .map(|(t, side)| (t, packed.share(side, sides).0))
+                .collect()
         };
-        // SAFETY: buffers sized as `Raw` requires; SIMD kernels only on CPUs that have them.
-        unsafe {
-            match kernel {
-                "portable8" => layer_portable::<8>(packed.as_ptr(), raw),
-                "portable16" => layer_portable::<16>(packed.as_ptr(), raw),
-                #[cfg(target_arch = "x86_64")]
-                "avx512" => x86::layer_avx512(packed.as_ptr(), raw),
-                #[cfg(target_arch = "x86_64")]
-                "avx2" => x86::layer_avx2(packed.as_ptr(), raw),
-                _ => unreachable!(),
+        for (ts, blocks) in calls {
+            let t0 = ts.start;
+            let at = |v: &mut Vec<f32>| v.as_mut_ptr().wrapping_add(t0 * n);
+            let (h0, c0) = if t0 == 0 {
+                (h0.as_ptr(), c0.as_ptr())
+            } else {
+                (out.h[(t0 - 1) * n..].as_ptr(), out.c[(t0 - 1) * n..].as_ptr())
+            };
+            let raw = Raw {
+                hidden: n,
+                steps: ts.len(),
+                blocks: (blocks.start, blocks.end),
+                x_rows: ptrs[t0..].as_ptr(),
+                bias: bias.as_ptr(),
+                h0,
+                c0,
+                h: at(&mut out.h),
+                c: at(&mut out.c),
+                i: at(&mut out.i),
+                f: at(&mut out.f),
+                g: at(&mut out.g),
+                o: at(&mut out.o),
+            };
+            // SAFETY: buffers sized as `Raw` requires; SIMD kernels only on CPUs that have them.
+            unsafe {
+                match kernel {
+                    "portable8" => layer_portable::<8>(packed.as_ptr(), raw),
+                    "portable16" => layer_portable::<16>(packed.as_ptr(), raw),
+                    #[cfg(target_arch = "x86_64")]
+                    "avx512" => x86::layer_avx512(packed.as_ptr(), raw),
+                    #[cfg(target_arch = "x86_64")]
+                    "avx2" => x86::layer_avx2(packed.as_ptr(), raw),
+                    _ => unreachable!(),
+                }
             }
         }
         out
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_bits_with_its_units_shared_out() {
+        // H = 13 and 40: a partial last block, and shares of unequal sizes.
+        for n in [13usize, 40] {
+            let w: Vec<f32> = (0..4 * n * n).map(|k| ((k * 37 % 101) as f32 - 50.0) / 197.0).collect();
+            let x: Vec<Vec<f32>> =
+                (0..5).map(|t| (0..4 * n).map(|k| ((k * 7 + t * 3) % 23) as f32 / 23.0 - 0.5).collect()).collect();
+            let bias: Vec<f32> = (0..4 * n).map(|k| (k % 5) as f32 / 10.0 - 0.2).collect();
+            let h0: Vec<f32> = (0..n).map(|k| (k % 3) as f32 / 4.0 - 0.25).collect();
+            let c0: Vec<f32> = (0..n).map(|k| (k % 4) as f32 / 3.0 - 0.5).collect();
+            for kernel in kernels() {
+                let whole = run(kernel, &w, &x, &bias, &h0, &c0);
+                for sides in [2, 3] {
+                    let shared = run_shared(kernel, &w, &x, &bias, &h0, &c0, sides, None);
+                    assert!(shared == whole, "{kernel}, H = {n}, {sides} shares: not the same bits");
+                }
+                // One share alone writes its units and no others.
+                let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
+                let mine = PackedHh::with_lanes(&w, n, lanes).share(1, 2).1;
+                let one = run_shared(kernel, &w, &x[..1], &bias, &h0, &c0, 2, Some(1));
+                for (j, v) in one.h.iter().enumerate() {
+                    assert_eq!(v.is_nan(), !mine.contains(&j), "{kernel}, H = {n}: unit {j}, share {mine:?}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -999,16 +1135,17 @@ mod tests {
             for kernel in kernels() {
                 let lanes = if kernel.ends_with("16") || kernel == "avx512" { 16 } else { 8 };
                 let packed = PackedHh::with_lanes(&w, n, lanes);
+                let all = 0..packed.blocks();
                 let mut y = vec![f32::NAN; 4 * n];
                 // SAFETY: sizes as `packed_matvec` checks; SIMD kernels only where the CPU has them.
                 unsafe {
                     match kernel {
-                        "portable8" => matvec_portable::<8>(packed.as_ptr(), n, &x, &mut y),
-                        "portable16" => matvec_portable::<16>(packed.as_ptr(), n, &x, &mut y),
+                        "portable8" => matvec_portable::<8>(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr(), all),
+                        "portable16" => matvec_portable::<16>(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr(), all),
                         #[cfg(target_arch = "x86_64")]
-                        "avx512" => x86::matvec_avx512(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+                        "avx512" => x86::matvec_avx512(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr(), all),
                         #[cfg(target_arch = "x86_64")]
-                        "avx2" => x86::matvec_avx2(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr()),
+                        "avx2" => x86::matvec_avx2(packed.as_ptr(), n, x.as_ptr(), y.as_mut_ptr(), all),
                         _ => unreachable!(),
                     }
                 }
@@ -1016,8 +1153,17 @@ mod tests {
                 assert!(worst < 1e-5, "{kernel}, H = {n}: worst difference {worst}");
             }
             let mut y = vec![0.0; 4 * n];
-            packed_matvec(&PackedHh::new(&w, n), &x, &mut y);
+            let packed = PackedHh::new(&w, n);
+            packed_matvec(&packed, &x, &mut y);
             assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5), "dispatched kernel, H = {n}");
+            for sides in [2, 3] {
+                let mut parts = vec![f32::NAN; 4 * n];
+                for side in 0..sides {
+                    // SAFETY: x is H and parts 4H long; one share at a time.
+                    unsafe { packed_matvec_part(&packed, x.as_ptr(), parts.as_mut_ptr(), packed.share(side, sides).0) };
+                }
+                assert!(parts.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{sides} shares, H = {n}");
+            }
         }
     }
 

@@ -27,7 +27,7 @@ pub use memory::{horizon_1pct, memory_horizon_of, Horizon, StepExplained};
 pub use meta::{CurvePoint, Recorded, TrainMeta};
 pub use quant::Precision;
 pub use saliency::{saliencies, saliency, Saliency};
-pub use step::{sample, Sampling, Stepper};
+pub use step::{sample, sample_on, Sampling, Stepper};
 pub use vocab::{Encoded, Vocab, VocabError};
 
 use crate::rng::Rng;

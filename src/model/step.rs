@@ -11,8 +11,9 @@
 //! ```
 
 use super::gru_rnn;
-use super::kernel::{self, LayerOut};
+use super::kernel::{self, LayerOut, LayerRows};
 use super::lstm::{apply_clamps, Arch, Clamp, Kind, Model, State};
+use crate::parallel::{Meet, Pair};
 use crate::rng::Rng;
 
 /// Advances a model one character at a time.
@@ -63,11 +64,24 @@ impl<'m> Stepper<'m> {
     /// which enters as a zero input) and returns the next-character distribution.
     /// Clamps are applied with this step's index (the number of steps before it).
     pub fn step(&mut self, id: Option<u32>, clamps: &[Clamp]) -> &[f32] {
+        self.step_on(id, clamps, None)
+    }
+
+    /// [`Stepper::step`], an LSTM's layers on this thread and `pair`'s helper
+    /// when there is one (each computes half of every layer's units, see
+    /// [`Stepper::lstm_shared`]): the same numbers to the bit.
+    pub(crate) fn step_on(&mut self, id: Option<u32>, clamps: &[Clamp], pair: Option<&Pair>) -> &[f32] {
         let m = self.model;
         let n = m.hidden_size();
         let active: Vec<&Clamp> = clamps.iter().filter(|c| c.from <= self.t && self.t < c.to).collect();
         let lstm = m.arch() == Arch::Lstm;
+        if let (Some(pair), true) = (pair, lstm) {
+            self.lstm_shared(id, &active, pair);
+        }
         for k in 0..m.layers() {
+            if pair.is_some() && lstm {
+                break;
+            }
             if k == 0 {
                 let v = id.map_or(m.vocab.len(), |v| v as usize);
                 let row = m.input_table.row(v);
@@ -108,6 +122,79 @@ impl<'m> Stepper<'m> {
         &self.probs
     }
 
+    /// One LSTM step with every layer's units shared between this thread (side 0)
+    /// and `pair`'s helper (side 1), by [`kernel::PackedHh::share`]. Per layer k,
+    /// each side computes its units' input projection (from all of layer k − 1's
+    /// new h) and then their cell update (from all of layer k's previous h, c),
+    /// and the two meet: the layer's row is whole, and neither reads the previous
+    /// state again. Side 0 then applies the clamps of layer k (the other waits at
+    /// a second meeting), and each side copies its units into the carried state.
+    /// Every unit runs the kernels' own sums, so the numbers are those of
+    /// [`Stepper::step`] to the bit.
+    fn lstm_shared(&mut self, id: Option<u32>, active: &[&Clamp], pair: &Pair) {
+        let m = self.model;
+        let n = m.hidden_size();
+        for out in &mut self.outs {
+            for v in [&mut out.h, &mut out.c, &mut out.i, &mut out.f, &mut out.g, &mut out.o] {
+                v.resize(n, 0.0);
+            }
+        }
+        let v = id.map_or(m.vocab.len(), |v| v as usize);
+        let shared = Shared {
+            table_row: m.input_table.row(v).as_ptr(),
+            x_proj: self.x_proj.as_mut_ptr(),
+            outs: self.outs.as_mut_ptr(),
+            h: self.state.h.iter_mut().map(|h| h.as_mut_ptr()).collect(),
+            c: self.state.c.iter_mut().map(|c| c.as_mut_ptr()).collect(),
+            c_prev: self.c_prev.iter_mut().map(|c| c.as_mut_ptr()).collect(),
+        };
+        // The whole struct, not its fields one by one (closures capture fields).
+        let shared = &shared;
+        let t = self.t;
+        let job = |meet: &Meet| {
+            let (blocks, units) = m.packed_hh[0].share(meet.side(), 2);
+            for k in 0..m.layers() {
+                let clamped: Vec<&Clamp> = active.iter().copied().filter(|c| c.layer == k).collect();
+                // SAFETY: every pointer addresses buffers of the sizes the kernels
+                // ask (x_proj and table rows 4H, the rest H per row), alive for
+                // the job. Each side writes only its own units' elements; what a
+                // side reads of the other's is written before a meeting the
+                // reader has passed, and nothing is written that the other side
+                // still reads (see the doc above).
+                unsafe {
+                    let out = &*shared.outs.add(k);
+                    let x = if k == 0 {
+                        shared.table_row
+                    } else {
+                        let below = (*shared.outs.add(k - 1)).h.as_ptr();
+                        kernel::packed_matvec_part(&m.packed_ih[k - 1], below, shared.x_proj, blocks.clone());
+                        shared.x_proj.cast_const()
+                    };
+                    let rows = LayerRows {
+                        h0: shared.h[k],
+                        c0: shared.c[k],
+                        out: [&out.h, &out.c, &out.i, &out.f, &out.g, &out.o].map(|v| v.as_ptr().cast_mut()),
+                    };
+                    kernel::lstm_layer_part(&m.packed_hh[k], &[x], m.bias[k].as_ptr(), rows, blocks.clone());
+                    meet.wait();
+                    if !clamped.is_empty() {
+                        if meet.side() == 0 {
+                            apply_clamps(&mut *shared.outs.add(k), n, t, &clamped);
+                        }
+                        meet.wait();
+                    }
+                    let out = &*shared.outs.add(k);
+                    for j in units.clone() {
+                        *shared.c_prev[k].add(j) = *shared.c[k].add(j);
+                        *shared.h[k].add(j) = out.h[j];
+                        *shared.c[k].add(j) = out.c[j];
+                    }
+                }
+            }
+        };
+        pair.both(&job);
+    }
+
     /// The distribution after the last step.
     pub fn probs(&self) -> &[f32] {
         &self.probs
@@ -144,6 +231,20 @@ impl<'m> Stepper<'m> {
         self.t
     }
 }
+
+/// What both sides of [`Stepper::lstm_shared`] reach: the step's buffers.
+struct Shared {
+    table_row: *const f32,
+    x_proj: *mut f32,
+    outs: *mut LayerOut,
+    h: Vec<*mut f32>,
+    c: Vec<*mut f32>,
+    c_prev: Vec<*mut f32>,
+}
+
+// SAFETY: the two sides write disjoint elements, and read the other's only after
+// a meeting (`Stepper::lstm_shared`).
+unsafe impl Sync for Shared {}
 
 /// y = W x for a row-major W (rows = y.len(), cols = x.len()), on the widest
 /// SIMD the CPU has (as `kernel::softmax_rows` picks it): the decoder, V × H,
@@ -214,6 +315,42 @@ pub fn sample(
     length: usize,
     how: Sampling,
     clamps: &[Clamp],
+    on_char: impl FnMut(char, &Stepper) -> bool,
+) {
+    sample_on(model, prime, length, how, clamps, 1, on_char)
+}
+
+/// Fewest hidden units per layer for which [`sample_on`] shares an LSTM's steps
+/// between two threads: below it the meetings cost more than half a step saves.
+const SHARED_MIN_HIDDEN: usize = 128;
+
+/// [`sample`] on up to `threads` threads: with two or more, an LSTM of at least
+/// [`SHARED_MIN_HIDDEN`] units per layer computes half of every layer's units of
+/// each step on a helper thread ([`Stepper::step_on`]). The same text and values
+/// on any number.
+pub fn sample_on(
+    model: &Model,
+    prime: &str,
+    length: usize,
+    how: Sampling,
+    clamps: &[Clamp],
+    threads: usize,
+    on_char: impl FnMut(char, &Stepper) -> bool,
+) {
+    if threads >= 2 && model.arch() == Arch::Lstm && model.hidden_size() >= SHARED_MIN_HIDDEN {
+        Pair::with(|pair| sample_with(model, prime, length, how, clamps, Some(pair), on_char))
+    } else {
+        sample_with(model, prime, length, how, clamps, None, on_char)
+    }
+}
+
+fn sample_with(
+    model: &Model,
+    prime: &str,
+    length: usize,
+    how: Sampling,
+    clamps: &[Clamp],
+    pair: Option<&Pair>,
     mut on_char: impl FnMut(char, &Stepper) -> bool,
 ) {
     let mut rng = Rng::new(how.seed);
@@ -224,7 +361,7 @@ pub fn sample(
         prime.chars().collect()
     };
     for &c in &start {
-        stepper.step(model.vocab.id(c), clamps);
+        stepper.step_on(model.vocab.id(c), clamps, pair);
     }
     let v = model.vocab.len();
     let mut weights = vec![0f32; v];
@@ -251,7 +388,7 @@ pub fn sample(
             rng.categorical(&weights)
         };
         let c = model.vocab.chars()[id];
-        stepper.step(Some(id as u32), clamps);
+        stepper.step_on(Some(id as u32), clamps, pair);
         if !on_char(c, &stepper) {
             break;
         }

@@ -375,9 +375,10 @@ struct SampleJob {
 }
 
 impl SampleJob {
-    /// Runs the sampler, handing each character (and the watched value) to `emit`.
-    fn run(&self, model: &Model, mut emit: impl FnMut(char, Option<f32>) -> bool) {
-        crate::model::sample(model, &self.prime, self.length, self.how, &self.clamps, |c, stepper| {
+    /// Runs the sampler on `threads` threads, handing each character (and the
+    /// watched value) to `emit`.
+    fn run(&self, model: &Model, threads: usize, mut emit: impl FnMut(char, Option<f32>) -> bool) {
+        crate::model::sample_on(model, &self.prime, self.length, self.how, &self.clamps, threads, |c, stepper| {
             let value = self.watch.map(|w| stepper.value(w.layer, w.kind, w.cell));
             emit(c, value)
         });
@@ -450,13 +451,14 @@ pub async fn sample(
         watch: job.watch,
         values,
     };
+    let queue = state.queue.clone();
     if !stream {
         let body = state
             .queue
             .run(move || {
                 let mut text = String::new();
                 let mut values = job.watch.map(|_| Vec::new());
-                job.run(&model, |c, v| {
+                job.run(&model, super::api::threads_now(&queue), |c, v| {
                     text.push(c);
                     if let (Some(vs), Some(v)) = (values.as_mut(), v) {
                         vs.push(v);
@@ -478,7 +480,7 @@ pub async fn sample(
         let mut text = String::new();
         let mut values = job.watch.map(|_| Vec::new());
         let mut line = Vec::with_capacity(64);
-        job.run(&model, |c, v| {
+        job.run(&model, super::api::threads_now(&queue), |c, v| {
             text.push(c);
             if let (Some(vs), Some(v)) = (values.as_mut(), v) {
                 vs.push(v);
