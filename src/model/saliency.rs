@@ -25,7 +25,7 @@
 //! dx_t = W_ihᵀ dGi
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::parallel::{Meet, Pair};
 
 use super::kernel;
 use super::lstm::{Arch, Kind, LayerTrace, Model, Trace};
@@ -58,7 +58,7 @@ pub fn saliency(model: &Model, trace: &Trace, position: usize, max_back: usize) 
 /// weight matrix is read once per step for all of them: a step back reads 12 MiB of
 /// weights at 2 × 512, whether for one gradient or sixteen. Several positions are
 /// shared out between the threads; a single one has each of its products cut by
-/// columns between two ([`Team`]).
+/// columns between two (a [`Pair`], see `mat_t_vecs`).
 pub fn saliencies(
     model: &Model,
     trace: &Trace,
@@ -70,7 +70,7 @@ pub fn saliencies(
     let mut started: Vec<&mut Walk> = walks.iter_mut().flatten().collect();
     if started.len() == 1 && threads > 1 {
         // One gradient: the two threads share each product instead.
-        Team::with(|team| backward(model, trace, &mut started, Some(team)));
+        Pair::with(|pair| backward(model, trace, &mut started, Some(pair)));
     } else {
         // The threads share out the walks: a walk's numbers do not depend on which
         // others it goes with, so any split gives the same bits.
@@ -170,7 +170,7 @@ impl Walk {
 }
 
 /// Takes `walks` back, together, from their positions to their first steps.
-fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk], team: Option<&Team>) {
+fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk], pair: Option<&Pair>) {
     let layers = model.layers();
     let arch = model.arch();
     let w = model.weights();
@@ -212,7 +212,7 @@ fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk], team: Option<
                     (hidden_side, &mut dh_rec[k][..])
                 })
                 .unzip();
-            mat_t_vecs(lw.weight_hh.as_slice().expect("standard layout"), &v, &mut y, team);
+            mat_t_vecs(lw.weight_hh.as_slice().expect("standard layout"), &v, &mut y, pair);
             if arch == Arch::Gru {
                 for walk in active.iter_mut() {
                     let z = lt.get(Kind::Update).row(walk.position - d);
@@ -229,7 +229,7 @@ fn backward(model: &Model, trace: &Trace, walks: &mut [&mut Walk], team: Option<
                     (&da[..], if k > 0 { &mut dx_below[..] } else { &mut dx0[..] })
                 })
                 .unzip();
-            mat_t_vecs(lw.weight_ih.as_slice().expect("standard layout"), &v, &mut y, team);
+            mat_t_vecs(lw.weight_ih.as_slice().expect("standard layout"), &v, &mut y, pair);
             if k == 0 {
                 for walk in active.iter_mut() {
                     let t = walk.position - d;
@@ -285,7 +285,7 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// Columns `c0..c0 + y[b].len()` of a row-major W whose rows are `stride` long:
-/// what each thread computes of a product it shares (see [`Team`]).
+/// what each thread computes of a product it shares (see [`mat_t_vecs`]).
 #[derive(Clone, Copy)]
 struct Window<'a> {
     w: &'a [f32],
@@ -297,17 +297,25 @@ struct Window<'a> {
 /// `y[b].len()` columns: each y the sum of W's rows scaled by its v. Every element
 /// is one chain of multiply-adds (fused where the CPU has FMA) over the rows in
 /// order, from 0, so a vector's result does not depend on which others come with
-/// it, nor on which thread computes its column. With a `team` (one vector), the
-/// helper thread computes the right half of the columns.
-fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]], team: Option<&Team>) {
+/// it, nor on which thread computes its column. With a `pair` (one vector), the
+/// helper thread computes the right half of the columns: a gradient's products
+/// are bound by how fast W streams, and each core then reads half of every row.
+fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]], pair: Option<&Pair>) {
     let Some(cols) = y.first().map(|y| y.len()) else { return };
     assert!(v.len() == y.len() && v.iter().zip(y.iter()).all(|(v, y)| w.len() == v.len() * y.len()));
     let whole = Window { w, stride: cols, c0: 0 };
-    match team {
-        Some(team) if v.len() == 1 && cols >= Team::MIN_COLS => {
+    match pair {
+        Some(pair) if v.len() == 1 && cols >= MIN_SHARED_COLS => {
             let half = cols / 2;
             let (left, right) = y[0].split_at_mut(half);
-            team.share(Window { c0: half, ..whole }, v[0], right, || window_t_vecs(whole, v, &mut [left]));
+            let halves = Halves([(0, left.as_mut_ptr(), half), (half, right.as_mut_ptr(), cols - half)]);
+            let halves = &halves;
+            pair.both(&|meet: &Meet| {
+                let (c0, start, len) = halves.0[meet.side()];
+                // SAFETY: one half of `y[0]`, borrowed for this call, written by this side only.
+                let y = unsafe { std::slice::from_raw_parts_mut(start, len) };
+                window_t_vecs(Window { c0, ..whole }, v, &mut [y]);
+            });
         }
         _ => window_t_vecs(whole, v, y),
     }
@@ -341,126 +349,14 @@ fn portable(win: Window, v: &[&[f32]], y: &mut [&mut [f32]]) {
     }
 }
 
-/// A second thread for one gradient's products, which are bound by how fast W
-/// streams: each product is cut in two by columns, the helper reads the right
-/// half of every row while this thread reads the left, and they meet when both
-/// are done (three times per step back). The helper spins between products, so a
-/// team is made only when the second core is free.
-struct Team {
-    /// Bumped by the caller for each job; the helper answers in `done`.
-    posted: AtomicUsize,
-    done: AtomicUsize,
-    /// Set by the caller when its work ends; set by the helper if it panics, so
-    /// that the caller stops waiting (and panics too) instead of spinning forever.
-    stop: AtomicBool,
-    failed: AtomicBool,
-    job: std::sync::Mutex<Option<Job>>,
-}
+/// Narrower products are not worth a meeting of two threads.
+const MIN_SHARED_COLS: usize = 128;
 
-/// A helper's share of one product: raw parts of a [`Window`], the vector and
-/// its y, valid until the caller sees `done` reach the job's number.
-#[derive(Clone, Copy)]
-struct Job {
-    w: *const f32,
-    len: usize,
-    stride: usize,
-    c0: usize,
-    v: *const f32,
-    rows: usize,
-    y: *mut f32,
-    width: usize,
-}
+/// Each side's half of a shared product's y: (first column, start, length).
+struct Halves([(usize, *mut f32, usize); 2]);
 
-// SAFETY: a job's pointers are only read while the thread that posted it waits
-// for the helper to finish with them (`Team::share`).
-unsafe impl Send for Job {}
-
-impl Team {
-    /// Narrower products are not worth a meeting.
-    const MIN_COLS: usize = 128;
-
-    fn new() -> Self {
-        Team {
-            posted: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            job: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Runs `mine` here and `Wᵀv` over `theirs` on the helper, and returns when both are done.
-    fn share(&self, theirs: Window, v: &[f32], y: &mut [f32], mine: impl FnOnce()) {
-        let job = Job {
-            w: theirs.w.as_ptr(),
-            len: theirs.w.len(),
-            stride: theirs.stride,
-            c0: theirs.c0,
-            v: v.as_ptr(),
-            rows: v.len(),
-            y: y.as_mut_ptr(),
-            width: y.len(),
-        };
-        *self.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-        let number = self.posted.fetch_add(1, Ordering::Release) + 1;
-        mine();
-        while self.done.load(Ordering::Acquire) != number {
-            assert!(!self.failed.load(Ordering::Acquire), "the helper thread of a shared product panicked");
-            std::hint::spin_loop();
-        }
-    }
-
-    /// The helper's loop: each posted job, until [`Team::stop`].
-    fn serve(&self) {
-        /// Tells the caller if this thread unwinds.
-        struct Failed<'a>(&'a AtomicBool);
-        impl Drop for Failed<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.store(true, Ordering::Release);
-                }
-            }
-        }
-        let _failed = Failed(&self.failed);
-        let mut seen = 0;
-        while !self.stop.load(Ordering::Acquire) {
-            let posted = self.posted.load(Ordering::Acquire);
-            if posted == seen {
-                std::hint::spin_loop();
-                continue;
-            }
-            seen = posted;
-            let job = self.job.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a posted job");
-            // SAFETY: the poster keeps these alive and untouched until `done` says so.
-            let (w, v, y) = unsafe {
-                (
-                    std::slice::from_raw_parts(job.w, job.len),
-                    std::slice::from_raw_parts(job.v, job.rows),
-                    std::slice::from_raw_parts_mut(job.y, job.width),
-                )
-            };
-            window_t_vecs(Window { w, stride: job.stride, c0: job.c0 }, &[v], &mut [y]);
-            self.done.store(seen, Ordering::Release);
-        }
-    }
-
-    /// Runs `work` with a team of this thread and a helper.
-    fn with<R>(work: impl FnOnce(&Team) -> R) -> R {
-        let team = Team::new();
-        /// Stops the helper however `work` ends, a panic included.
-        struct Stop<'a>(&'a Team);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.stop.store(true, Ordering::Release);
-            }
-        }
-        std::thread::scope(|scope| {
-            scope.spawn(|| team.serve());
-            let _stop = Stop(&team);
-            work(&team)
-        })
-    }
-}
+// SAFETY: each side writes only its own half (`mat_t_vecs`).
+unsafe impl Sync for Halves {}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -543,30 +439,6 @@ mod tests {
             }
         }
         y
-    }
-
-    #[test]
-    fn a_team_whose_helper_fails_fails_instead_of_hanging() {
-        let w = [1.0f32; 6];
-        let v = [1.0f32, 2.0];
-        let mut y = [0f32; 2];
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Team::with(|team| {
-                // Two rows of stride 4 need 8 weights: the helper's shape check fails.
-                team.share(Window { w: &w, stride: 4, c0: 0 }, &v, &mut y, || ());
-            })
-        }));
-        assert!(result.is_err());
-        // And a sound job comes back with the helper's half.
-        let w: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        let mut left = [0f32; 2];
-        let mut right = [0f32; 2];
-        Team::with(|team| {
-            team.share(Window { w: &w, stride: 4, c0: 2 }, &v, &mut right, || {
-                window_t_vecs(Window { w: &w, stride: 4, c0: 0 }, &[&v], &mut [&mut left]);
-            })
-        });
-        assert_eq!((left, right), ([8.0, 11.0], [14.0, 17.0]));
     }
 
     #[test]
