@@ -199,6 +199,16 @@ fn time_trace(model: &Model, text: &str, threads: usize, min_time: f64) -> Timin
     })
 }
 
+/// chars/s of the exact trace on two threads with every layer's units split
+/// between them (`Model::trace_units_shared`), against the pipeline's `time_trace`.
+fn time_trace_units(model: &Model, text: &str, min_time: f64) -> Timing {
+    let n = text.chars().count() as f64;
+    measure(n, min_time, || {
+        let enc = model.vocab.encode(std::hint::black_box(text));
+        std::hint::black_box(model.trace_units_shared(enc, &model.zero_state(), &[]));
+    })
+}
+
 /// chars/s of the page view's int8 trace (`Precision::Int8`) on `threads` threads.
 fn time_trace_int8(model: &Model, text: &str, threads: usize, min_time: f64) -> Timing {
     let n = text.chars().count() as f64;
@@ -293,8 +303,9 @@ fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch
     let chars = text.chars().count();
     let time = |threads| time_trace(model, text, threads, args.min_time / 2.0);
     let time8 = |threads| time_trace_int8(model, text, threads, args.min_time / 2.0);
+    let time_units = || time_trace_units(model, text, args.min_time / 2.0);
     let shape = format!("{}×{}", model.layers(), model.hidden_size());
-    let (mut one, mut two) = (time(1), time(2));
+    let (mut one, mut two, mut units) = (time(1), time(2), time_units());
     let (mut one8, mut two8) = (time8(1), time8(2));
     let mut torch_rows_here = Vec::new();
     if torch.is_ok() {
@@ -315,6 +326,7 @@ fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch
         let _ = std::fs::remove_file(&tmp);
         one = one.merge(time(1));
         two = two.merge(time(2));
+        units = units.merge(time_units());
         one8 = one8.merge(time8(1));
         two8 = two8.merge(time8(2));
     }
@@ -332,6 +344,13 @@ fn shape_rows(model: &Model, path: Option<&Path>, text: &str, args: &Args, torch
             best: two.best(),
             torch: false,
             note: format!("pipelined, layer 1 a block behind layer 0; {}", two.note()),
+        },
+        Row {
+            name: format!("cellscope {shape}, 2 threads, units split"),
+            median: units.median(),
+            best: units.best(),
+            torch: false,
+            note: format!("each layer's units split between the threads, a meeting per step; {}", units.note()),
         },
         Row {
             name: format!("cellscope int8 {shape}, 1 thread"),

@@ -51,6 +51,28 @@ pub(crate) struct Pair {
     job: Mutex<Option<JobRef>>,
 }
 
+/// Something both sides of a [`Pair`] job reach, typically raw pointers into
+/// buffers that each side writes its own part of: `Sync` whatever it holds,
+/// which only its (unsafe) maker can vouch for.
+pub(crate) struct Both<T>(T);
+
+impl<T> Both<T> {
+    /// # Safety
+    /// While a job uses it, the two sides never write the same memory through
+    /// it, and each reads what the other writes only after a meeting (or after
+    /// `both` returns).
+    pub(crate) unsafe fn new(value: T) -> Self {
+        Both(value)
+    }
+
+    pub(crate) fn get(&self) -> &T {
+        &self.0
+    }
+}
+
+// SAFETY: the contract of `Both::new`.
+unsafe impl<T> Sync for Both<T> {}
+
 /// The job both sides run, with its lifetime erased: it stays valid until the
 /// helper has answered in `done`, which [`Pair::both`] waits for, even on a panic.
 #[derive(Clone, Copy)]

@@ -239,6 +239,24 @@ impl LayerOut {
         }
     }
 
+    /// Where h, c, i, f, g and o start, to write rows past their lengths (within
+    /// their capacity) and then [`LayerOut::set_rows`].
+    pub(crate) fn rows_mut_ptrs(&mut self) -> [*mut f32; 6] {
+        self.all_mut().map(|v| v.as_mut_ptr())
+    }
+
+    /// Sets the lengths of h, c, i, f, g and o to `len` floats.
+    ///
+    /// # Safety
+    /// `len` is within their capacity, and every float up to it has been written.
+    pub(crate) unsafe fn set_rows(&mut self, len: usize) {
+        for v in self.all_mut() {
+            assert!(len <= v.capacity(), "past the room made for the trace");
+            // SAFETY: the caller's contract.
+            unsafe { v.set_len(len) };
+        }
+    }
+
     fn all_mut(&mut self) -> [&mut Vec<f32>; 6] {
         [&mut self.h, &mut self.c, &mut self.i, &mut self.f, &mut self.g, &mut self.o]
     }

@@ -45,9 +45,10 @@ use std::sync::OnceLock;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 pub use super::arch::{Arch, Kind};
-use super::kernel::{self, gemm, LayerOut, PackedHh, Trans};
+use super::kernel::{self, gemm, LayerOut, LayerRows, PackedHh, Trans};
 use super::safetensors::{self, FormatError, Tensor, TensorFile};
 use super::vocab::{Encoded, Vocab, VocabError};
+use crate::parallel::{Both, Meet, Pair};
 
 /// Number of gates of an LSTM cell (i, f, g, o).
 pub(crate) const GATES: usize = 4;
@@ -650,8 +651,48 @@ impl Model {
         if self.arch() != Arch::Lstm {
             return super::gru_rnn::trace(self, enc, state, clamps);
         }
+        if threads > 1 && self.shares_units() {
+            let block = self.block_steps(enc.ids.len(), 1);
+            return self.trace_shared(enc, state, clamps, block);
+        }
         let block = self.block_steps(enc.ids.len(), threads);
         self.trace_staged(enc, state, clamps, threads, block)
+    }
+
+    /// Whether a trace on two threads splits each layer's units between them
+    /// ([`Job::run_shared`]) rather than running its layers as a pipeline: for a
+    /// one-layer LSTM (nothing to pipeline) of at least [`SHARED_MIN_HIDDEN`]
+    /// units, or wherever `CELLSCOPE_TRACE_SHARE=units` asks for it
+    /// (`layers`, the default, keeps the pipeline for two layers or more).
+    fn shares_units(&self) -> bool {
+        static UNITS: OnceLock<bool> = OnceLock::new();
+        let asked = *UNITS.get_or_init(|| std::env::var("CELLSCOPE_TRACE_SHARE").is_ok_and(|v| v.trim() == "units"));
+        self.hidden_size() >= SHARED_MIN_HIDDEN && (self.layers() == 1 || asked)
+    }
+
+    /// The trace on two threads with every layer's units split between them,
+    /// whatever the model (a one-layer LSTM traces so on two threads anyway):
+    /// to weigh it against the pipeline on a CPU (`scripts/bench.sh --kernel`).
+    /// The same trace, to the bit. A GRU or RNN is traced on one thread.
+    pub fn trace_units_shared(&self, enc: Encoded, state: &State, clamps: &[Clamp]) -> Trace {
+        if self.arch() != Arch::Lstm {
+            return super::gru_rnn::trace(self, enc, state, clamps);
+        }
+        let block = self.block_steps(enc.ids.len(), 1);
+        self.trace_shared(enc, state, clamps, block)
+    }
+
+    /// The trace on this thread and a helper, every layer's units split between
+    /// them ([`Job::run_shared`]), `block` steps per input GEMM.
+    fn trace_shared(&self, enc: Encoded, state: &State, clamps: &[Clamp], block: usize) -> Trace {
+        let t_len = enc.ids.len();
+        let n = self.hidden_size();
+        assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
+        let job = Job { model: self, ids: &enc.ids, state, clamps, block };
+        let outs = Pair::with(|pair| job.run_shared(pair));
+        let layers: Vec<LayerTrace> =
+            outs.into_iter().zip(&state.c).map(|(out, c0)| LayerTrace::from_kernel(out, t_len, n, c0)).collect();
+        self.finish_trace(enc, layers, state)
     }
 
     /// Steps per block: the unit of the layers ≥ 1 input-projection GEMM and, on
@@ -805,6 +846,10 @@ pub(super) const PIPELINE_MIN_STEPS: usize = 4096;
 /// the layer above idles for the first and the one below for the last.
 const PIPELINE_BLOCKS: usize = 16;
 
+/// Fewest hidden units for which a trace splits a layer's units between two
+/// threads: below it a step is too short for a meeting per step to pay.
+const SHARED_MIN_HIDDEN: usize = 128;
+
 /// Fewest steps in a pipeline block: shorter ones would spend more on the GEMM's
 /// repacking of W_ih and on hand-overs than they save.
 const MIN_PIPELINE_BLOCK: usize = 64;
@@ -890,6 +935,99 @@ impl Job<'_> {
             outs.extend(top);
             outs
         })
+    }
+
+    /// Every layer over the whole text on this thread and `pair`'s helper, each
+    /// computing half of every layer's units ([`PackedHh::share`]): block by
+    /// block, layer by layer (layer-major), so a core keeps to half of one
+    /// layer's W_hh for a block of steps. Per block and layer ≥ 1, the input
+    /// GEMM is cut by steps between the two; then each step, each side runs its
+    /// units' cell update and the two meet, since the next step reads all of h.
+    /// Side 0 applies a step's clamps between two meetings. Every unit and every
+    /// projection row is computed as on one thread, so the trace is the same to
+    /// the bit. This is the way for a one-layer model, which a pipeline cannot
+    /// spread (`scripts/split-or-pipeline.c` weighs the two for more layers).
+    fn run_shared(&self, pair: &Pair) -> Vec<LayerOut> {
+        let model = self.model;
+        let (t_len, n, g) = (self.ids.len(), model.hidden_size(), GATES * model.hidden_size());
+        let mut outs: Vec<LayerOut> = (0..model.layers()).map(|_| LayerOut::with_capacity(t_len, n)).collect();
+        let mut proj: Vec<f32> = Vec::new();
+        let unknown = model.vocab.len();
+        for start in (0..t_len).step_by(self.block) {
+            let steps = start..(start + self.block).min(t_len);
+            for k in 0..model.layers() {
+                let (done, rest) = outs.split_at_mut(k);
+                let rows: Vec<*const f32> = if k == 0 {
+                    self.ids[steps.clone()]
+                        .iter()
+                        .map(|id| model.input_table.row(id.map_or(unknown, |v| v as usize)).as_ptr())
+                        .collect()
+                } else {
+                    let below = &done[k - 1].h[steps.start * n..steps.end * n];
+                    proj.resize(steps.len() * g, 0.0);
+                    let cut = steps.len() / 2;
+                    let (head, tail) = proj.split_at_mut(cut * g);
+                    // SAFETY: each side writes only its own rows of `proj`.
+                    let parts =
+                        unsafe { Both::new([(0..cut, head.as_mut_ptr()), (cut..steps.len(), tail.as_mut_ptr())]) };
+                    let parts = &parts;
+                    pair.both(&|meet: &Meet| {
+                        let (part, out) = parts.get()[meet.side()].clone();
+                        // SAFETY: this side's rows of `proj`, written by it alone.
+                        let out = unsafe { std::slice::from_raw_parts_mut(out, part.len() * g) };
+                        self.project(k, &below[part.start * n..part.end * n], out);
+                    });
+                    proj.chunks_exact(g).map(|r| r.as_ptr()).collect()
+                };
+                let out = &mut rest[0];
+                debug_assert_eq!(out.h.len(), steps.start * n);
+                // SAFETY: each side writes its own units of a row; the other's are
+                // read only after the meeting that follows the row (below).
+                let ptrs = unsafe { Both::new((out.rows_mut_ptrs(), rows)) };
+                let ptrs = &ptrs;
+                let clamps: Vec<&Clamp> =
+                    self.clamps.iter().filter(|c| c.layer == k && c.to > steps.start && c.from < steps.end).collect();
+                let (h0, c0) = (&self.state.h[k], &self.state.c[k]);
+                pair.both(&|meet: &Meet| {
+                    let (blocks, _) = model.packed_hh[k].share(meet.side(), 2);
+                    for (j, t) in steps.clone().enumerate() {
+                        // SAFETY: every output has capacity T × H (`with_capacity`);
+                        // row t − 1 is whole, both sides having met after it; each
+                        // side writes only its units of row t, and side 0 writes the
+                        // clamped cells while the other waits at a meeting.
+                        unsafe {
+                            let (outs, rows) = ptrs.get();
+                            let [h, c, _, _, _, o] = *outs;
+                            let (hp, cp) = if t == 0 {
+                                (h0.as_ptr(), c0.as_ptr())
+                            } else {
+                                (h.add((t - 1) * n).cast_const(), c.add((t - 1) * n).cast_const())
+                            };
+                            let rows_out = LayerRows { h0: hp, c0: cp, out: outs.map(|p| p.add(t * n)) };
+                            kernel::lstm_layer_part(
+                                &model.packed_hh[k],
+                                &rows[j..j + 1],
+                                model.bias[k].as_ptr(),
+                                rows_out,
+                                blocks.clone(),
+                            );
+                            meet.wait();
+                            if clamps.iter().any(|c| c.covers(t)) {
+                                if meet.side() == 0 {
+                                    let row = |p: *mut f32| std::slice::from_raw_parts_mut(p.add(t * n), n);
+                                    clamp_row(row(h), row(c), row(o), t, &clamps);
+                                }
+                                meet.wait();
+                            }
+                        }
+                    }
+                });
+                // SAFETY: both sides wrote every unit of these rows (`both` returned).
+                unsafe { out.set_rows(steps.end * n) };
+                out.extend_memory_terms(&self.state.c[k]);
+            }
+        }
+        outs
     }
 
     /// Layers `ks` over the whole text, a block at a time. Layer `ks.start` reads
@@ -1039,15 +1177,20 @@ pub enum ClampError {
 /// Overwrites, in the last recorded row of `out` (step `t`), the components the
 /// clamps covering `t` name: c clamps first (they also set h), then h clamps.
 pub(crate) fn apply_clamps(out: &mut LayerOut, hidden: usize, t: usize, clamps: &[&Clamp]) {
-    let row = out.h.len() / hidden - 1;
+    let row = (out.h.len() / hidden - 1) * hidden..out.h.len();
+    clamp_row(&mut out.h[row.clone()], &mut out.c[row.clone()], &out.o[row], t, clamps);
+}
+
+/// [`apply_clamps`] on one step's rows of h, c and o.
+fn clamp_row(h: &mut [f32], c: &mut [f32], o: &[f32], t: usize, clamps: &[&Clamp]) {
     for kind in [Kind::Cell, Kind::Hidden] {
-        for c in clamps.iter().filter(|c| c.kind == kind && c.covers(t)) {
-            let j = row * hidden + c.cell;
+        for clamp in clamps.iter().filter(|c| c.kind == kind && c.covers(t)) {
+            let j = clamp.cell;
             if kind == Kind::Cell {
-                out.c[j] = c.value;
-                out.h[j] = out.o[j] * kernel::tanh(c.value);
+                c[j] = clamp.value;
+                h[j] = o[j] * kernel::tanh(clamp.value);
             } else {
-                out.h[j] = c.value;
+                h[j] = clamp.value;
             }
         }
     }
@@ -1105,6 +1248,54 @@ mod tests {
         let free = model.trace_staged(model.vocab.encode(&text), &state, &[], 2, 16);
         let held = model.trace_staged(model.vocab.encode(&text), &state, &clamps[..1], 2, 16);
         assert_ne!(free.layers[2].h().row(40), held.layers[2].h().row(40));
+    }
+
+    /// Each layer's units split between two threads, step by step: the same
+    /// bits as one thread, for one to three layers, an H that leaves a partial
+    /// block, blocks of any length, and clamps on both sides of the split.
+    #[test]
+    fn traces_with_units_shared_between_two_threads_equal_the_one_thread_trace() {
+        let vocab = Vocab::from_text("abc{}();\n ").unwrap();
+        let n = 140;
+        let text: String = "ab{c(a);}\n b()".chars().cycle().take(300).collect();
+        for layers in [1, 2, 3] {
+            let weights = Weights::random_scaled(vocab.len(), None, n, layers, 17, 0.5);
+            let model = Model::new("t".into(), vocab.clone(), weights, Default::default()).unwrap();
+            let state = State { h: vec![vec![0.3; n]; layers], c: vec![vec![-0.2; n]; layers] };
+            let top = layers - 1;
+            let clamps = [
+                Clamp { layer: 0, kind: Kind::Cell, cell: 3, value: 0.9, from: 30, to: 80 },
+                Clamp { layer: top, kind: Kind::Hidden, cell: 139, value: -0.7, from: 110, to: 111 },
+                Clamp { layer: top, kind: Kind::Cell, cell: 71, value: 0.0, from: 0, to: 300 },
+            ];
+            for clamps in [&[][..], &clamps[..]] {
+                let one = model.trace_staged(model.vocab.encode(&text), &state, clamps, 1, 10_000);
+                for block in [1, 37, 300] {
+                    let shared = model.trace_shared(model.vocab.encode(&text), &state, clamps, block);
+                    let what = format!("{layers} layers, blocks of {block}, {} clamps", clamps.len());
+                    assert_same_trace(&shared, &one, &what);
+                }
+            }
+            let empty = model.trace_shared(model.vocab.encode(""), &state, &[], 16);
+            assert_eq!((empty.len(), empty.final_state.clone()), (0, state.clone()));
+        }
+        // The dispatcher: a one-layer model of 128 units or more shares its units.
+        let one_layer = Model::new(
+            "t".into(),
+            vocab.clone(),
+            Weights::random_scaled(vocab.len(), None, n, 1, 3, 0.5),
+            Default::default(),
+        )
+        .unwrap();
+        assert!(one_layer.shares_units());
+        let small = Model::new(
+            "t".into(),
+            vocab.clone(),
+            Weights::random_scaled(vocab.len(), None, 64, 1, 3, 0.5),
+            Default::default(),
+        )
+        .unwrap();
+        assert!(!small.shares_units());
     }
 
     #[test]

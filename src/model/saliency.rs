@@ -25,7 +25,7 @@
 //! dx_t = W_ihᵀ dGi
 //! ```
 
-use crate::parallel::{Meet, Pair};
+use crate::parallel::{Both, Meet, Pair};
 
 use super::kernel;
 use super::lstm::{Arch, Kind, LayerTrace, Model, Trace};
@@ -308,10 +308,11 @@ fn mat_t_vecs(w: &[f32], v: &[&[f32]], y: &mut [&mut [f32]], pair: Option<&Pair>
         Some(pair) if v.len() == 1 && cols >= MIN_SHARED_COLS => {
             let half = cols / 2;
             let (left, right) = y[0].split_at_mut(half);
-            let halves = Halves([(0, left.as_mut_ptr(), half), (half, right.as_mut_ptr(), cols - half)]);
+            // SAFETY: each side writes only its own half.
+            let halves = unsafe { Both::new([(0, left.as_mut_ptr(), half), (half, right.as_mut_ptr(), cols - half)]) };
             let halves = &halves;
             pair.both(&|meet: &Meet| {
-                let (c0, start, len) = halves.0[meet.side()];
+                let (c0, start, len) = halves.get()[meet.side()];
                 // SAFETY: one half of `y[0]`, borrowed for this call, written by this side only.
                 let y = unsafe { std::slice::from_raw_parts_mut(start, len) };
                 window_t_vecs(Window { c0, ..whole }, v, &mut [y]);
@@ -351,12 +352,6 @@ fn portable(win: Window, v: &[&[f32]], y: &mut [&mut [f32]]) {
 
 /// Narrower products are not worth a meeting of two threads.
 const MIN_SHARED_COLS: usize = 128;
-
-/// Each side's half of a shared product's y: (first column, start, length).
-struct Halves([(usize, *mut f32, usize); 2]);
-
-// SAFETY: each side writes only its own half (`mat_t_vecs`).
-unsafe impl Sync for Halves {}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {

@@ -13,7 +13,7 @@
 use super::gru_rnn;
 use super::kernel::{self, LayerOut, LayerRows};
 use super::lstm::{apply_clamps, Arch, Clamp, Kind, Model, State};
-use crate::parallel::{Meet, Pair};
+use crate::parallel::{Both, Meet, Pair};
 use crate::rng::Rng;
 
 /// Advances a model one character at a time.
@@ -140,7 +140,7 @@ impl<'m> Stepper<'m> {
             }
         }
         let v = id.map_or(m.vocab.len(), |v| v as usize);
-        let shared = Shared {
+        let buffers = StepBuffers {
             table_row: m.input_table.row(v).as_ptr(),
             x_proj: self.x_proj.as_mut_ptr(),
             outs: self.outs.as_mut_ptr(),
@@ -148,10 +148,13 @@ impl<'m> Stepper<'m> {
             c: self.state.c.iter_mut().map(|c| c.as_mut_ptr()).collect(),
             c_prev: self.c_prev.iter_mut().map(|c| c.as_mut_ptr()).collect(),
         };
-        // The whole struct, not its fields one by one (closures capture fields).
+        // SAFETY: the two sides write disjoint elements, and read the other's
+        // only after a meeting (see the doc above).
+        let shared = unsafe { Both::new(buffers) };
         let shared = &shared;
         let t = self.t;
         let job = |meet: &Meet| {
+            let shared = shared.get();
             let (blocks, units) = m.packed_hh[0].share(meet.side(), 2);
             for k in 0..m.layers() {
                 let clamped: Vec<&Clamp> = active.iter().copied().filter(|c| c.layer == k).collect();
@@ -233,7 +236,7 @@ impl<'m> Stepper<'m> {
 }
 
 /// What both sides of [`Stepper::lstm_shared`] reach: the step's buffers.
-struct Shared {
+struct StepBuffers {
     table_row: *const f32,
     x_proj: *mut f32,
     outs: *mut LayerOut,
@@ -241,10 +244,6 @@ struct Shared {
     c: Vec<*mut f32>,
     c_prev: Vec<*mut f32>,
 }
-
-// SAFETY: the two sides write disjoint elements, and read the other's only after
-// a meeting (`Stepper::lstm_shared`).
-unsafe impl Sync for Shared {}
 
 /// y = W x for a row-major W (rows = y.len(), cols = x.len()), on the widest
 /// SIMD the CPU has (as `kernel::softmax_rows` picks it): the decoder, V × H,
