@@ -57,7 +57,7 @@ use serde::Serialize;
 pub use features::{c_features, CFeatures};
 pub(crate) use features::{regex_mask, span_mask};
 pub use rank::{auc, pearson, spearman, GradedMetric, Labels};
-pub(crate) use rank::{metric_name, rank_columns};
+pub(crate) use rank::{binary_column_score, binary_score_bounds, metric_name, rank_columns};
 pub(crate) use stats::top_windows;
 pub use stats::{histogram, saturation};
 

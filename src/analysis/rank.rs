@@ -183,6 +183,56 @@ pub(crate) fn rank_columns(
     Ok(scores)
 }
 
+/// A column's [`ColumnScore`] against binary labels with both classes present
+/// (what [`rank_columns`] gives it).
+pub(crate) fn binary_column_score(column: usize, cells: &[f32], labels: &[bool]) -> ColumnScore {
+    // NaN activations are no evidence either way.
+    let raw = if cells.iter().any(|v| v.is_nan()) { 0.5 } else { auc(cells, labels).unwrap_or(0.5) };
+    ColumnScore { column, score: raw.max(1.0 - raw), sign: sign_around(raw, 0.5), raw }
+}
+
+/// Bins per column for [`binary_score_bounds`].
+const BOUND_BINS: usize = 256;
+
+/// For every column of `m`, bounds `(low, high)` on its [`binary_column_score`]
+/// (`max(AUC, 1 − AUC)`), from a pass that sorts nothing: the column's values go
+/// into 256 equal-width bins between its minimum and maximum (a map that never
+/// puts a larger value in a lower bin), pairs in different bins are ordered as
+/// the exact AUC orders them, and pairs in the same bin may fall either way. So
+/// the AUC lies within `T / 2` of the binned one, where T is the share of
+/// (positive, negative) pairs that share a bin. `None` for a column with a NaN,
+/// which only the exact score handles. A ranking that wants its best few cells
+/// scores exactly only those whose high bound reaches the few's low bounds.
+pub(crate) fn binary_score_bounds(m: ArrayView2<f32>, labels: &[bool]) -> Vec<Option<(f64, f64)>> {
+    let positives = labels.iter().filter(|&&l| l).count();
+    let (p, n) = (positives as f64, (labels.len() - positives) as f64);
+    map_columns(m, |_, cells| {
+        let (lo, hi) = cells.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        if cells.iter().any(|v| v.is_nan()) || positives == 0 || positives == labels.len() {
+            return None;
+        }
+        let mut bins = [[0u32; 2]; BOUND_BINS];
+        let scale = if hi > lo { BOUND_BINS as f32 / (hi - lo) } else { 0.0 };
+        for (&v, &l) in cells.iter().zip(labels) {
+            let b = (((v - lo) * scale) as usize).min(BOUND_BINS - 1);
+            bins[b][usize::from(l)] += 1;
+        }
+        // Pairs with the positive in a higher bin, and pairs sharing a bin.
+        let (mut above, mut shared, mut negatives_below) = (0f64, 0f64, 0f64);
+        for [neg, pos] in bins {
+            above += f64::from(pos) * negatives_below;
+            shared += f64::from(pos) * f64::from(neg);
+            negatives_below += f64::from(neg);
+        }
+        let binned = (above + shared / 2.0) / (p * n);
+        // A hair of slack for the rounding of these sums.
+        let half = shared / 2.0 / (p * n) + 1e-9;
+        let (auc_lo, auc_hi) = (binned - half, binned + half);
+        // The score is max(AUC, 1 − AUC), within [½, 1] whatever the AUC.
+        Some((auc_lo.max(1.0 - auc_hi).max(0.5), auc_hi.max(1.0 - auc_lo).min(1.0)))
+    })
+}
+
 fn rank_binary(m: ArrayView2<f32>, labels: &[bool]) -> Result<Vec<ColumnScore>, AnalysisError> {
     let positives = labels.iter().filter(|&&l| l).count();
     if positives == 0 {
@@ -191,12 +241,8 @@ fn rank_binary(m: ArrayView2<f32>, labels: &[bool]) -> Result<Vec<ColumnScore>, 
     if positives == labels.len() {
         return Err(AnalysisError::NoNegatives { len: labels.len() });
     }
-    Ok(map_columns(m, |column, cells| {
-        // Both classes are non-empty and the lengths match, so `auc` always answers; NaN
-        // activations are no evidence either way.
-        let raw = if cells.iter().any(|v| v.is_nan()) { 0.5 } else { auc(cells, labels).unwrap_or(0.5) };
-        ColumnScore { column, score: raw.max(1.0 - raw), sign: sign_around(raw, 0.5), raw }
-    }))
+    // Both classes are non-empty and the lengths match, so `auc` always answers.
+    Ok(map_columns(m, |column, cells| binary_column_score(column, cells, labels)))
 }
 
 fn rank_graded(m: ArrayView2<f32>, labels: &[f32], metric: GradedMetric) -> Result<Vec<ColumnScore>, AnalysisError> {

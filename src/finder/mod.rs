@@ -70,8 +70,8 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::analysis::{
-    c_features, concept_names, rank_columns, regex_mask, top_windows, AnalysisError, CFeatures, Concept, GradedMetric,
-    Labels,
+    binary_column_score, binary_score_bounds, c_features, concept_names, rank_columns, regex_mask, top_windows,
+    AnalysisError, CFeatures, Concept, GradedMetric, Labels,
 };
 use crate::model::{Kind, Model, Trace};
 
@@ -219,6 +219,97 @@ pub fn rank_trace_on(
     }
     sort_best_first(&mut out);
     Ok(out)
+}
+
+/// The first `top` cells of [`rank_trace_on`]'s ranking, the same cells with the
+/// same scores in the same order, found with less work: for a yes/no concept,
+/// every cell first gets cheap bounds on its score (`binary_score_bounds`: one
+/// pass, no sort), and only the cells whose high bound reaches the `top`-th best
+/// low bound are scored exactly. A cell left out has a score below that of at
+/// least `top` others, so it could not be among them. Graded concepts, and asks
+/// for most of the cells, rank everything.
+pub fn rank_trace_top(
+    trace: &Trace,
+    labels: &Labels,
+    layers: &[usize],
+    kinds: &[Kind],
+    metric: GradedMetric,
+    top: usize,
+    threads: usize,
+) -> Result<Vec<CellScore>, AnalysisError> {
+    rank_trace_top_counted(trace, labels, layers, kinds, metric, top, threads).map(|(cells, _)| cells)
+}
+
+/// [`rank_trace_top`], and how many cells it scored exactly.
+fn rank_trace_top_counted(
+    trace: &Trace,
+    labels: &Labels,
+    layers: &[usize],
+    kinds: &[Kind],
+    metric: GradedMetric,
+    top: usize,
+    threads: usize,
+) -> Result<(Vec<CellScore>, usize), AnalysisError> {
+    let kinds = sorted_unique(kinds);
+    let layers = sorted_unique(layers);
+    let columns: usize =
+        layers.iter().map(|&l| trace.layers.get(l).map_or(0, |lt| lt.h().ncols())).sum::<usize>() * kinds.len();
+    let all = |top: usize| {
+        rank_trace_on(trace, labels, &layers, &kinds, metric, threads).map(|mut all| {
+            let scored = all.len();
+            all.truncate(top);
+            (all, scored)
+        })
+    };
+    let Labels::Binary(yes) = labels else {
+        return all(top);
+    };
+    let positives = yes.iter().filter(|&&l| l).count();
+    if top == 0 || top * 4 > columns || positives == 0 || positives == yes.len() || yes.len() != trace.len() {
+        // Nothing to save, or an error that the full ranking names.
+        return all(top);
+    }
+    let mut jobs: Vec<(usize, Kind)> =
+        layers.iter().flat_map(|&layer| kinds.iter().map(move |&kind| (layer, kind))).collect();
+    let matrix = |layer: usize, kind: Kind| {
+        let lt = trace
+            .layers
+            .get(layer)
+            .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
+        lt.get(kind).view()
+    };
+    // Bounds of every cell: (layer, kind, cell, low, high); None: score it exactly.
+    type Bound = (usize, Kind, usize, Option<(f64, f64)>);
+    let bounds: Vec<Bound> = crate::parallel::in_parts(&mut jobs, threads, |jobs| {
+        let mut out = Vec::new();
+        for &mut (layer, kind) in jobs {
+            let b = binary_score_bounds(matrix(layer, kind), yes);
+            out.extend(b.into_iter().enumerate().map(|(cell, b)| (layer, kind, cell, b)));
+        }
+        out
+    })
+    .concat();
+    let mut lows: Vec<f64> = bounds.iter().map(|b| b.3.map_or(0.5, |(lo, _)| lo)).collect();
+    lows.sort_by(|a, b| b.total_cmp(a));
+    let threshold = lows[top - 1];
+    let mut needed: Vec<(usize, Kind, usize)> =
+        bounds.iter().filter(|b| b.3.is_none_or(|(_, hi)| hi >= threshold)).map(|b| (b.0, b.1, b.2)).collect();
+    let scored: Vec<CellScore> = crate::parallel::in_parts(&mut needed, threads, |cells| {
+        cells
+            .iter()
+            .map(|&(layer, kind, cell)| {
+                let column: Vec<f32> = matrix(layer, kind).column(cell).to_vec();
+                let c = binary_column_score(cell, &column, yes);
+                CellScore { layer, kind, cell, score: c.score, sign: c.sign, raw: c.raw }
+            })
+            .collect::<Vec<_>>()
+    })
+    .concat();
+    let mut scored = scored;
+    let exactly = scored.len();
+    sort_best_first(&mut scored);
+    scored.truncate(top);
+    Ok((scored, exactly))
 }
 
 /// What to find cells for: a built-in C concept, or the characters a regex matches.
@@ -972,6 +1063,44 @@ pub(crate) fn contexts_of(values: &[f32], chars: &[char], k: usize, radius: usiz
 mod tests {
     use super::*;
     use crate::analysis::{auc, pearson};
+
+    /// The best few cells found with bounds first are the full ranking's first
+    /// few, scores and order included, and on the shipped model most cells are
+    /// never scored exactly.
+    #[test]
+    fn the_best_few_cells_found_with_bounds_are_the_full_rankings_first() {
+        let model = Model::load(&crate::model::default_model_path()).expect("the shipped model");
+        let text: String = include_str!("../../tests/data/other_c/sample.c").chars().skip(6000).take(3000).collect();
+        let trace = model.trace(&text);
+        let columns = 2 * 8 * 512;
+        for concept in [Concept::String, Concept::If, Concept::Comment] {
+            let labels = crate::analysis::concept_labels(&trace.chars, concept);
+            let all = rank_trace_on(&trace, &labels, &[0, 1], model.arch().kinds(), GradedMetric::Pearson, 2).unwrap();
+            for top in [1, 5, 20, 300] {
+                let (few, exactly) = rank_trace_top_counted(
+                    &trace,
+                    &labels,
+                    &[0, 1],
+                    model.arch().kinds(),
+                    GradedMetric::Pearson,
+                    top,
+                    2,
+                )
+                .unwrap();
+                assert_eq!(few, all[..top], "{concept:?}, top {top}");
+                if top == 20 {
+                    assert!(exactly * 4 < columns, "{concept:?}: {exactly} of {columns} cells scored exactly");
+                }
+            }
+        }
+        // Ties everywhere: a label that only a few distinct values can separate.
+        let coarse: Vec<bool> = trace.chars.iter().map(|c| c.is_ascii_digit() || *c == ';').collect();
+        let labels = Labels::Binary(coarse);
+        let all = rank_trace_on(&trace, &labels, &[1], &[Kind::Input, Kind::Hidden], GradedMetric::Pearson, 1).unwrap();
+        let few =
+            rank_trace_top(&trace, &labels, &[1], &[Kind::Input, Kind::Hidden], GradedMetric::Pearson, 7, 1).unwrap();
+        assert_eq!(few, all[..7]);
+    }
     use ndarray::Array2;
 
     /// Reproducible uniform noise in [0, 1).

@@ -532,12 +532,11 @@ pub async fn rank_cells(
         request_labels(&req.text, req.feature.as_deref(), req.regex.as_deref(), req.spans.as_deref())?;
     let metric_name = crate::analysis::metric_name(&labels, metric);
     let queue = state.queue.clone();
-    let ranked = with_trace(&state, req.text, move |_, trace| {
-        crate::finder::rank_trace_on(trace, &labels, &layers, &kinds, metric, threads_now(&queue))
+    let cells = with_trace(&state, req.text, move |_, trace| {
+        crate::finder::rank_trace_top(trace, &labels, &layers, &kinds, metric, top_k, threads_now(&queue))
     })
     .await?
     .map_err(|e| AppError::invalid("bad_feature", e.to_string()))?;
-    let cells = ranked.into_iter().take(top_k).collect();
     Ok(Json(RankAnswer { feature, metric: metric_name, cells }).into_response())
 }
 

@@ -149,17 +149,17 @@ async fn run(state: &AppState, plan: Plan) -> Result<CompareAnswer, AppError> {
                     let model = &served.model;
                     let trace = cached_trace(&cache, &served, &text, threads);
                     let layers: Vec<usize> = (0..model.layers()).collect();
-                    let ranked = crate::finder::rank_trace_on(
+                    let ranked = crate::finder::rank_trace_top(
                         &trace,
                         &labels,
                         &layers,
                         model.arch().kinds(),
                         GradedMetric::default(),
+                        top_k,
                         threads,
                     );
                     let horizon = crate::model::memory_horizon_of(model, &trace, positions, max_back, threads);
-                    ranked.map(|mut best| {
-                        best.truncate(top_k);
+                    ranked.map(|best| {
                         let best_column = best.first().map(|b| {
                             trace.layers[b.layer]
                                 .get(b.kind)

@@ -341,8 +341,10 @@ fn choose_first_view(trace: &Trace) -> Option<FirstView> {
     let kinds: Vec<Kind> = [Kind::Cell, Kind::Hidden].into_iter().filter(|k| recorded.contains(k)).collect();
     [Concept::String, Concept::If].into_iter().find_map(|concept| {
         let labels = crate::analysis::concept_labels(&trace.chars, concept);
-        let best =
-            crate::finder::rank_trace(trace, &labels, &layers, &kinds, Default::default()).ok()?.into_iter().next()?;
+        let best = crate::finder::rank_trace_top(trace, &labels, &layers, &kinds, Default::default(), 1, 1)
+            .ok()?
+            .into_iter()
+            .next()?;
         Some(FirstView {
             layer: best.layer,
             kind: best.kind,
