@@ -35,8 +35,9 @@ pub(crate) fn in_parts<T: Send, R: Send>(
 
 /// This thread and a helper, working on one job at a time ([`Pair::both`]) and
 /// meeting inside it ([`Meet::wait`]). The helper spins between jobs and at a
-/// meeting, so a meeting costs well under a microsecond where a thread would take
-/// tens to wake: made for jobs that meet every few tens of microseconds. If
+/// meeting, so a meeting costs well under a microsecond (220–310 ns, an empty
+/// job 440 ns, on the 2-core AMD EPYC here, 200,000 in a row) where a thread
+/// would take tens to wake: made for jobs that meet every few tens of microseconds. If
 /// either side panics, the other stops waiting and the panic reaches the caller.
 pub(crate) struct Pair {
     /// Bumped by the caller for each job; the helper answers in `done`.
