@@ -682,13 +682,40 @@ impl Model {
         self.trace_shared(enc, state, clamps, block)
     }
 
+    /// [`Model::trace_clamped_with_threads`] of `base`'s text from the zero state,
+    /// where `base` is this model's unclamped trace of it from the zero state: the
+    /// layers below the lowest clamped one are `base`'s, copied, since a clamp
+    /// changes nothing below its layer; only the layers from it up run again.
+    /// The same trace to the bit as running every layer. With two threads and one
+    /// layer left to run (a top-layer clamp), that layer's units are split
+    /// between the threads ([`Job::run_shared`]).
+    pub fn trace_clamped_over(&self, base: &Trace, clamps: &[Clamp], threads: usize) -> Trace {
+        let enc = Encoded { chars: base.chars.clone(), ids: base.ids.clone(), unknown: base.unknown.clone() };
+        let state = self.zero_state();
+        let first = clamps.iter().map(|c| c.layer).min().unwrap_or(0);
+        if self.arch() != Arch::Lstm || first == 0 || first >= self.layers() || base.layers.len() != self.layers() {
+            return self.trace_clamped_with_threads(enc, &state, clamps, threads);
+        }
+        let (t_len, n) = (enc.ids.len(), self.hidden_size());
+        let below = base.layers[first - 1].h().as_slice().expect("traces are kept in standard layout");
+        let shared = threads > 1 && n >= SHARED_MIN_HIDDEN && self.layers() - first == 1;
+        let block = self.block_steps(t_len, if shared { 1 } else { threads });
+        let job = Job { model: self, ids: &enc.ids, state: &state, clamps, block, from: (first, Some(below)) };
+        let outs = if shared { Pair::with(|pair| job.run_shared(pair)) } else { job.run(threads) };
+        let mut layers: Vec<LayerTrace> = base.layers[..first].to_vec();
+        layers.extend(
+            outs.into_iter().zip(&state.c[first..]).map(|(out, c0)| LayerTrace::from_kernel(out, t_len, n, c0)),
+        );
+        self.finish_trace(enc, layers, &state)
+    }
+
     /// The trace on this thread and a helper, every layer's units split between
     /// them ([`Job::run_shared`]), `block` steps per input GEMM.
     fn trace_shared(&self, enc: Encoded, state: &State, clamps: &[Clamp], block: usize) -> Trace {
         let t_len = enc.ids.len();
         let n = self.hidden_size();
         assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
-        let job = Job { model: self, ids: &enc.ids, state, clamps, block };
+        let job = Job { model: self, ids: &enc.ids, state, clamps, block, from: (0, None) };
         let outs = Pair::with(|pair| job.run_shared(pair));
         let layers: Vec<LayerTrace> =
             outs.into_iter().zip(&state.c).map(|(out, c0)| LayerTrace::from_kernel(out, t_len, n, c0)).collect();
@@ -718,7 +745,7 @@ impl Model {
         let t_len = ids.len();
         let n = self.hidden_size();
         assert_eq!(state.h.len(), self.layers(), "state has the wrong number of layers");
-        let job = Job { model: self, ids: &ids, state, clamps, block };
+        let job = Job { model: self, ids: &ids, state, clamps, block, from: (0, None) };
         let layers: Vec<LayerTrace> = job
             .run(stages)
             .into_iter()
@@ -883,6 +910,9 @@ struct Job<'a> {
     clamps: &'a [Clamp],
     /// Steps per block (see [`Model::block_steps`]).
     block: usize,
+    /// The first layer to run: 0, or with the h of the layer below it over the
+    /// whole text, T × H (from a trace that already ran it, `Model::trace_clamped_over`).
+    from: (usize, Option<&'a [f32]>),
 }
 
 /// What a pipeline stage hands the next for one block, taken after the clamps: the
@@ -913,9 +943,9 @@ impl Job<'_> {
     /// calls on the same inputs as on one thread, and the GEMM gives a row the same
     /// result whichever rows it is computed with, so the trace is identical.
     fn run(&self, stages: usize) -> Vec<LayerOut> {
-        let layers = self.model.layers();
+        let (first, layers) = (self.from.0, self.model.layers() - self.from.0);
         let stages = stages.clamp(1, layers);
-        let range = |s: usize| s * layers / stages..(s + 1) * layers / stages;
+        let range = |s: usize| first + s * layers / stages..first + (s + 1) * layers / stages;
         if stages == 1 {
             return self.stage(range(0), None, None);
         }
@@ -950,20 +980,24 @@ impl Job<'_> {
     fn run_shared(&self, pair: &Pair) -> Vec<LayerOut> {
         let model = self.model;
         let (t_len, n, g) = (self.ids.len(), model.hidden_size(), GATES * model.hidden_size());
-        let mut outs: Vec<LayerOut> = (0..model.layers()).map(|_| LayerOut::with_capacity(t_len, n)).collect();
+        let first = self.from.0;
+        let mut outs: Vec<LayerOut> = (first..model.layers()).map(|_| LayerOut::with_capacity(t_len, n)).collect();
         let mut proj: Vec<f32> = Vec::new();
         let unknown = model.vocab.len();
         for start in (0..t_len).step_by(self.block) {
             let steps = start..(start + self.block).min(t_len);
-            for k in 0..model.layers() {
-                let (done, rest) = outs.split_at_mut(k);
+            for k in first..model.layers() {
+                let (done, rest) = outs.split_at_mut(k - first);
                 let rows: Vec<*const f32> = if k == 0 {
                     self.ids[steps.clone()]
                         .iter()
                         .map(|id| model.input_table.row(id.map_or(unknown, |v| v as usize)).as_ptr())
                         .collect()
                 } else {
-                    let below = &done[k - 1].h[steps.start * n..steps.end * n];
+                    let below = match done.last() {
+                        Some(out) => &out.h[steps.start * n..steps.end * n],
+                        None => &self.from.1.expect("the layer below's h")[steps.start * n..steps.end * n],
+                    };
                     proj.resize(steps.len() * g, 0.0);
                     let cut = steps.len() / 2;
                     let (head, tail) = proj.split_at_mut(cut * g);
@@ -1051,7 +1085,13 @@ impl Job<'_> {
                 let input = match (done.last(), &received) {
                     (Some(out), _) => Input::Below { proj: &[], h: &out.h[steps.start * n..steps.end * n] },
                     (None, Some(r)) => Input::Below { proj: &r.proj, h: &r.h },
-                    (None, None) => Input::Table,
+                    (None, None) => match self.from {
+                        (0, _) => Input::Table,
+                        (_, below) => Input::Below {
+                            proj: &[],
+                            h: &below.expect("the layer below's h")[steps.start * n..steps.end * n],
+                        },
+                    },
                 };
                 self.layer_block(k, steps.clone(), input, &mut proj, &mut rest[0]);
                 rest[0].extend_memory_terms(&self.state.c[k]);
@@ -1296,6 +1336,46 @@ mod tests {
         )
         .unwrap();
         assert!(!small.shares_units());
+    }
+
+    /// A clamped trace that reuses the unclamped one below the lowest clamped
+    /// layer is the clamped trace run from scratch, to the bit: pipelined or
+    /// split, on one to three threads, clamps in one layer or several.
+    #[test]
+    fn a_clamped_trace_over_its_base_equals_one_from_scratch() {
+        let vocab = Vocab::from_text("abc{}();\n ").unwrap();
+        let text: String = "ab{c(a);}\n b()".chars().cycle().take(260).collect();
+        for (n, layers) in [(8, 2), (8, 3), (140, 2), (140, 3)] {
+            let weights = Weights::random_scaled(vocab.len(), None, n, layers, 23, 0.5);
+            let model = Model::new("t".into(), vocab.clone(), weights, Default::default()).unwrap();
+            let base = model.trace(&text);
+            let top = layers - 1;
+            let at = |layer: usize, kind: Kind, cell: usize, value: f32, from: usize, to: usize| Clamp {
+                layer,
+                kind,
+                cell,
+                value,
+                from,
+                to,
+            };
+            for clamps in [
+                vec![at(top, Kind::Cell, n - 1, 0.9, 30, 200)],
+                vec![at(1, Kind::Hidden, 0, -0.5, 0, 260), at(top, Kind::Cell, 3, 0.0, 100, 101)],
+                vec![at(0, Kind::Cell, 2, 0.7, 10, 20), at(top, Kind::Hidden, 1, 0.2, 0, 260)],
+            ] {
+                for threads in [1, 2, 3] {
+                    let scratch = model.trace_clamped_with_threads(
+                        model.vocab.encode(&text),
+                        &model.zero_state(),
+                        &clamps,
+                        threads,
+                    );
+                    let over = model.trace_clamped_over(&base, &clamps, threads);
+                    let what = format!("H = {n}, {layers} layers, {threads} threads, clamps {clamps:?}");
+                    assert_same_trace(&over, &scratch, &what);
+                }
+            }
+        }
     }
 
     #[test]

@@ -218,10 +218,9 @@ fn mean(xs: impl Iterator<Item = f32>) -> Option<f64> {
 
 /// The answer to an intervention on `base`'s text, the clamped trace run on `threads` threads.
 fn intervene_answer(model: &Model, base: &Trace, clamps: &[Clamp], top_k: usize, threads: usize) -> InterveneAnswer {
-    let text: String = base.chars.iter().collect();
+    // The layers below the lowest clamped one are the unclamped trace's.
+    let clamped_trace = model.trace_clamped_over(base, clamps, threads);
     let base = side(model, base, top_k);
-    let enc = model.vocab.encode(&text);
-    let clamped_trace = model.trace_clamped_with_threads(enc, &model.zero_state(), clamps, threads);
     let chars = clamped_trace.chars.clone();
     let clamped = side(model, &clamped_trace, top_k);
     drop(clamped_trace);
