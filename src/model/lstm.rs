@@ -22,7 +22,9 @@
 //! GEMM and recurrence over block b, each streaming its own W_hh on its own core.
 //! More layers than threads: each thread takes a contiguous range of layers. Every
 //! layer makes the same kernel calls on the same inputs (clamped rows included) as
-//! on one thread, so the trace is identical to the bit.
+//! on one thread, so the trace is identical to the bit. A one-layer model (or any,
+//! with `CELLSCOPE_TRACE_SHARE=units`) instead splits each layer's units between
+//! the two threads, meeting after every step (`Job::run_shared`), to the same bits.
 //! - `CELLSCOPE_TRACE_THREADS=N`: at most N threads per trace (at most the cores
 //!   there are). Unset, library callers ([`Model::trace`]) get one thread, and the
 //!   server takes two for a text of 256 characters or more when the request is its
