@@ -301,13 +301,8 @@ fn cached_trace_at(
     precision: Precision,
     threads: usize,
 ) -> std::sync::Arc<Trace> {
-    let model = &served.model;
     let key = super::cache::key_at(&served.id, text, precision);
-    cache.get(&key).unwrap_or_else(|| {
-        let t = std::sync::Arc::new(model.trace_at_with_threads(text, precision, threads));
-        cache.insert(key, t.clone());
-        t
-    })
+    cache.get_or_compute(key, || served.model.trace_at_with_threads(text, precision, threads))
 }
 
 /// Shortest text traced on two threads: below it the pipeline's fill (one

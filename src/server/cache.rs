@@ -6,9 +6,14 @@
 //! (`--trace-cache-mb`), least recently used out first. A trace larger than the
 //! whole budget is not kept. Entries are `Arc`s: an evicted trace lives on until
 //! the requests using it finish.
+//!
+//! A trace being computed is known too ([`TraceCache::get_or_compute`]): a second
+//! request for the same text waits for it instead of tracing the text again (a
+//! click on a character asks for `/api/explain` and `/api/saliency` at once, and
+//! both need the exact trace).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::model::Trace;
 
@@ -19,6 +24,45 @@ type Key = [u8; 32];
 pub struct TraceCache {
     budget: usize,
     inner: Mutex<Inner>,
+    /// Traces being computed now, by key.
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+}
+
+/// One trace being computed, which other requests for it wait on.
+#[derive(Debug, Default)]
+struct Flight {
+    state: Mutex<FlightState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+enum FlightState {
+    #[default]
+    Running,
+    Done(Arc<Trace>),
+    /// The computation panicked: a waiter computes the trace itself.
+    Abandoned,
+}
+
+/// Ends a flight however its computation ends: with the trace, or abandoned if
+/// the computation unwinds, so that no waiter waits forever.
+struct Landing<'a> {
+    cache: &'a TraceCache,
+    key: Key,
+    flight: Arc<Flight>,
+    trace: Option<Arc<Trace>>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.cache.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        let mut state = self.flight.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = match self.trace.take() {
+            Some(t) => FlightState::Done(t),
+            None => FlightState::Abandoned,
+        };
+        self.flight.ready.notify_all();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +109,52 @@ pub fn trace_bytes(t: &Trace) -> usize {
 
 impl TraceCache {
     pub fn new(budget_bytes: usize) -> Self {
-        Self { budget: budget_bytes, inner: Mutex::new(Inner::default()) }
+        Self { budget: budget_bytes, inner: Mutex::new(Inner::default()), flights: Mutex::new(HashMap::new()) }
+    }
+
+    /// The trace under `key`: from the cache; else, if another request is
+    /// computing it, that one's once it is done; else `compute`'s, kept. Blocks
+    /// while waiting: call it inside a model slot, as `compute` runs there too.
+    pub fn get_or_compute(&self, key: Key, compute: impl FnOnce() -> Trace) -> Arc<Trace> {
+        if let Some(t) = self.get(&key) {
+            return t;
+        }
+        let (flight, mine) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    flights.insert(key, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !mine {
+            let mut state = flight.state.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match &*state {
+                    FlightState::Running => state = flight.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
+                    FlightState::Done(t) => return t.clone(),
+                    FlightState::Abandoned => break,
+                }
+            }
+            drop(state);
+            return self.get(&key).unwrap_or_else(|| {
+                let t = Arc::new(compute());
+                self.insert(key, t.clone());
+                t
+            });
+        }
+        let mut landing = Landing { cache: self, key, flight, trace: None };
+        // It may have landed between the first look and taking the flight.
+        let t = self.get(&key).unwrap_or_else(|| {
+            let t = Arc::new(compute());
+            self.insert(key, t.clone());
+            t
+        });
+        landing.trace = Some(t.clone());
+        t
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -123,6 +212,48 @@ impl TraceCache {
 mod tests {
     use super::*;
     use crate::model::{Model, Vocab, Weights};
+
+    #[test]
+    fn a_trace_in_flight_is_waited_for_not_computed_twice() {
+        let vocab = Vocab::from_text("ab").unwrap();
+        let model = Model::new("t".into(), vocab, Weights::random(2, None, 4, 1, 1), Default::default()).unwrap();
+        for budget in [1 << 20, 0] {
+            // Budget 0: nothing is kept, yet the waiter still gets the flight's trace.
+            let cache = TraceCache::new(budget);
+            let computed = std::sync::atomic::AtomicUsize::new(0);
+            let compute = || {
+                computed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                model.trace("abba")
+            };
+            let k = key("t", "abba");
+            let (a, b) = std::thread::scope(|s| {
+                let first = s.spawn(|| cache.get_or_compute(k, compute));
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let second = s.spawn(|| cache.get_or_compute(k, compute));
+                (first.join().unwrap(), second.join().unwrap())
+            });
+            assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 1, "budget {budget}: traced once");
+            assert!(Arc::ptr_eq(&a, &b), "budget {budget}: both get the one trace");
+            assert!(cache.flights.lock().unwrap().is_empty(), "the flight has landed");
+        }
+        // A computation that panics leaves no one waiting: the waiter computes it.
+        let cache = TraceCache::new(1 << 20);
+        let k = key("t", "ab");
+        let got = std::thread::scope(|s| {
+            let failing = s.spawn(|| {
+                cache.get_or_compute(k, || {
+                    std::thread::sleep(std::time::Duration::from_millis(150));
+                    panic!("the trace fails")
+                })
+            });
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let waiter = s.spawn(|| cache.get_or_compute(k, || model.trace("ab")));
+            assert!(failing.join().is_err());
+            waiter.join().unwrap()
+        });
+        assert_eq!(got.len(), 2);
+    }
 
     fn model() -> Model {
         let vocab = Vocab::from_text("abc ").unwrap();
