@@ -73,7 +73,6 @@ pub(super) fn trace(model: &Model, enc: Encoded, state: &State, clamps: &[Clamp]
     let mut proj = vec![0f32; block * g];
     let mut gh = vec![0f32; g];
     let mut cur = vec![vec![0f32; n]; kinds];
-    let unknown = model.vocab.len();
     for k in 0..model.layers() {
         let mine: Vec<&Clamp> = clamps.iter().filter(|c| c.layer == k).collect();
         let mut rec = vec![Vec::with_capacity(t_len * n); kinds];
@@ -82,9 +81,8 @@ pub(super) fn trace(model: &Model, enc: Encoded, state: &State, clamps: &[Clamp]
             let steps = start..(start + block).min(t_len);
             let rows = steps.len();
             if k == 0 {
-                for (row, id) in proj.chunks_exact_mut(g).zip(&enc.ids[steps.clone()]) {
-                    let v = id.map_or(unknown, |v| v as usize);
-                    row.copy_from_slice(model.input_table.row(v).as_slice().expect("standard layout"));
+                for (row, &id) in proj.chunks_exact_mut(g).zip(&enc.ids[steps.clone()]) {
+                    row.copy_from_slice(model.input_row(id));
                 }
             } else {
                 let below = layers[k - 1].h().as_slice().expect("standard layout");

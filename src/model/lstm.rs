@@ -610,6 +610,13 @@ impl Model {
         self.weights.hidden_size()
     }
 
+    /// Layer 0's input projection of a character (W_ih x + 0, 4H floats): its
+    /// row of the precomputed table, the zero row for an unknown one (`None`).
+    pub(super) fn input_row(&self, id: Option<u32>) -> &[f32] {
+        let v = id.map_or(self.vocab.len(), |v| v as usize);
+        self.input_table.row(v).to_slice().expect("standard layout")
+    }
+
     pub fn zero_state(&self) -> State {
         State::zeros(self.arch(), self.layers(), self.hidden_size())
     }
@@ -985,16 +992,12 @@ impl Job<'_> {
         let first = self.from.0;
         let mut outs: Vec<LayerOut> = (first..model.layers()).map(|_| LayerOut::with_capacity(t_len, n)).collect();
         let mut proj: Vec<f32> = Vec::new();
-        let unknown = model.vocab.len();
         for start in (0..t_len).step_by(self.block) {
             let steps = start..(start + self.block).min(t_len);
             for k in first..model.layers() {
                 let (done, rest) = outs.split_at_mut(k - first);
                 let rows: Vec<*const f32> = if k == 0 {
-                    self.ids[steps.clone()]
-                        .iter()
-                        .map(|id| model.input_table.row(id.map_or(unknown, |v| v as usize)).as_ptr())
-                        .collect()
+                    self.ids[steps.clone()].iter().map(|&id| model.input_row(id).as_ptr()).collect()
                 } else {
                     let below = match done.last() {
                         Some(out) => &out.h[steps.start * n..steps.end * n],
@@ -1128,16 +1131,7 @@ impl Job<'_> {
         let g = GATES * model.hidden_size();
         let (h0, c0) = (&self.state.h[k][..], &self.state.c[k][..]);
         let rows: Vec<&[f32]> = match input {
-            Input::Table => {
-                let unknown = model.vocab.len();
-                self.ids[steps.clone()]
-                    .iter()
-                    .map(|id| {
-                        let v = id.map_or(unknown, |v| v as usize);
-                        model.input_table.row(v).to_slice().expect("standard layout")
-                    })
-                    .collect()
-            }
+            Input::Table => self.ids[steps.clone()].iter().map(|&id| model.input_row(id)).collect(),
             Input::Below { proj, h } => {
                 scratch.resize(h.len() * GATES, 0.0);
                 self.project(k, h, scratch);

@@ -703,7 +703,6 @@ impl Model {
                 )
             })
             .collect();
-        let unknown = self.vocab.len();
         let done: Vec<AtomicUsize> = (0..layers).map(|_| AtomicUsize::new(0)).collect();
         let stages = threads.clamp(1, layers);
         let first_layer = |s: usize| s * layers / stages;
@@ -716,11 +715,7 @@ impl Model {
                 // Layer 0's input projections: rows of the character table (the
                 // zero row for an unknown character).
                 rows.clear();
-                rows.extend(
-                    enc.ids[start..end]
-                        .iter()
-                        .map(|id| self.input_table.row(id.map_or(unknown, |v| v as usize)).as_ptr()),
-                );
+                rows.extend(enc.ids[start..end].iter().map(|&id| self.input_row(id).as_ptr()));
                 let mine = first_layer(s)..first_layer(s + 1);
                 let at = start * n;
                 // Layer k's input sums of the blocks in `part`, as i32 in its gate

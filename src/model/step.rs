@@ -83,9 +83,7 @@ impl<'m> Stepper<'m> {
                 break;
             }
             if k == 0 {
-                let v = id.map_or(m.vocab.len(), |v| v as usize);
-                let row = m.input_table.row(v);
-                self.x_proj.copy_from_slice(row.as_slice().expect("standard layout"));
+                self.x_proj.copy_from_slice(m.input_row(id));
             } else if lstm {
                 kernel::packed_matvec(&m.packed_ih[k - 1], &self.state.h[k - 1], &mut self.x_proj);
             } else {
@@ -139,9 +137,8 @@ impl<'m> Stepper<'m> {
                 v.resize(n, 0.0);
             }
         }
-        let v = id.map_or(m.vocab.len(), |v| v as usize);
         let buffers = StepBuffers {
-            table_row: m.input_table.row(v).as_ptr(),
+            table_row: m.input_row(id).as_ptr(),
             x_proj: self.x_proj.as_mut_ptr(),
             outs: self.outs.as_mut_ptr(),
             h: self.state.h.iter_mut().map(|h| h.as_mut_ptr()).collect(),
