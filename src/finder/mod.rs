@@ -149,6 +149,23 @@ pub struct CellScore {
     pub raw: f64,
 }
 
+/// Every (layer, kind) pair, layer by layer.
+fn layer_kinds(layers: &[usize], kinds: &[Kind]) -> Vec<(usize, Kind)> {
+    layers.iter().flat_map(|&layer| kinds.iter().map(move |&kind| (layer, kind))).collect()
+}
+
+/// The T × H matrix of `kind` in `layer` of `trace`.
+///
+/// # Panics
+/// If the trace has no such layer (callers check layers against the model).
+fn matrix_of(trace: &Trace, layer: usize, kind: Kind) -> ArrayView2<'_, f32> {
+    let lt = trace
+        .layers
+        .get(layer)
+        .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
+    lt.get(kind).view()
+}
+
 /// Best first; equal scores in layer, kind, cell order, so output is deterministic.
 fn sort_best_first(cells: &mut [CellScore]) {
     cells.sort_by(|a, b| {
@@ -192,16 +209,11 @@ pub fn rank_trace_on(
     threads: usize,
 ) -> Result<Vec<CellScore>, AnalysisError> {
     let kinds = sorted_unique(kinds);
-    let mut jobs: Vec<(usize, Kind)> =
-        sorted_unique(layers).into_iter().flat_map(|layer| kinds.iter().map(move |&kind| (layer, kind))).collect();
+    let mut jobs = layer_kinds(&sorted_unique(layers), &kinds);
     let rank = |jobs: &mut [(usize, Kind)]| -> Result<Vec<CellScore>, AnalysisError> {
         let mut out = Vec::new();
         for &mut (layer, kind) in jobs {
-            let lt = trace
-                .layers
-                .get(layer)
-                .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
-            let ranked = rank_columns(lt.get(kind).view(), labels, metric)?;
+            let ranked = rank_columns(matrix_of(trace, layer, kind), labels, metric)?;
             out.extend(ranked.into_iter().map(|c| CellScore {
                 layer,
                 kind,
@@ -269,15 +281,8 @@ fn rank_trace_top_counted(
         // Nothing to save, or an error that the full ranking names.
         return all(top);
     }
-    let mut jobs: Vec<(usize, Kind)> =
-        layers.iter().flat_map(|&layer| kinds.iter().map(move |&kind| (layer, kind))).collect();
-    let matrix = |layer: usize, kind: Kind| {
-        let lt = trace
-            .layers
-            .get(layer)
-            .unwrap_or_else(|| panic!("layer {layer} is not in a trace of {} layers", trace.layers.len()));
-        lt.get(kind).view()
-    };
+    let mut jobs = layer_kinds(&layers, &kinds);
+    let matrix = |layer: usize, kind: Kind| matrix_of(trace, layer, kind);
     // Bounds of every cell: (layer, kind, cell, low, high); None: score it exactly.
     type Bound = (usize, Kind, usize, Option<(f64, f64)>);
     let bounds: Vec<Bound> = crate::parallel::in_parts(&mut jobs, threads, |jobs| {

@@ -140,21 +140,22 @@ impl TraceCache {
                 }
             }
             drop(state);
-            return self.get(&key).unwrap_or_else(|| {
-                let t = Arc::new(compute());
-                self.insert(key, t.clone());
-                t
-            });
+            return self.get_or_keep(key, compute);
         }
         let mut landing = Landing { cache: self, key, flight, trace: None };
         // It may have landed between the first look and taking the flight.
-        let t = self.get(&key).unwrap_or_else(|| {
+        let t = self.get_or_keep(key, compute);
+        landing.trace = Some(t.clone());
+        t
+    }
+
+    /// The cached trace, or `compute`'s, kept.
+    fn get_or_keep(&self, key: Key, compute: impl FnOnce() -> Trace) -> Arc<Trace> {
+        self.get(&key).unwrap_or_else(|| {
             let t = Arc::new(compute());
             self.insert(key, t.clone());
             t
-        });
-        landing.trace = Some(t.clone());
-        t
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
