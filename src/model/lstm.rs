@@ -882,9 +882,9 @@ pub(super) const PIPELINE_MIN_STEPS: usize = 4096;
 /// the layer above idles for the first and the one below for the last.
 const PIPELINE_BLOCKS: usize = 16;
 
-/// Fewest hidden units for which a trace splits a layer's units between two
-/// threads: below it a step is too short for a meeting per step to pay.
-const SHARED_MIN_HIDDEN: usize = 128;
+/// Fewest hidden units for which a trace or a sample splits a layer's units
+/// between two threads: below it a step is too short for a meeting per step to pay.
+pub(super) const SHARED_MIN_HIDDEN: usize = 128;
 
 /// Fewest steps in a pipeline block: shorter ones would spend more on the GEMM's
 /// repacking of W_ih and on hand-overs than they save.

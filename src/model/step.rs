@@ -12,7 +12,7 @@
 
 use super::gru_rnn;
 use super::kernel::{self, LayerOut, LayerRows};
-use super::lstm::{apply_clamps, Arch, Clamp, Kind, Model, State};
+use super::lstm::{apply_clamps, Arch, Clamp, Kind, Model, State, SHARED_MIN_HIDDEN};
 use crate::parallel::{Both, Meet, Pair};
 use crate::rng::Rng;
 
@@ -315,10 +315,6 @@ pub fn sample(
 ) {
     sample_on(model, prime, length, how, clamps, 1, on_char)
 }
-
-/// Fewest hidden units per layer for which [`sample_on`] shares an LSTM's steps
-/// between two threads: below it the meetings cost more than half a step saves.
-const SHARED_MIN_HIDDEN: usize = 128;
 
 /// [`sample`] on up to `threads` threads: with two or more, an LSTM of at least
 /// [`SHARED_MIN_HIDDEN`] units per layer computes half of every layer's units of
